@@ -100,6 +100,7 @@ class SelfAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # nn.MultiheadAttention's default
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """x: (N, L, width). key_mask: optional (N, L) bool, True for keys that may be attended."""

@@ -1,0 +1,195 @@
+"""The GARE model: temporal aggregation, the public surface, ablation flags, overfitting a batch."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from main_retrieval import build_parser
+from tvr.models.clip import CLIP, CLIP_CONFIGS, CLIPConfig
+from tvr.models.gare import GARE, TextFeatures, VideoFeatures
+from tvr.models.temporal import SeqLSTM, SeqTransf, build_temporal
+from tvr.options import gare_config
+
+SCORE_FLAGS = [
+    ["--agg_module", "seqLSTM"], ["--agg_module", "meanP"], ["--num_hidden_layers", "2"],
+    ["--temp", "1.0"], ["--delta_side", "video"], ["--psi_query", "text"], ["--gap_sign", "-1"],
+    ["--psi_context", "words"], ["--no_delta"],
+]
+LOSS_FLAGS = [
+    ["--beta", "0"], ["--kl_prior_std", "2.0"], ["--kl_anchor", "text"], ["--lambda_dir", "0"],
+    ["--alpha", "5.0"], ["--lambda_epsilon", "0"], ["--lambda_lower", "1e-6"], ["--ncl"],
+]
+
+
+def make_model(flags=(), clip_config=CLIP_CONFIGS["tiny"], seed=0) -> GARE:
+    torch.manual_seed(seed)
+    return GARE(CLIP(clip_config), gare_config(build_parser().parse_args(list(flags))))
+
+
+def make_batch(batch=8, frames=4, length=12, image_size=32, seed=1):
+    """Random clips (two with padded tails) and captions of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, frames, 3, image_size, image_size, generator=g)
+    video_mask = torch.ones(batch, frames, dtype=torch.long)
+    video_mask[1, 2:] = 0
+    video_mask[batch - 1, 1:] = 0
+    video[video_mask == 0] = 0  # zero-padded, as the data pipeline delivers
+    ids = torch.zeros(batch, length, dtype=torch.long)
+    text_mask = torch.zeros(batch, length, dtype=torch.long)
+    for i in range(batch):
+        n = 3 + i % (length - 3)
+        ids[i, 0], ids[i, n - 1] = 49406, 49407
+        ids[i, 1:n - 1] = torch.randint(1, 49000, (n - 2,), generator=g)
+        text_mask[i, :n] = 1
+    return ids, text_mask, video, video_mask
+
+
+def encode(model, batch):
+    ids, text_mask, video, video_mask = batch
+    return model.encode_text(ids, text_mask), model.encode_video(video, video_mask)
+
+
+def test_seqtransf_starts_as_the_first_clip_text_blocks():
+    clip = CLIP(CLIP_CONFIGS["tiny"])
+    temporal = build_temporal("seqTransf", clip, num_hidden_layers=3)
+    assert torch.equal(temporal.frame_position_embeddings.weight, clip.positional_embedding)
+    assert len(temporal.transformer.resblocks) == 3
+    for ours, theirs in zip(temporal.transformer.resblocks, clip.transformer.resblocks):
+        for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), name
+    assert temporal.transformer.resblocks[0].attn.in_proj_weight.data_ptr() != \
+        clip.transformer.resblocks[0].attn.in_proj_weight.data_ptr()  # a copy, not shared
+    with pytest.raises(ValueError, match="lower --num_hidden_layers"):
+        build_temporal("seqTransf", clip, num_hidden_layers=5)
+
+
+@pytest.mark.parametrize("module", [SeqTransf(128, 2, 2), SeqLSTM(128)])
+def test_real_frames_do_not_see_padded_frames(module):
+    frames = torch.randn(3, 6, 128)
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    changed = frames.clone()
+    changed[mask == 0] = torch.randn(int((mask == 0).sum()), 128)
+    with torch.no_grad():
+        a, b = module(frames, mask), module(changed, mask)
+    real = mask.bool()
+    torch.testing.assert_close(a[real], b[real])
+    assert not torch.allclose(a[real], frames[real])  # it did transform them
+
+
+def test_lstm_padding_follows_the_reference():
+    """Inside the longest clip padded slots hold their input; beyond it, twice the input."""
+    module = SeqLSTM(8)
+    frames = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        out = module(frames, mask)
+    torch.testing.assert_close(out[1, 2], frames[1, 2])
+    torch.testing.assert_close(out[:, 3:], 2 * frames[:, 3:])
+
+
+def test_public_surface_shapes_with_unequal_blocks():
+    model = make_model().eval()
+    text, video = encode(model, make_batch())
+    assert text.sentence.shape == (8, 128) and text.words.shape == (8, 12, 128)
+    assert video.frames.shape == (8, 4, 128)
+    scores, delta = model.score(TextFeatures(*(t[:3] for t in text)), video)
+    assert scores.shape == (3, 8) and delta.shape == (3, 8, 128)
+    full = model.score(text, video).scores
+    torch.testing.assert_close(scores, full[:3])
+    chunked = model.score_in_chunks(text, video, chunk=3, over="video")
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(model.score_in_chunks(text, video, chunk=5, over="text"), full)
+
+
+def test_no_delta_is_cosine_of_text_and_pooled_video():
+    model = make_model(["--no_delta"]).eval()
+    assert model.similarity.psi is None
+    text, video = encode(model, make_batch())
+    scores, delta = model.score(text, video)
+    assert delta is None
+    weights = torch.einsum("ad,bkd->abk", text.sentence, video.frames).div(3.0).softmax(-1)
+    pooled = torch.einsum("abk,bkd->abd", weights * video.mask[None], video.frames)
+    expected = F.cosine_similarity(text.sentence[:, None], pooled, dim=-1)
+    torch.testing.assert_close(scores, expected)
+    assert set(model.loss(text, video)) == {"nce", "loss"}
+
+
+def _shared_weights(model: GARE, reference: GARE) -> GARE:
+    own = model.state_dict()
+    own.update({k: v for k, v in reference.state_dict().items()
+                if k in own and own[k].shape == v.shape})
+    model.load_state_dict(own)
+    return model.eval()
+
+
+@pytest.mark.parametrize("flags", SCORE_FLAGS + LOSS_FLAGS, ids=" ".join)
+def test_every_ablation_flag_changes_the_computation(flags):
+    default = make_model().eval()
+    ablated = _shared_weights(make_model(flags, seed=1), default)
+    batch = make_batch()
+    with torch.no_grad():
+        base_text, base_video = encode(default, batch)
+        text, video = encode(ablated, batch)
+        if flags in SCORE_FLAGS:
+            assert not torch.allclose(ablated.score(text, video).scores,
+                                      default.score(base_text, base_video).scores)
+        else:
+            torch.testing.assert_close(ablated.score(text, video).scores,
+                                       default.score(base_text, base_video).scores)
+            # exact comparison: some terms are small (0.01 x 1e-3) next to the InfoNCE
+            assert ablated.loss(text, video)["loss"].item() != \
+                default.loss(base_text, base_video)["loss"].item()
+
+
+@pytest.mark.parametrize("width", [512, 768], ids=["ViT-B/32 width", "ViT-L/14 width"])
+def test_ablations_run_at_real_widths(width):
+    """Real embedding widths (text tower as wide as ViT-B/32's or ViT-L/14's), shallow towers."""
+    clip_config = CLIPConfig(width, 32, 16, 64, 1, width, 2)
+    batch = make_batch(batch=3, frames=3, length=8)
+    for flags in [[]] + SCORE_FLAGS[:2] + SCORE_FLAGS[4:] + [["--ncl"]]:
+        flags = flags + ["--num_hidden_layers", "2"]
+        model = make_model(flags, clip_config)
+        out = model(*batch)
+        out["loss"].backward()
+        assert torch.isfinite(out["loss"])
+        assert model.clip.logit_scale.grad is not None
+
+
+def test_msvd_skips_aggregation_by_default():
+    parse = build_parser().parse_args
+    assert gare_config(parse(["--datatype", "msvd"])).agg_module == "None"
+    assert gare_config(parse(["--datatype", "msvd", "--agg_module", "seqLSTM"])).agg_module == "seqLSTM"
+    assert gare_config(parse([])).agg_module == "seqTransf"
+
+
+def test_help_documents_every_switch():
+    text = build_parser().format_help()
+    for flag in {f[0] for f in SCORE_FLAGS + LOSS_FLAGS} | {"--ncl_tau", "--ncl_iters", "--ncl_queue",
+                                                          "--psi_dropout", "--clip_path"}:
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize("flags", [[], ["--ncl", "--ncl_queue", "16"]], ids=["default", "ncl"])
+def test_overfits_one_fixed_batch(flags):
+    """A fixed batch of 8 random clips: the contrastive loss falls to <= 10% of its first value
+    and text-to-video R@1 on the batch reaches 100% within 200 steps."""
+    model = make_model(flags)
+    batch = make_batch()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    first = None
+    for step in range(200):
+        out = model(*batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        first = out["nce"].item() if first is None else first
+        if step % 10 == 9:
+            with torch.no_grad():
+                scores = model.eval().score(*encode(model, batch)).scores
+            model.train()
+            recall = (scores.argmax(dim=1) == torch.arange(8)).float().mean().item()
+            if out["nce"].item() <= 0.1 * first and recall == 1.0:
+                break
+    assert out["nce"].item() <= 0.1 * first, (first, out["nce"].item())
+    assert recall == 1.0
+    if flags:
+        assert len(model.text_queue) == 16 and len(model.video_queue) == 16

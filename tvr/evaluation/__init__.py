@@ -1,0 +1,1 @@
+"""Evaluation helpers: inference-time score normalisers (SPEC §8, §11)."""
