@@ -1,0 +1,155 @@
+"""The synthetic MSR-VTT-format toy dataset (tvr.data.toy): format, readable videos, captions
+grounded in what the frames show (colour, shape, direction of motion), determinism and
+idempotency.
+
+Captions are parsed here with the test's own vocabulary, and each named object is found in the
+decoded frames by its palette colour alone, so a caption that disagrees with the pixels fails.
+"""
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tvr.data.toy import COLOURS, make_toy_dataset
+
+SMALL = dict(num_train=6, num_test=4, captions_per_video=3, two_object_prob=0.5, workers=2)
+SIZE, FRAMES = 64, 12  # the generator's defaults, used by SMALL
+WAY_WORDS = {"left": "left", "leftward": "left", "right": "right", "rightward": "right",
+             "up": "up", "upward": "up", "top": "up", "down": "down", "downward": "down",
+             "bottom": "down"}
+UNIT = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy") / "a"
+    return make_toy_dataset(root, seed=0, **SMALL)
+
+
+def read_frames(path: Path) -> np.ndarray:
+    """All frames of ``path`` as T x H x W x 3 RGB float."""
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame[..., ::-1].astype(float))
+    cap.release()
+    return np.stack(frames)
+
+
+def parse(caption: str) -> list[tuple[str, str, str]]:
+    """(colour, shape, direction) of every clause of a caption."""
+    objects = []
+    for clause in caption.replace(" while ", ", ").replace(" and ", ", ").split(", "):
+        words = clause.split()
+        colour = [w for w in words if w in COLOURS]
+        shape = [w for w in words if w in ("circle", "square", "triangle")]
+        way = [WAY_WORDS[w] for w in words if w in WAY_WORDS]
+        assert len(colour) == len(shape) == len(way) == 1, f"cannot parse {clause!r}"
+        objects.append((colour[0], shape[0], way[0]))
+    return objects
+
+
+def shape_of(masks: np.ndarray) -> str:
+    """Shape from binary masks of one object: how much of its box it fills (median over
+    frames), and whether its mass sits low in the box (a triangle pointing up)."""
+    fills, lows = [], []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        height = np.ptp(ys) + 1
+        fills.append(mask.sum() / (height * (np.ptp(xs) + 1)))
+        lows.append((ys.mean() - (ys.min() + ys.max()) / 2) / height)
+    if np.median(lows) > 0.08:
+        return "triangle"
+    return "square" if np.median(fills) > 0.87 else "circle"
+
+
+def test_msrvtt_format(toy):
+    assert toy.created and toy.chance_t2v_r1 == pytest.approx(1 / 4)
+    with open(toy.root / "MSRVTT_train.9k.csv") as f:
+        train = [row["video_id"] for row in csv.DictReader(f)]
+    with open(toy.root / "MSRVTT_JSFUSION_test.csv") as f:
+        test = list(csv.DictReader(f))
+    assert list(test[0]) == ["key", "vid_key", "video_id", "sentence"]
+    data = json.loads((toy.root / "MSRVTT_data.json").read_text())
+    assert len(train) == 6 and len(test) == 4
+    assert not set(train) & {row["video_id"] for row in test}
+    assert {v["video_id"] for v in data["videos"]} == set(train) | {r["video_id"] for r in test}
+    sentences = data["sentences"]
+    assert len({s["sen_id"] for s in sentences}) == len(sentences)
+    for vid in train:
+        captions = [s["caption"] for s in sentences if s["video_id"] == vid]
+        assert len(captions) == len(set(captions)) == 3
+    contents = [frozenset(parse(row["sentence"])) for row in test]
+    assert len(set(contents)) == len(contents), "two test videos with the same content"
+    for row in test:
+        assert [s["caption"] for s in sentences if s["video_id"] == row["video_id"]] == \
+            [row["sentence"]]
+    assert sorted(p.name for p in toy.video_path.iterdir()) == \
+        sorted(f"{v}.mp4" for v in train + [r["video_id"] for r in test])
+
+
+def test_captions_match_the_pixels(toy):
+    data = json.loads((toy.root / "MSRVTT_data.json").read_text())
+    assert any(len(parse(s["caption"])) == 2 for s in data["sentences"])
+    for video in data["videos"]:
+        path = toy.video_path / f"{video['video_id']}.mp4"
+        cap = cv2.VideoCapture(str(path))
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(3.0)
+        cap.release()
+        frames = read_frames(path)
+        assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+        masks = {colour: np.linalg.norm(frames - np.array(rgb), axis=-1) < 60
+                 for colour, rgb in COLOURS.items()}
+        for caption in (s["caption"] for s in data["sentences"]
+                        if s["video_id"] == video["video_id"]):
+            objects = parse(caption)
+            named = {colour for colour, _, _ in objects}
+            assert all(masks[c].sum() == 0 for c in COLOURS if c not in named), caption
+            for colour, shape, way in objects:
+                mask = masks[colour]
+                assert mask.sum(axis=(1, 2)).min() > 20, f"{colour} missing in a frame: {caption}"
+                assert shape_of(mask) == shape, caption
+                first, last = (np.argwhere(m).mean(axis=0)[::-1] for m in (mask[0], mask[-1]))
+                (dx, dy), (ux, uy) = last - first, UNIT[way]
+                assert dx * ux + dy * uy > 0.2 * SIZE, (caption, first, last)
+                assert abs(dx * uy - dy * ux) < 2, (caption, first, last)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_deterministic_from_the_seed(toy, tmp_path):
+    again = make_toy_dataset(tmp_path / "same", seed=0, **SMALL)
+    assert tree(again.root) == tree(toy.root)
+    other = tree(make_toy_dataset(tmp_path / "other", seed=1, **SMALL).root)
+    mine = tree(toy.root)
+    assert other["MSRVTT_data.json"] != mine["MSRVTT_data.json"]
+    assert other["videos/video0.mp4"] != mine["videos/video0.mp4"]
+
+
+def test_idempotent_and_repairs(tmp_path):
+    first = make_toy_dataset(tmp_path / "t", seed=3, **SMALL)
+    stamps = {p: p.stat().st_mtime_ns for p in first.root.rglob("*")}
+    second = make_toy_dataset(tmp_path / "t", seed=3, **SMALL)
+    assert first.created and not second.created
+    assert {p: p.stat().st_mtime_ns for p in first.root.rglob("*")} == stamps
+    (first.video_path / "video2.mp4").unlink()  # incomplete: made again
+    assert make_toy_dataset(tmp_path / "t", seed=3, **SMALL).created
+    assert (first.video_path / "video2.mp4").is_file()
+    smaller = make_toy_dataset(tmp_path / "t", seed=3, **{**SMALL, "num_test": 2})
+    assert smaller.created and smaller.num_test == 2
+    assert len(list(smaller.video_path.iterdir())) == 8  # the old set's extra videos are gone
+
+
+def test_refuses_a_folder_that_is_not_a_toy_set(tmp_path):
+    (tmp_path / "MSRVTT_data.json").write_text("{}")
+    with pytest.raises(ValueError, match="refusing"):
+        make_toy_dataset(tmp_path, **SMALL)

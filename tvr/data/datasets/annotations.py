@@ -1,0 +1,142 @@
+"""Reading annotation files with errors that name the file, the line or key, and the problem.
+
+Every loader in this package reads its files through these helpers, so a malformed file (missing,
+not parseable, a missing column or key, an empty caption, a duplicated id) raises
+:class:`AnnotationError` instead of a ``KeyError`` deep inside a DataLoader worker.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file.
+
+    The message reads ``<file>:<line>: <problem>`` or ``<file> [<key>]: <problem>``; the parts
+    are also kept as attributes (``path``, ``line``, ``key``, ``problem``).
+    """
+
+    def __init__(self, path: str | Path, problem: str, *, line: int | None = None,
+                 key: str | None = None):
+        where = str(path)
+        if line is not None:
+            where += f":{line}"
+        if key is not None:
+            where += f" [{key}]"
+        super().__init__(f"{where}: {problem}")
+        self.path, self.problem, self.line, self.key = Path(path), problem, line, key
+
+
+def split_file(dataset: str, split: str, files: Mapping[str, str]) -> str:
+    """The file name of ``split`` in ``files``; ``ValueError`` for a split the dataset lacks."""
+    if split not in files:
+        raise ValueError(f"{dataset} has no split {split!r}; choose from {sorted(files)}")
+    return files[split]
+
+
+def annotation_file(anno_path: Path, name: str) -> Path:
+    """``anno_path / name``, which must be an existing file."""
+    path = Path(anno_path) / name
+    if not path.is_file():
+        raise AnnotationError(path, "annotation file not found")
+    return path
+
+
+def read_json(path: Path) -> Any:
+    """The parsed JSON content of ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(path, f"invalid JSON: {err.msg}", line=err.lineno) from err
+
+
+def read_pickle(path: Path) -> Any:
+    """The unpickled content of ``path``."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise AnnotationError(path, f"cannot unpickle: {err}") from err
+
+
+def read_id_list(path: Path) -> list[tuple[int, str]]:
+    """``(line, id)`` for every non-blank line of a one-id-per-line file; ids must be unique."""
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            video_id = line.strip()
+            if not video_id:
+                continue
+            if video_id in first_line:
+                raise AnnotationError(path, f"duplicate video id {video_id!r} (first on line "
+                                            f"{first_line[video_id]})", line=line_no)
+            first_line[video_id] = line_no
+    return [(line_no, video_id) for video_id, line_no in first_line.items()]
+
+
+def read_csv(path: Path, columns: Iterable[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line, row)`` for every row of a comma-separated file with a header holding ``columns``.
+
+    ``line`` is the 1-based line on which the row ends (the header is line 1).
+    """
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise AnnotationError(path, f"missing column(s) {', '.join(map(repr, missing))} "
+                                        f"(header: {', '.join(header) or 'empty'})", line=1)
+        for row in reader:
+            if None in row or None in row.values():
+                found = len(header) + len(row[None]) if None in row else sum(
+                    v is not None for v in row.values())
+                raise AnnotationError(path, f"expected {len(header)} fields, found {found}",
+                                      line=reader.line_num)
+            yield reader.line_num, row
+
+
+def caption_text(value: Any, path: Path, *, line: int | None = None,
+                 key: str | None = None) -> str:
+    """``value`` stripped; it must be a string with at least one non-blank character."""
+    if not isinstance(value, str):
+        raise AnnotationError(path, f"caption must be a string, got {type(value).__name__}",
+                              line=line, key=key)
+    text = value.strip()
+    if not text:
+        raise AnnotationError(path, "empty caption", line=line, key=key)
+    return text
+
+
+def required(mapping: Any, name: str, path: Path, key: str) -> Any:
+    """``mapping[name]``; ``mapping`` (found at ``key`` in ``path``) must be a dict holding it."""
+    if not isinstance(mapping, dict):
+        raise AnnotationError(path, f"expected an object, got {type(mapping).__name__}", key=key)
+    if name not in mapping:
+        raise AnnotationError(path, f"missing key {name!r}", key=key)
+    return mapping[name]
+
+
+def check_listed(split: str, listed: Iterable[str], captioned: Iterable[str], list_file: Path,
+                 caption_file: Path) -> None:
+    """Every listed video has captions; in val/test every captioned video is also listed.
+
+    In the train split, captions of videos the list leaves out are dropped (the list selects);
+    in an evaluation split they would silently shrink the gallery, so they are an error.
+    """
+    listed, captioned = list(listed), set(captioned)
+    for video_id in listed:
+        if video_id not in captioned:
+            raise AnnotationError(caption_file, f"no caption for video {video_id!r} listed in "
+                                                f"{list_file.name}", key=video_id)
+    if split != "train":
+        extra = sorted(captioned.difference(listed))
+        if extra:
+            raise AnnotationError(caption_file, f"video {extra[0]!r} of the {split} split is "
+                                                f"absent from the video list {list_file} "
+                                                f"({len(extra)} such video(s))", key=extra[0])

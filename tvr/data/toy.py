@@ -1,0 +1,296 @@
+"""A synthetic text-video dataset in MSR-VTT format, for the CPU demo and the tests.
+
+Each video shows one or two coloured shapes (circle, square, triangle; eight named colours) on a
+dark background, each moving in a straight line to the left, right, up or down; the captions say
+exactly that ("a red circle moves to the left", "the blue square slides up and a white triangle
+drifts downward"). A leftward path is the time reversal of a rightward one with the same
+distribution of positions (likewise up/down), so a model that averages its frames can tell
+colour, shape and the axis of motion, but not left from right or up from down: only a model
+that uses frame order can. Two objects in one video never overlap and have different colours.
+
+:func:`make_toy_dataset` writes, under ``root``::
+
+    MSRVTT_train.9k.csv         video_id of the training videos
+    MSRVTT_JSFUSION_test.csv    key,vid_key,video_id,sentence: one caption per test video
+    MSRVTT_data.json            {"sentences": [{video_id, caption, sen_id}], "videos": [...]}
+    videos/<video_id>.mp4       H.264 (libx264, yuv420p), size x size, fps, num_frames frames
+    toy_manifest.json           parameters and file sizes: written last, marks a complete set
+
+Training videos get ``captions_per_video`` distinct paraphrases; every test video has one caption
+and a content (its set of colour, shape, direction) no other test video has, so text-to-video
+R@1 can reach 1 and chance is exactly 1 / num_test (:attr:`ToyDataset.chance_t2v_r1`, also in
+the manifest). Single-object contents are few (8 x 3 x 4 = 96), so drawing distinct test
+contents leans towards two-object videos (about 40 % of the test split with the defaults,
+against ``two_object_prob`` = 30 % in training). Video ids are ``video0`` ... for training, then
+the test videos. Everything is a function of the parameters and the seed: the same call gives identical files
+(with the same ffmpeg binary). With the defaults (300 train, 100 test videos, 64 x 64, 12
+frames at 3 fps) generation takes about 12 s on 2 CPU cores (1.9 MB).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from itertools import product
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 40), "blue": (50, 80, 240),
+           "yellow": (240, 220, 40), "white": (240, 240, 240), "purple": (160, 60, 200),
+           "orange": (250, 140, 20), "cyan": (40, 210, 220)}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image x, y
+DIRECTION_PHRASES = {"left": ("left", "to the left", "leftward"),
+                     "right": ("right", "to the right", "rightward"),
+                     "up": ("up", "upward", "towards the top"),
+                     "down": ("down", "downward", "towards the bottom")}
+CLAUSES = ("a {colour} {shape} moves {way}", "the {colour} {shape} slides {way}",
+           "a {shape} coloured {colour} is moving {way}",
+           "a {colour} {shape} travels {way} across the screen",
+           "the {colour} {shape} drifts {way}", "{colour} {shape} going {way}")
+JOINERS = ("{0} and {1}", "{0} while {1}", "{0}, {1}")
+BACKGROUND = (30, 30, 30)
+MANIFEST = "toy_manifest.json"
+ANNOTATIONS = ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_data.json")
+_SHIFT = 4  # cv2 drawing with 1/16-pixel precision
+
+
+@dataclass(frozen=True)
+class MovingShape:
+    """One object: what it is, where it goes, and its centre (pixels) at the first/last frame."""
+
+    colour: str
+    shape: str
+    direction: str
+    start: tuple[float, float]
+    end: tuple[float, float]
+
+    def centre(self, t: float) -> tuple[float, float]:
+        """Centre at time ``t`` in [0, 1] (linear motion)."""
+        return (self.start[0] + t * (self.end[0] - self.start[0]),
+                self.start[1] + t * (self.end[1] - self.start[1]))
+
+
+@dataclass(frozen=True)
+class ToyDataset:
+    """Where a toy dataset lives and its sizes; ``created`` is False when it was already there."""
+
+    root: Path
+    video_path: Path
+    num_train: int
+    num_test: int
+    created: bool
+
+    @property
+    def chance_t2v_r1(self) -> float:
+        """Text-to-video R@1 of a random ranking on the test split: 1 / num_test."""
+        return 1.0 / self.num_test
+
+
+def object_radius(size: int) -> float:
+    """Radius (pixels) of every object in a ``size`` x ``size`` frame."""
+    return 0.11 * size
+
+
+def _sample_object(rng: np.random.Generator, size: int, colour: str) -> MovingShape:
+    """One object of ``colour``: random shape, direction and path (see the module doc)."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+    margin = object_radius(size) + 2
+    low, high = rng.uniform(margin, 0.4 * size), rng.uniform(0.6 * size, size - margin)
+    across = rng.uniform(margin, size - margin)
+    dx, dy = DIRECTIONS[direction]
+    along = (low, high) if dx + dy > 0 else (high, low)
+    if dx:
+        return MovingShape(colour, shape, direction, (along[0], across), (along[1], across))
+    return MovingShape(colour, shape, direction, (across, along[0]), (across, along[1]))
+
+
+def _apart(objects: list[MovingShape], size: int, num_frames: int) -> bool:
+    """True when no two objects come close enough to touch in any frame."""
+    if len(objects) < 2:
+        return True
+    times = np.linspace(0.0, 1.0, num_frames)
+    a, b = (np.array([o.centre(t) for t in times]) for o in objects)
+    return bool(np.linalg.norm(a - b, axis=1).min() > 2.6 * object_radius(size))
+
+
+def _sample_objects(rng: np.random.Generator, size: int, num_frames: int,
+                    two_object_prob: float) -> list[MovingShape]:
+    """One or two non-overlapping objects of different colours."""
+    count = 2 if rng.random() < two_object_prob else 1
+    while True:
+        colours = rng.choice(list(COLOURS), size=count, replace=False)
+        objects = [_sample_object(rng, size, str(c)) for c in colours]
+        if _apart(objects, size, num_frames):
+            return objects
+
+
+def all_captions(objects: list[MovingShape]) -> list[str]:
+    """Every paraphrase the templates give for ``objects``, in a fixed order."""
+    clauses = [[c.format(colour=o.colour, shape=o.shape, way=w)
+                for c, w in product(CLAUSES, DIRECTION_PHRASES[o.direction])] for o in objects]
+    if len(objects) == 1:
+        return clauses[0]
+    return [j.format(x, y) for j in JOINERS for first, second in (clauses, clauses[::-1])
+            for x, y in product(first, second)]
+
+
+def _sample_videos(rng: np.random.Generator, num_train: int, num_test: int,
+                   captions_per_video: int, size: int, num_frames: int, two_object_prob: float
+                   ) -> tuple[list[tuple[str, list[MovingShape]]], list[tuple[str, list[str]]],
+                              list[tuple[str, str]]]:
+    """(video_id, objects) of every video, (video_id, captions) of the training videos and
+    (video_id, caption) of the test videos, whose contents are all different."""
+    videos, train, test, seen = [], [], [], set()
+    for i in range(num_train + num_test):
+        vid, is_test = f"video{i}", i >= num_train
+        for _ in range(10_000):
+            objects = _sample_objects(rng, size, num_frames, two_object_prob)
+            content = frozenset((o.colour, o.shape, o.direction) for o in objects)
+            if not is_test or content not in seen:
+                break
+        else:
+            raise ValueError(f"cannot find {num_test} test videos with distinct contents")
+        options = all_captions(objects)
+        if is_test:
+            seen.add(content)
+            test.append((vid, options[rng.integers(len(options))]))
+        else:
+            picks = rng.choice(len(options), min(captions_per_video, len(options)), replace=False)
+            train.append((vid, [options[k] for k in picks]))
+        videos.append((vid, objects))
+    return videos, train, test
+
+
+def render(objects: list[MovingShape], size: int, num_frames: int) -> np.ndarray:
+    """The video as ``num_frames x size x size x 3`` uint8 RGB frames."""
+    frames = np.empty((num_frames, size, size, 3), np.uint8)
+    radius, scale = object_radius(size), 1 << _SHIFT
+    for i, t in enumerate(np.linspace(0.0, 1.0, num_frames)):
+        frame = np.full((size, size, 3), BACKGROUND, np.uint8)
+        for obj in objects:
+            x, y = obj.centre(float(t))
+            colour = COLOURS[obj.colour]
+            if obj.shape == "circle":
+                cv2.circle(frame, (round(x * scale), round(y * scale)), round(radius * scale),
+                           colour, -1, cv2.LINE_8, _SHIFT)
+                continue
+            if obj.shape == "square":
+                h = 0.85 * radius
+                corners = [(x - h, y - h), (x + h, y - h), (x + h, y + h), (x - h, y + h)]
+            else:  # equilateral triangle pointing up, centroid at (x, y)
+                corners = [(x, y - radius), (x + 0.87 * radius, y + 0.5 * radius),
+                           (x - 0.87 * radius, y + 0.5 * radius)]
+            points = np.round(np.array(corners) * scale).astype(np.int32)
+            cv2.fillPoly(frame, [points], colour, cv2.LINE_8, _SHIFT)
+        frames[i] = frame
+    return frames
+
+
+def find_ffmpeg(explicit: str | None = None) -> str:
+    """The ffmpeg binary: ``explicit``, else ``ffmpeg`` on the PATH, else imageio-ffmpeg's."""
+    found = shutil.which(explicit or "ffmpeg")
+    if found is not None:
+        return found
+    if explicit is not None:
+        raise FileNotFoundError(f"ffmpeg binary not found: {explicit}")
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as err:
+        raise FileNotFoundError("the toy dataset needs an ffmpeg binary with libx264: put ffmpeg "
+                                f"on the PATH or pip install imageio-ffmpeg ({err})") from err
+
+
+def write_mp4(frames: np.ndarray, path: Path, fps: int, ffmpeg: str) -> None:
+    """Encode RGB ``frames`` (T x H x W x 3 uint8) to an H.264 mp4, bit-exact and reproducible."""
+    _, height, width, _ = frames.shape
+    command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+               "-framerate", str(fps), "-i", "-", "-c:v", "libx264", "-crf", "18",
+               "-pix_fmt", "yuv420p", "-threads", "1", "-map_metadata", "-1",
+               "-fflags", "+bitexact", "-flags:v", "+bitexact", "-f", "mp4", str(path)]
+    proc = subprocess.run(command, input=frames.tobytes(), capture_output=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{ffmpeg} failed to write {path} (exit status {proc.returncode}): "
+                           f"{proc.stderr.decode(errors='replace').strip()}")
+
+
+def _write_annotations(root: Path, train: list[tuple[str, list[str]]],
+                       test: list[tuple[str, str]]) -> None:
+    """The three MSR-VTT annotation files for (video_id, captions) / (video_id, caption)."""
+    with open(root / ANNOTATIONS[0], "w", newline="") as f:
+        csv.writer(f).writerows([["video_id"]] + [[vid] for vid, _ in train])
+    with open(root / ANNOTATIONS[1], "w", newline="") as f:
+        rows = [[f"ret{i}", f"msr{vid[len('video'):]}", vid, caption]
+                for i, (vid, caption) in enumerate(test)]
+        csv.writer(f).writerows([["key", "vid_key", "video_id", "sentence"]] + rows)
+    pairs = [(vid, c) for vid, captions in train for c in captions] + test
+    data = {"videos": [{"video_id": vid, "split": split, "id": int(vid[len("video"):])}
+                       for split, items in (("train", train), ("test", test)) for vid, _ in items],
+            "sentences": [{"video_id": vid, "caption": c, "sen_id": i}
+                          for i, (vid, c) in enumerate(pairs)]}
+    (root / ANNOTATIONS[2]).write_text(json.dumps(data, indent=1))
+
+
+def _complete(root: Path, manifest: dict) -> bool:
+    """True when every file the manifest lists is there with its recorded size."""
+    return all((root / rel).is_file() and (root / rel).stat().st_size == size
+               for rel, size in manifest["files"].items())
+
+
+def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_test: int = 100,
+                     captions_per_video: int = 5, size: int = 64, num_frames: int = 12,
+                     fps: int = 3, two_object_prob: float = 0.3, ffmpeg: str | None = None,
+                     workers: int = 4) -> ToyDataset:
+    """Write the toy dataset under ``root`` (see the module doc) unless it is already there.
+
+    Nothing is written when ``root`` holds a complete set made with the same parameters. A set
+    made with other parameters is replaced; a folder holding MSR-VTT annotation files without a
+    toy manifest is refused (ValueError) rather than overwritten. ``ffmpeg`` as in
+    :func:`find_ffmpeg`; ``workers`` ffmpeg processes encode in parallel.
+    """
+    if min(num_train, num_test, captions_per_video, fps) < 1 or num_frames < 2 or size < 32:
+        raise ValueError("need num_train, num_test, captions_per_video, fps >= 1, "
+                         "num_frames >= 2 and size >= 32")
+    if not 0.0 <= two_object_prob <= 1.0:
+        raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
+    root = Path(root)
+    params = {"seed": seed, "num_train": num_train, "num_test": num_test,
+              "captions_per_video": captions_per_video, "size": size, "num_frames": num_frames,
+              "fps": fps, "two_object_prob": two_object_prob}
+    result = ToyDataset(root, root / "videos", num_train, num_test, created=True)
+    manifest_path = root / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old["params"] == params and _complete(root, old):
+            return replace(result, created=False)
+        manifest_path.unlink()
+        for rel in old["files"]:
+            (root / rel).unlink(missing_ok=True)
+    elif any((root / name).exists() for name in ANNOTATIONS):
+        raise ValueError(f"{root} holds MSR-VTT annotations but no {MANIFEST}: not a toy "
+                         "dataset folder, refusing to overwrite it")
+
+    videos, train, test = _sample_videos(np.random.default_rng(seed), num_train, num_test,
+                                         captions_per_video, size, num_frames, two_object_prob)
+    exe = find_ffmpeg(ffmpeg)
+    result.video_path.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(lambda item: write_mp4(render(item[1], size, num_frames),
+                                             result.video_path / f"{item[0]}.mp4", fps, exe),
+                      videos))
+    _write_annotations(root, train, test)
+    files = [f"videos/{vid}.mp4" for vid, _ in videos] + list(ANNOTATIONS)
+    manifest = {"params": params, "chance_t2v_r1": result.chance_t2v_r1,
+                "files": {rel: (root / rel).stat().st_size for rel in files}}
+    tmp = root / f".{MANIFEST}.part"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(manifest_path)
+    return result
