@@ -13,6 +13,80 @@ from tvr.models.similarity import SimilarityConfig
 from tvr.models.temporal import AGG_MODULES
 
 
+COMPATIBILITY_FLAGS = {  # reference flags that this implementation accepts and ignores
+    "--device": (str, "cuda/cpu; the device follows the launcher (CUDA when available)"),
+    "--world_size": (int, "taken from the launcher's environment"),
+    "--distributed": (int, "taken from the launcher's environment"),
+    "--interaction": (str, "DRL's interaction type; GARE has one similarity"),
+    "--center": (int, "width divisor of an unused reference module"),
+}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to run, on which data, and the optimisation recipe (the reference's flags + new)."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--do_train", type=int, default=0, help="train (1) or not (0)")
+    group.add_argument("--do_eval", type=int, default=0,
+                       help="evaluate only, e.g. a --init_model checkpoint (1) or not (0)")
+    group.add_argument("--output_dir", default=None,
+                       help="logs, checkpoints, metrics (default outputs/<datatype>)")
+    group.add_argument("--init_model", default=None,
+                       help="weights to start from (a checkpoint of this project)")
+    group.add_argument("--resume", default=None, nargs="?", const="auto",
+                       help="continue a stopped run from a checkpoint; without a value, from "
+                            "<output_dir>/ckpt_last.pt")
+    group.add_argument("--seed", type=int, default=42, help="random seed")
+    group.add_argument("--n_display", type=int, default=100, help="log every N steps")
+    group.add_argument("--eval_every_steps", type=int, default=0,
+                       help="also validate every N steps (0: once per epoch); the reference "
+                            "validates every 3 x n_display steps")
+    group.add_argument("--save_every_steps", type=int, default=0,
+                       help="also write ckpt_last.pt every N steps (it is always written at "
+                            "the end of each epoch)")
+    group.add_argument("--eval_dsl_temp", type=float, default=None,
+                       help="also report dual-softmax (DSL) re-ranked metrics at this "
+                            "temperature (e.g. 0.01)")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="autocast of the CLIP encoders with fp32 master weights; auto = bf16 "
+                            "on GPUs that support it, fp32 otherwise")
+    group.add_argument("--local_rank", "--local-rank", type=int, default=0,
+                       help="set by the legacy `python -m torch.distributed.launch`")
+    for flag, (kind, note) in COMPATIBILITY_FLAGS.items():
+        group.add_argument(flag, type=kind, default=None, help=f"accepted and ignored: {note}")
+
+    group = parser.add_argument_group("data (SPEC §3-4)")
+    group.add_argument("--datatype", default="msrvtt",
+                       choices=["msrvtt", "msvd", "lsmdc", "activitynet", "didemo"],
+                       help="dataset (also picks dataset-specific defaults)")
+    group.add_argument("--anno_path", default=None,
+                       help="annotation folder; without it the main job runs the built-in demo")
+    group.add_argument("--video_path", default=None, help="video folder")
+    group.add_argument("--max_words", type=int, default=32, help="caption tokens incl. SOT/EOT")
+    group.add_argument("--max_frames", type=int, default=12, help="frames per clip")
+    group.add_argument("--video_framerate", type=int, default=1, help="frames sampled per second")
+    group.add_argument("--video_backend", default="opencv", choices=["opencv", "pyav"],
+                       help="video decoder")
+    group.add_argument("--train_augment", default="randaugment", choices=["randaugment", "none"],
+                       help="training frame augmentation: the reference's RandAugment with one "
+                            "draw per clip, or none")
+    group.add_argument("--skip_bad_videos", action="store_true",
+                       help="skip unreadable videos and list them at the end of each epoch "
+                            "(default: stop with an error naming the file)")
+    group.add_argument("--workers", type=int, default=4, help="data loading processes per rank")
+
+    group = parser.add_argument_group("optimisation (SPEC §9)")
+    group.add_argument("--epochs", type=int, default=5, help="training epochs")
+    group.add_argument("--batch_size", type=int, default=128,
+                       help="GLOBAL training batch, split across processes")
+    group.add_argument("--batch_size_val", type=int, default=128, help="evaluation batch")
+    group.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    group.add_argument("--coef_lr", type=float, default=1e-3,
+                       help="CLIP's learning rate is lr x coef_lr")
+    group.add_argument("--warmup_proportion", type=float, default=0.1,
+                       help="linear warm-up share of training, then cosine decay")
+    group.add_argument("--weight_decay", type=float, default=0.2, help="weight decay")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Backbone, temporal aggregation, GARE similarity, losses and NCL."""
     group = parser.add_argument_group("backbone")

@@ -92,6 +92,19 @@ class GARE(nn.Module):
         self.text_queue = FeatureQueue(config.ncl.queue) if config.ncl.enabled else None
         self.video_queue = FeatureQueue(config.ncl.queue) if config.ncl.enabled else None
 
+    def get_extra_state(self) -> dict:
+        """NCL's query queues travel with the weights, so a resumed run continues exactly."""
+        if self.text_queue is None:
+            return {}
+        return {"text": self.text_queue.contents(), "video": self.video_queue.contents()}
+
+    def set_extra_state(self, state: dict) -> None:
+        for name, queue in (("text", self.text_queue), ("video", self.video_queue)):
+            if queue is not None:
+                queue.reset()
+                if state.get(name):
+                    queue.enqueue(*state[name])
+
     @property
     def uses_words(self) -> bool:
         return self.similarity.config.psi_context == "words"

@@ -1,0 +1,154 @@
+"""Training checkpoints: exact resume, RNG states, atomic writes, weights for evaluation."""
+import argparse
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tvr.training import checkpoint as ckpt
+from tvr.training.optim import BertAdam, param_groups
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+        self.register_buffer("counter", torch.zeros(1))
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    model = Net()
+    return model, BertAdam(param_groups(model, 0.05, 1.0, 0.2), lr=0.05, t_total=10)
+
+
+def train(model, optimizer, steps):
+    """Steps on batches drawn from torch's global generator (so resume must restore it)."""
+    for _ in range(steps):
+        x = torch.randn(4, 6)
+        model.body(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.counter += 1
+
+
+def draws():
+    extra = torch.randn(1, device="cuda").item() if torch.cuda.is_available() else None
+    return random.random(), float(np.random.rand()), np.random.randn(3).tolist(), \
+        torch.rand(3).tolist(), extra
+
+
+ARGS = argparse.Namespace(lr=0.05, output_dir=Path("/tmp/run"), batch_size=8, flags=[1, "a"])
+
+
+def test_resume_continues_identically(tmp_path):
+    model, optimizer = make()
+    train(model, optimizer, 3)
+    random.seed(5)
+    np.random.seed(5)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=1, global_step=3,
+                                best_metric=12.5, args=ARGS)
+    after_save = draws()
+    train(model, optimizer, 4)
+
+    resumed, resumed_optimizer = make(seed=1)  # different initial weights
+    state = ckpt.load_checkpoint(path, resumed, resumed_optimizer)
+    assert draws() == after_save  # every generator restored
+    train(resumed, resumed_optimizer, 4)
+    assert state == ckpt.TrainingState(1, 3, 12.5, {"lr": 0.05, "output_dir": "/tmp/run",
+                                                    "batch_size": 8, "flags": [1, "a"]})
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed_optimizer.state[resumed.body[0].weight]["step"] == 7
+
+
+def test_files_load_with_weights_only(tmp_path):
+    model, optimizer = make()
+    train(model, optimizer, 1)
+    for path in (ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=0,
+                                      global_step=1, best_metric=None, args=ARGS),
+                 ckpt.save_model(tmp_path / ckpt.BEST, model, epoch=0, global_step=1,
+                                 metric=3.0, args=ARGS)):
+        assert isinstance(torch.load(path, weights_only=True), dict)
+
+
+def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, optimizer = make()
+    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=0, global_step=0,
+                                best_metric=None)
+    good = path.read_bytes()
+    train(model, optimizer, 2)
+    real_save = torch.save
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(path, model, optimizer, epoch=0, global_step=2, best_metric=None)
+    assert path.read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == [ckpt.LAST]  # no temporary file left behind
+
+    events = []  # the data is on disk (fsync) before the rename makes it the checkpoint
+    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
+    ckpt.save_checkpoint(path, model, optimizer, epoch=0, global_step=2, best_metric=None)
+    assert events[:2] == ["fsync", "replace"]
+    assert ckpt.load_checkpoint(path, make()[0]).global_step == 2
+
+
+def test_save_unwraps_ddp(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}",
+                           rank=0, world_size=1)
+    try:
+        model, optimizer = make()
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        path = ckpt.save_model(tmp_path / ckpt.BEST, wrapped, epoch=2, global_step=9, metric=40.0)
+    finally:
+        dist.destroy_process_group()
+    assert set(torch.load(path, weights_only=True)["model"]) == set(model.state_dict())
+
+
+def test_load_weights_for_eval(tmp_path):
+    model, optimizer = make()
+    train(model, optimizer, 2)
+    full = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=1, global_step=2,
+                                best_metric=7.0, args=ARGS)
+    best = ckpt.save_model(tmp_path / ckpt.BEST, model, epoch=1, global_step=2, metric=7.0)
+    bare = tmp_path / "bare.pt"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, bare)
+    for path, kind in ((full, "training"), (best, "model"), (bare, "state_dict")):
+        fresh = make(seed=3)[0]
+        meta = ckpt.load_weights_for_eval(path, fresh)
+        assert meta["kind"] == kind
+        for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+            assert torch.equal(a, b), (path, name)
+    assert ckpt.load_weights_for_eval(best, make()[0])["best_metric"] == 7.0
+
+    other = nn.Sequential(nn.Linear(6, 8))
+    with pytest.raises(ValueError, match="missing keys"):
+        ckpt.load_weights_for_eval(best, other)
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        ckpt.load_weights_for_eval(tmp_path / "nowhere.pt", model)
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        ckpt.load_checkpoint(best, model, optimizer)
+
+
+def test_resume_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=ckpt.LAST):
+        ckpt.resume_path("auto", tmp_path)
+    model, optimizer = make()
+    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=0, global_step=0,
+                                best_metric=None)
+    assert ckpt.resume_path("auto", tmp_path) == path
+    assert ckpt.resume_path(tmp_path, "elsewhere") == path
+    assert ckpt.resume_path(path, "elsewhere") == path

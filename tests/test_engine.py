@@ -1,0 +1,237 @@
+"""The evaluation engine (folded and naive paths) and two-stage retrieval against the naive module."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tvr.evaluation.engine import SimilarityEngine
+from tvr.evaluation.two_stage import topk_containment, two_stage_scores
+from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+
+FOLDED = [{}, {"gap_sign": -1}, {"psi_query": "text"}, {"delta_side": "video"}, {"no_delta": True},
+          {"psi_query": "text", "delta_side": "video"}, {"gap_sign": -1, "delta_side": "video"},
+          {"no_delta": True, "psi_context": "words"}]
+FALLBACK = [{"psi_context": "words"}, {"psi_context": "words", "delta_side": "video", "gap_sign": -1}]
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+PRECISION = {torch.float64: "fp64", torch.float32: "fp32"}
+
+
+def name(overrides: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+
+
+def trained(config: SimilarityConfig, dtype: torch.dtype, seed: int = 1) -> GapAwareSimilarity:
+    """Every LayerNorm and Linear moved away from its initialisation, in eval mode."""
+    torch.manual_seed(0)
+    model = GapAwareSimilarity(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "layer_norm" in pname:
+                p.copy_(1.0 + 0.3 * noise if pname.endswith("weight") else 0.2 * noise)
+            elif pname.endswith("bias"):
+                p.copy_(0.2 * noise)
+            else:
+                p.copy_(noise / math.sqrt(p.shape[1]))
+    return model.to(dtype).eval()
+
+
+def inputs(b_t: int, b_v: int, n_frames: int, dim: int, dtype: torch.dtype, seed: int = 0,
+           n_words: int = 5) -> dict[str, torch.Tensor]:
+    """Random features; padded frame slots (and words) hold random, non-zero values."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(b_v, n_frames)
+    for b in range(1, b_v):
+        mask[b, max(1, n_frames - b):] = 0
+    word_mask = torch.ones(b_t, n_words)
+    for a in range(1, b_t):
+        word_mask[a, max(2, n_words - a):] = 0
+    return {"text": torch.randn(b_t, dim, generator=g, dtype=dtype),
+            "frames": torch.randn(b_v, n_frames, dim, generator=g, dtype=dtype),
+            "video_mask": mask,
+            "words": torch.randn(b_t, n_words, dim, generator=g, dtype=dtype),
+            "word_mask": word_mask}
+
+
+def run_engine(engine: SimilarityEngine, x: dict, block=None) -> torch.Tensor:
+    texts = engine.prepare_texts(x["text"], x["words"], x["word_mask"])
+    return engine.score(texts, engine.prepare_videos(x["frames"], x["video_mask"]), block=block)
+
+
+def naive_scores(model: GapAwareSimilarity, x: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**x).scores
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("overrides", FOLDED, ids=name)
+def test_folded_equals_naive(overrides: dict, dtype: torch.dtype) -> None:
+    model = trained(SimilarityConfig(dim=24, **overrides), dtype)
+    x = inputs(b_t=7, b_v=9, n_frames=5, dim=24, dtype=dtype)
+    reference = naive_scores(model, x)
+    engine = SimilarityEngine(model, precision=PRECISION[dtype])
+    assert engine.method == "folded" and engine.fallback_reason is None
+    for block in [None, (1, 1), (2, 3), (7, 4), (3, 9), (100, 100)]:
+        scores = run_engine(engine, x, block)
+        assert scores.shape == (7, 9) and scores.dtype == dtype
+        torch.testing.assert_close(scores, reference, atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("overrides", FALLBACK, ids=name)
+def test_fallback_equals_naive(overrides: dict, dtype: torch.dtype) -> None:
+    model = trained(SimilarityConfig(dim=24, **overrides), dtype)
+    x = inputs(b_t=6, b_v=4, n_frames=5, dim=24, dtype=dtype)
+    with pytest.warns(UserWarning, match="words"):
+        engine = SimilarityEngine(model, precision=PRECISION[dtype])
+    assert engine.method == "naive" and "words" in engine.fallback_reason
+    for block in [None, (1, 1), (4, 3)]:
+        torch.testing.assert_close(run_engine(engine, x, block), naive_scores(model, x),
+                                   atol=TOL[dtype], rtol=0)
+    with pytest.raises(ValueError, match="words"):
+        engine.prepare_texts(x["text"])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"delta_side": "video"}], ids=name)
+def test_forced_naive_path(overrides: dict) -> None:
+    model = trained(SimilarityConfig(dim=16, **overrides), torch.float64)
+    x = inputs(b_t=5, b_v=3, n_frames=4, dim=16, dtype=torch.float64)
+    engine = SimilarityEngine(model, precision="fp64", naive=True)
+    assert engine.method == "naive"
+    torch.testing.assert_close(run_engine(engine, x, (2, 2)), naive_scores(model, x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"psi_query": "text", "delta_side": "video"}], ids=name)
+def test_real_width_fp32(overrides: dict) -> None:
+    """d = 512, F = 12, features sharing a common direction (so the gap is small, as with CLIP)."""
+    model = trained(SimilarityConfig(dim=512, **overrides), torch.float32)
+    x = inputs(b_t=20, b_v=15, n_frames=12, dim=512, dtype=torch.float32)
+    common = torch.randn(512, generator=torch.Generator().manual_seed(5))
+    x["text"] = common + 0.3 * x["text"]
+    x["frames"] = common + 0.3 * x["frames"]
+    model64 = trained(SimilarityConfig(dim=512, **overrides), torch.float64)
+    x64 = {k: v.double() if v.is_floating_point() else v for k, v in x.items()}
+    exact = naive_scores(model64, x64)
+    engine = SimilarityEngine(model, memory_budget_bytes=200 * 1024, precision="fp32")
+    assert engine.block_shape(20, 15, 12)[1] < 15  # several blocks
+    scores = run_engine(engine, x)
+    torch.testing.assert_close(scores.double(), exact, atol=1e-4, rtol=0)
+    torch.testing.assert_close(naive_scores(model, x), scores, atol=1e-4, rtol=0)
+
+
+def test_block_shape_respects_budget() -> None:
+    engine = SimilarityEngine(trained(SimilarityConfig(dim=32), torch.float32), memory_budget_bytes=10**6)
+    per_pair = engine.bytes_per_pair(12)
+    for n_t, n_v in [(1000, 1000), (10, 5000), (5000, 3), (1, 1)]:
+        b_t, b_v = engine.block_shape(n_t, n_v, 12)
+        assert 1 <= b_t <= n_t and 1 <= b_v <= n_v
+        assert b_t * b_v * per_pair <= 10**6
+    assert engine.block_shape(10, 10, 12) == (10, 10)
+    assert SimilarityEngine(engine.module, memory_budget_bytes=1).block_shape(5, 5, 12) == (1, 1)
+
+
+def test_module_untouched_and_eval_scores() -> None:
+    """A module in train mode is neither switched nor used with dropout; weights are copied."""
+    model = trained(SimilarityConfig(dim=16, dropout=0.5), torch.float64).train()
+    x = inputs(b_t=3, b_v=4, n_frames=4, dim=16, dtype=torch.float64)
+    engine = SimilarityEngine(model, precision="fp64")
+    scores = run_engine(engine, x)
+    assert model.training
+    torch.testing.assert_close(scores, naive_scores(model.eval(), x), atol=1e-12, rtol=0)
+    with torch.no_grad():
+        model.psi.mean_proj.bias.add_(1.0)
+    torch.testing.assert_close(run_engine(engine, x), scores, atol=0, rtol=0)
+
+
+def test_selection_and_ownership() -> None:
+    model = trained(SimilarityConfig(dim=16), torch.float64)
+    x = inputs(b_t=6, b_v=5, n_frames=4, dim=16, dtype=torch.float64)
+    engine = SimilarityEngine(model, precision="fp64")
+    texts, videos = engine.prepare_texts(x["text"]), engine.prepare_videos(x["frames"], x["video_mask"])
+    full = engine.score(texts, videos)
+    pick = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(engine.score(texts.select(pick), videos.select(slice(1, 4))),
+                               full[pick][:, 1:4], atol=1e-12, rtol=0)
+    other = SimilarityEngine(model, precision="fp64")
+    with pytest.raises(ValueError, match="prepared by this engine"):
+        other.score(texts, videos)
+    with pytest.raises(TypeError):
+        engine.score(videos, texts)
+
+
+def test_bf16_and_tf32_run_close() -> None:
+    model = trained(SimilarityConfig(dim=64), torch.float32)
+    x = inputs(b_t=8, b_v=6, n_frames=6, dim=64, dtype=torch.float32)
+    reference = naive_scores(model, x)
+    torch.testing.assert_close(run_engine(SimilarityEngine(model, precision="tf32"), x), reference,
+                               atol=1e-2, rtol=0)
+    assert torch.get_float32_matmul_precision() == "highest"  # restored
+    bf16 = run_engine(SimilarityEngine(model, precision="bf16"), x)
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, reference, atol=0.1, rtol=0)
+
+
+def test_coarse_score_is_cosine_with_masked_mean() -> None:
+    model = trained(SimilarityConfig(dim=16), torch.float64)
+    x = inputs(b_t=4, b_v=5, n_frames=4, dim=16, dtype=torch.float64)
+    engine = SimilarityEngine(model, precision="fp64")
+    coarse = engine.coarse_score(engine.prepare_texts(x["text"]),
+                                 engine.prepare_videos(x["frames"], x["video_mask"]))
+    m = x["video_mask"].double().unsqueeze(-1)
+    mean = (x["frames"] * m).sum(1) / m.sum(1)
+    expected = torch.nn.functional.cosine_similarity(x["text"].unsqueeze(1), mean.unsqueeze(0), dim=-1)
+    torch.testing.assert_close(coarse, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("budget", [256 * 2**20, 4000])
+def test_two_stage_with_all_videos_equals_engine(budget: int) -> None:
+    model = trained(SimilarityConfig(dim=16), torch.float64)
+    x = inputs(b_t=9, b_v=7, n_frames=4, dim=16, dtype=torch.float64)
+    engine = SimilarityEngine(model, memory_budget_bytes=budget, precision="fp64")
+    texts, videos = engine.prepare_texts(x["text"]), engine.prepare_videos(x["frames"], x["video_mask"])
+    full = engine.score(texts, videos)
+    result = two_stage_scores(engine, texts, videos, k=7)
+    torch.testing.assert_close(result.scores, full, atol=1e-12, rtol=0)
+    assert result.candidates.shape == (9, 7)
+    assert topk_containment(full, result.candidates, 10) == {"items": 1.0, "queries": 1.0}
+
+
+def test_two_stage_small_k() -> None:
+    model = trained(SimilarityConfig(dim=16), torch.float64)
+    x = inputs(b_t=6, b_v=8, n_frames=4, dim=16, dtype=torch.float64)
+    engine = SimilarityEngine(model, memory_budget_bytes=3000, precision="fp64")
+    texts, videos = engine.prepare_texts(x["text"]), engine.prepare_videos(x["frames"], x["video_mask"])
+    full, coarse = engine.score(texts, videos), engine.coarse_score(texts, videos)
+    for fill in ("stage1", "-inf"):
+        result = two_stage_scores(engine, texts, videos, k=3, fill=fill)
+        for a in range(6):
+            top = torch.sort(coarse[a], descending=True, stable=True).indices[:3]
+            assert torch.equal(result.candidates[a], top)
+            torch.testing.assert_close(result.scores[a, top], full[a, top], atol=1e-12, rtol=0)
+            rest = torch.ones(8, dtype=torch.bool)
+            rest[top] = False
+            if fill == "-inf":
+                assert torch.isneginf(result.scores[a, rest]).all()
+            else:
+                torch.testing.assert_close(result.scores[a, rest], coarse[a, rest] - 3, atol=1e-12, rtol=0)
+                assert result.scores[a, rest].max() < result.scores[a, top].min()
+    with pytest.raises(ValueError):
+        two_stage_scores(engine, texts, videos, k=0)
+
+
+def test_topk_containment_constructed() -> None:
+    """3 texts, 12 videos; full top-10 of each text is known; candidates cover 10, 9 and 5 of them."""
+    full = torch.zeros(3, 12)
+    full[:, :10] = torch.arange(10, 0, -1, dtype=torch.float32)    # top-10 = videos 0..9
+    full[2] = 0.0
+    full[2, 2:12] = 1.0                                              # ties: top-10 = 2..11
+    candidates = torch.tensor([list(range(10)) + [10, 11],
+                               [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 11],
+                               [2, 3, 4, 5, 6, 0, 1, 0, 1, 0, 1, 0]])
+    out = topk_containment(full, candidates, top=10)
+    assert out["items"] == pytest.approx((10 + 9 + 5) / 30)
+    assert out["queries"] == pytest.approx(1 / 3)
+    assert topk_containment(full, candidates, top=1) == {"items": 1.0, "queries": 1.0}

@@ -1,0 +1,128 @@
+"""main_retrieval.py end to end on a small generated toy dataset (CPU, tiny CLIP)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tvr.data.toy import make_toy_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--base_encoder", "tiny", "--max_words", "16", "--max_frames", "4",
+         "--video_framerate", "3", "--batch_size", "8", "--batch_size_val", "16", "--workers", "0",
+         "--lr", "1e-3", "--coef_lr", "1", "--num_hidden_layers", "2", "--train_augment", "none",
+         "--n_display", "1"]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), num_train=24, num_test=12,
+                            captions_per_video=2, workers=2)
+
+
+def data_flags(toy) -> list[str]:
+    return ["--anno_path", str(toy.root), "--video_path", str(toy.video_path)]
+
+
+def run_main(args: list[str], launcher: list[str] = (), check: bool = True,
+             **popen) -> subprocess.CompletedProcess:
+    command = [sys.executable, *launcher, str(REPO / "main_retrieval.py"), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, **popen)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    """Step -> loss from scalars.jsonl; for a step logged twice (resumed), the last line."""
+    losses = {}
+    for line in (output_dir / "scalars.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["prefix"] == "train":
+            losses[record["step"]] = record["loss"]
+    return losses
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_train_then_evaluate_beats_chance_and_eval_only_reproduces_it(toy, tmp_path):
+    out = tmp_path / "run"
+    run_main(["--do_train", "1", "--epochs", "4", "--output_dir", str(out), *SMALL,
+              *data_flags(toy)])
+    metrics = json.loads((out / "metrics_test.json").read_text())["raw"]
+    chance_r5 = 100 * 5 / toy.num_test
+    assert metrics["t2v"]["R5"] > chance_r5, metrics
+    assert metrics["t2v"]["MeanR"] < (toy.num_test + 1) / 2, metrics
+    for name in ("log.txt", "ckpt_best.pt", "ckpt_last.pt", "metrics_test.md", "curves.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").iterdir())
+
+    again = tmp_path / "eval"
+    run_main(["--do_eval", "1", "--init_model", str(out / "ckpt_best.pt"),
+              "--output_dir", str(again), *SMALL, *data_flags(toy)])
+    assert json.loads((again / "metrics_test.json").read_text())["raw"] == metrics
+
+
+def test_killed_run_resumes_with_identical_losses(toy, tmp_path):
+    flags = ["--do_train", "1", "--epochs", "2", "--save_every_steps", "1", *SMALL,
+             *data_flags(toy)]
+    reference = tmp_path / "reference"
+    run_main([*flags, "--output_dir", str(reference)])
+    expected = train_losses(reference)
+    assert len(expected) == 12  # 2 epochs x (24 videos x 2 captions / batch 8)
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(REPO / "main_retrieval.py"), *flags, "--output_dir", str(killed)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (killed / "scalars.jsonl").is_file() and len(train_losses(killed)) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before = len(train_losses(killed))
+    assert done_before < 12
+
+    run_main([*flags, "--output_dir", str(killed), "--resume"])
+    resumed = train_losses(killed)
+    assert sorted(resumed) == sorted(expected)
+    for step in range(done_before, 13):
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-6), step
+
+
+def test_reference_readme_command_runs_with_the_legacy_launcher(toy, tmp_path):
+    """The reference README's flags, verbatim but for the data paths and a tiny CLIP."""
+    readme = ["--do_train", "1", "--workers", "0", "--n_display", "50", "--epochs", "1",
+              "--lr", "1e-4", "--coef_lr", "1e-3", "--batch_size", "48", "--batch_size_val", "48",
+              *data_flags(toy), "--datatype", "msrvtt", "--max_words", "32",
+              "--max_frames", "12", "--video_framerate", "1",
+              "--output_dir", str(tmp_path / "ckpts"), "--temp", "3", "--alpha", "2",
+              "--beta", "0.07", "--lambda_dir", "0.01", "--lambda_epsilon", "0.01",
+              "--lambda_lower", "0.5", "--base_encoder", "tiny"]
+    launcher = ["-m", "torch.distributed.launch", "--master_port", str(free_port()),
+                "--nproc_per_node=1"]
+    run_main(readme, launcher)
+    assert len(train_losses(tmp_path / "ckpts")) == 1  # 48 pairs / global batch 48
+
+
+def test_global_batch_not_divisible_by_world_size_is_a_clear_error(toy, tmp_path):
+    result = run_main(["--do_train", "1", *SMALL, "--batch_size", "7", *data_flags(toy),
+                       "--output_dir", str(tmp_path)],
+                      ["-m", "torch.distributed.run", "--nproc_per_node=2",
+                       f"--master_port={free_port()}"], check=False, timeout=300)
+    assert result.returncode != 0
+    assert "--batch_size 7 is the GLOBAL batch" in result.stderr

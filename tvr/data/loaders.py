@@ -1,0 +1,87 @@
+"""From command-line flags to datasets and data loaders (SPEC §3-4, §10).
+
+Training order and augmentation are functions of (seed, epoch, position) only, so that a run
+resumed mid-epoch sees exactly the batches and augmentations of an uninterrupted one:
+
+- :class:`ResumableSampler` is a DistributedSampler (the same shuffle on every launch, a
+  disjoint share per process, set_epoch) that can start at a given batch of the epoch;
+- :class:`SeededItems` seeds torch's generator per item from (seed, epoch, index) before the
+  dataset draws its augmentation, so results do not depend on the number of workers either.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from tvr.data.datasets import RetrievalDataset, build_dataset, collate_skipping
+from tvr.data.transforms import build_clip_transform
+from tvr.data.video import VideoClipLoader
+from tvr.models.tokenizer import ClipTokenizer
+
+
+def build_split(args: argparse.Namespace, split: str, image_size: int,
+                train: bool = False) -> RetrievalDataset:
+    """The ``split`` of ``--datatype`` with the train (augmented) or eval frame transform."""
+    augment = train and args.train_augment == "randaugment"
+    loader = VideoClipLoader(args.video_backend, args.video_framerate, args.max_frames,
+                             build_clip_transform(image_size, augment))
+    return build_dataset(args.datatype, split, args.anno_path, args.video_path, ClipTokenizer(),
+                         loader, args.max_words, args.skip_bad_videos)
+
+
+class SeededItems(Dataset):
+    """``dataset[i]`` drawn with torch's generator seeded from (seed, epoch, i)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            return self.dataset[index]
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (drop_last) whose epoch may start at batch ``start_batch``."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int,
+                 batch_size: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=True)
+        self.batch_size = batch_size
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())[:self.batches_per_epoch * self.batch_size]
+        return iter(indices[self.start_batch * self.batch_size:])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def train_loader(dataset: RetrievalDataset, args: argparse.Namespace, rank: int, world_size: int,
+                 local_batch: int) -> tuple[DataLoader, ResumableSampler, SeededItems]:
+    """Loader of this process' share of each global batch; call ``set_epoch`` on the returned
+    sampler and items before every epoch."""
+    items = SeededItems(dataset, args.seed)
+    sampler = ResumableSampler(items, world_size, rank, args.seed, local_batch)
+    if sampler.batches_per_epoch == 0:
+        raise ValueError(f"{dataset!r} has fewer pairs per process ({sampler.num_samples}) than "
+                         f"one batch ({local_batch}); lower --batch_size")
+    loader = DataLoader(items, batch_size=local_batch, sampler=sampler, num_workers=args.workers,
+                        collate_fn=collate_skipping, pin_memory=torch.cuda.is_available(),
+                        drop_last=True, generator=torch.Generator().manual_seed(args.seed),
+                        persistent_workers=False)
+    return loader, sampler, items

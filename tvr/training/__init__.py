@@ -1,0 +1,1 @@
+"""Training: optimiser and schedule, checkpoints, distributed helpers, monitoring, the loop."""

@@ -1,0 +1,234 @@
+"""Training checkpoints: atomic writes, exact resume, weights for evaluation.
+
+Files in ``--output_dir`` (rank 0 alone writes them, SPEC §10):
+
+- ``ckpt_last.pt`` (:data:`LAST`): the full training state, rewritten at every save; what
+  ``--resume`` (without a value) continues from;
+- ``ckpt_best.pt`` (:data:`BEST`): the model weights of the best validation text-to-video R@1
+  so far, with their epoch, step, metric and args (no optimiser, no RNG: a third of the size).
+
+Both are dicts of tensors and plain Python values (str, int, float, bool, None, lists, dicts):
+RNG states are stored as tensors and ints, the args as a dict of plain values, so every file of
+this project loads with ``torch.load(..., weights_only=True)``: loading never runs pickled code.
+
+A full checkpoint holds: ``model`` (state dict of the unwrapped model: no ``module.`` prefix),
+``optimizer`` (BertAdam's state dict: moments, per-parameter step counts, schedule settings),
+``global_step`` (optimiser updates done: a resumed run continues in epoch
+``global_step // steps_per_epoch`` after its first ``global_step % steps_per_epoch`` batches),
+``epoch`` (0-based epoch in which the file was written, for the record), ``best_metric``,
+``args`` and ``rng`` (python ``random``, numpy, torch CPU and, when CUDA is available, the
+current GPU's generator). The RNG states are those of the rank that wrote the file (rank 0) and
+every rank restores them: the ranks' generators are alike anyway when every rank is seeded with
+the same ``--seed`` and draws alike, as in the recipe.
+
+Writes are atomic: the file is written under a temporary name in the same folder, flushed and
+fsync'ed, then renamed over the final name (``os.replace``), and the folder is fsync'ed. A crash
+at any point leaves either the previous file or the new one under the final name, never a
+partial file.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from tvr.training.distributed import unwrap_model
+
+LAST = "ckpt_last.pt"
+BEST = "ckpt_best.pt"
+FORMAT_VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint says about its run; the module docstring describes each field."""
+
+    epoch: int
+    global_step: int
+    best_metric: Optional[float]
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see the module docstring); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); skipped where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def plain_args(args: Union[argparse.Namespace, dict[str, Any], None]) -> dict[str, Any]:
+    """The run's arguments as a dict of plain values (others, e.g. paths, become strings)."""
+    items = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    return {str(k): _plain(v) for k, v in items.items()}
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator a training run draws from, as tensors and plain values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
+                  "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` recorded (the CUDA state goes to the current GPU)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optimizer, *, epoch: int,
+                    global_step: int, best_metric: Optional[float],
+                    args: Union[argparse.Namespace, dict[str, Any], None] = None) -> Path:
+    """Write the full training state (``ckpt_last.pt``) atomically; call on rank 0 only."""
+    return atomic_save({
+        "format_version": FORMAT_VERSION, "kind": "training",
+        "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch), "global_step": int(global_step),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "args": plain_args(args), "rng": rng_state(),
+    }, path)
+
+
+def save_model(path: PathLike, model: nn.Module, *, epoch: int, global_step: int,
+               metric: Optional[float],
+               args: Union[argparse.Namespace, dict[str, Any], None] = None) -> Path:
+    """Write model weights and their provenance (``ckpt_best.pt``) atomically; rank 0 only."""
+    return atomic_save({
+        "format_version": FORMAT_VERSION, "kind": "model",
+        "model": unwrap_model(model).state_dict(), "epoch": int(epoch),
+        "global_step": int(global_step), "best_metric": None if metric is None else float(metric),
+        "args": plain_args(args),
+    }, path)
+
+
+def load_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[Optimizer] = None,
+                    restore_rng: bool = True) -> TrainingState:
+    """Restore a full checkpoint into ``model`` (strictly) and ``optimizer``, and the RNGs.
+
+    Call it after building the model, the optimiser and the data loaders, right before the
+    training loop, so that nothing draws from the restored generators before training does.
+    """
+    checkpoint = _read(path)
+    if checkpoint.get("kind") != "training":
+        raise ValueError(f"{path} is not a training checkpoint of this project (it holds no "
+                         f"optimiser and RNG state); resume from a {LAST} file")
+    _load_model(path, unwrap_model(model), checkpoint["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if restore_rng:
+        set_rng_state(checkpoint["rng"])
+    return TrainingState(checkpoint["epoch"], checkpoint["global_step"],
+                         checkpoint["best_metric"], checkpoint["args"])
+
+
+def load_weights_for_eval(path: PathLike, model: nn.Module) -> dict[str, Any]:
+    """Load model weights for ``--init_model`` / evaluation; returns the file's metadata.
+
+    Accepts this project's ``ckpt_last.pt`` and ``ckpt_best.pt`` files and a bare state dict of
+    this model (``torch.save(model.state_dict())``, a ``module.`` prefix from DDP is removed).
+    Loading is strict, unlike the reference's ``strict=False``, which silently keeps random
+    weights for every key that does not match: a mismatch is an error listing the keys.
+    """
+    checkpoint = _read(path)
+    if "format_version" in checkpoint:
+        state_dict = checkpoint["model"]
+        meta = {k: checkpoint[k] for k in ("kind", "epoch", "global_step", "best_metric", "args")}
+    else:
+        if not all(isinstance(v, Tensor) for v in checkpoint.values()):
+            raise ValueError(f"{path} is neither a checkpoint of this project nor a state dict")
+        state_dict = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+        meta = {"kind": "state_dict"}
+    _load_model(path, unwrap_model(model), state_dict)
+    return meta
+
+
+def resume_path(resume: PathLike, output_dir: PathLike) -> Path:
+    """The checkpoint ``--resume`` names: "auto" means ``<output_dir>/ckpt_last.pt``; a folder
+    means its ``ckpt_last.pt``; otherwise the file itself. Missing: a clear error."""
+    path = Path(output_dir) / LAST if str(resume) == "auto" else Path(resume)
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path} (training writes {LAST} "
+                                f"into --output_dir at every save)")
+    return path
+
+
+def _read(path: PathLike) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} does not hold a dict (found {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def _load_model(path: PathLike, model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    expected, found = set(model.state_dict()), set(state_dict)
+    if expected != found:
+        missing, unexpected = sorted(expected - found), sorted(found - expected)
+        raise ValueError(f"{path} does not match the model: {len(missing)} missing keys "
+                         f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]} "
+                         f"(first five of each shown)")
+    model.load_state_dict(state_dict)

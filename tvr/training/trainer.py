@@ -1,0 +1,237 @@
+"""The training and evaluation program behind main_retrieval.py (SPEC §9-11).
+
+One process per GPU (torchrun / torch.distributed.launch) or a single process. Each process
+encodes its share of the global batch; features are all-gathered with their gradients so every
+process computes the loss of the whole B x B matrix (see tvr/training/distributed.py). Rank 0
+alone writes logs, TensorBoard scalars, checkpoints and metrics.
+
+Outputs in ``--output_dir``: ``log.txt``, ``tensorboard/``, ``ckpt_last.pt`` (full state, for
+``--resume``), ``ckpt_best.pt`` (best validation text-to-video R@1), ``metrics_<split>.json``
+and ``.md`` tables, ``curves.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from tvr.data.datasets import RetrievalDataset, SkipReport
+from tvr.data.loaders import build_split, train_loader
+from tvr.evaluation.evaluate import evaluate
+from tvr.evaluation.metrics import format_table, save_json
+from tvr.models.gare import GARE
+from tvr.models.pretrained import load_clip
+from tvr.options import gare_config
+from tvr.training import checkpoint
+from tvr.training.distributed import (DistContext, barrier, check_batch_size, cleanup,
+                                      gather_with_grad, init_distributed, unwrap_model)
+from tvr.training.monitor import RunMonitor
+from tvr.training.optim import build_optimizer, clamp_logit_scale
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A factory of autocast contexts for ``--precision`` (auto: bf16 on capable GPUs)."""
+    if precision == "auto":
+        precision = ("bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported()
+                     else "fp32")
+    if precision == "fp32":
+        return precision, contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return precision, lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.ctx: DistContext = init_distributed(args.local_rank)
+        seed_everything(args.seed)
+        self.output_dir = Path(args.output_dir or f"outputs/{args.datatype}")
+        self.monitor = RunMonitor(self.output_dir, enabled=self.ctx.is_main)
+        self.log = self.monitor.log.info
+        self.precision, self.autocast = autocast_for(args.precision, self.ctx.device)
+        self.model = GARE(load_clip(args.base_encoder, args.clip_path), gare_config(args))
+        self.model.to(self.ctx.device)
+        self.image_size = self.model.clip.config.image_size
+        if args.init_model:
+            meta = checkpoint.load_weights_for_eval(args.init_model, self.model)
+            self.log(f"weights from {args.init_model} ({meta.get('kind')}, step "
+                     f"{meta.get('global_step')})")
+        self.log(f"process {self.ctx.rank}/{self.ctx.world_size} on {self.ctx.device}; "
+                 f"precision {self.precision}; arguments: "
+                 f"{json.dumps(checkpoint.plain_args(args), sort_keys=True)}")
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, dataset: RetrievalDataset, name: str, step: int) -> Optional[dict]:
+        args = self.args
+        results = evaluate(unwrap_model(self.model), dataset, batch_size=args.batch_size_val,
+                           workers=args.workers, device=self.ctx.device,
+                           is_main=self.ctx.is_main, autocast=self.autocast,
+                           dsl_temp=args.eval_dsl_temp)
+        barrier()
+        if results is None:
+            return None
+        raw = results["raw"]
+        if results["skipped_videos"]:
+            self.log(f"{name}: {len(results['skipped_videos'])} unreadable videos left out of "
+                     f"the gallery (not the full benchmark): {results['skipped_videos']}")
+        self.log(f"{name} ({dataset!r}):\n{format_table({k: v for k, v in results.items() if k != 'skipped_videos'})}")
+        self.monitor.scalars(step, {f"{d}_R{k}": raw[d][f"R{k}"] for d in raw for k in (1, 5, 10)},
+                             prefix=name)
+        return results
+
+    def write_results(self, results: dict, name: str) -> None:
+        if not self.ctx.is_main:
+            return
+        variants = {k: v for k, v in results.items() if k != "skipped_videos"}
+        save_json(variants, self.output_dir / f"metrics_{name}.json")
+        (self.output_dir / f"metrics_{name}.md").write_text(format_table(variants))
+
+    # ---------------------------------------------------------------- training
+    def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
+        args, ctx = self.args, self.ctx
+        local_batch = check_batch_size(args.batch_size, ctx.world_size)
+        loader, sampler, items = train_loader(train_set, args, ctx.rank, ctx.world_size,
+                                              local_batch)
+        steps_per_epoch = sampler.batches_per_epoch
+        optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay,
+                                    args.warmup_proportion, steps_per_epoch, args.epochs)
+        scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
+        model = self.model
+        if ctx.distributed:
+            model = DistributedDataParallel(
+                model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        epoch, global_step, best = 0, 0, None
+        if args.resume:
+            path = checkpoint.resume_path(args.resume, self.output_dir)
+            state = checkpoint.load_checkpoint(path, model, optimizer)
+            global_step, best = state.global_step, state.best_metric
+            epoch = global_step // steps_per_epoch
+            self.log(f"resumed from {path} at step {global_step} (epoch {epoch})")
+        total_steps = steps_per_epoch * args.epochs
+        gather = gather_with_grad if ctx.distributed else (lambda t: t)
+        skipped = SkipReport()
+        while epoch < args.epochs:
+            sampler.set_epoch(epoch)
+            items.epoch = epoch
+            sampler.start_batch = global_step - epoch * steps_per_epoch
+            model.train()
+            progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}",
+                            disable=not ctx.is_main, initial=sampler.start_batch,
+                            total=steps_per_epoch)
+            tic = time.time()
+            for batch in progress:
+                skipped.add(batch)
+                if batch.data is None or len(batch.skipped):
+                    raise_if_unequal_batch(batch, local_batch)
+                ids, mask, video, video_mask, _, _ = (t.to(ctx.device, non_blocking=True)
+                                                      for t in batch.data)
+                with self.autocast():
+                    out = model(ids, mask, video, video_mask, gather=gather)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(out["loss"]).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                clamp_logit_scale(model)
+                global_step += 1
+                values = {k: v.item() for k, v in out.items()}
+                values["lr"] = optimizer.get_lr()[1]
+                values["logit_scale"] = unwrap_model(model).clip.logit_scale.exp().item()
+                self.monitor.scalars(global_step, values, prefix="train")
+                progress.set_postfix(loss=f"{values['loss']:.4f}")
+                if global_step % args.n_display == 0 or global_step == 1:
+                    rate = (time.time() - tic) / max(1, global_step - epoch * steps_per_epoch
+                                                     - sampler.start_batch)
+                    self.log(f"step {global_step}/{total_steps} epoch {epoch + 1} "
+                             + " ".join(f"{k} {v:.5g}" for k, v in values.items())
+                             + f" ({rate:.2f} s/step)")
+                end_of_epoch = global_step % steps_per_epoch == 0
+                if args.eval_every_steps and global_step % args.eval_every_steps == 0 \
+                        and not end_of_epoch:
+                    best = self.validate(val_set, model, epoch, global_step, best)
+                    model.train()
+                if end_of_epoch:
+                    break
+                if args.save_every_steps and global_step % args.save_every_steps == 0:
+                    self.save_last(model, optimizer, epoch, global_step, best)
+            self.report_skipped(skipped, epoch)
+            best = self.validate(val_set, model, epoch, global_step, best)
+            self.save_last(model, optimizer, epoch, global_step, best)
+            epoch += 1
+        self.log(f"training done: best validation t2v R@1 {best}")
+
+    def validate(self, val_set, model, epoch: int, global_step: int,
+                 best: Optional[float]) -> Optional[float]:
+        results = self.evaluate(val_set, "val", global_step)
+        if self.ctx.is_main:
+            r1 = results["raw"]["t2v"]["R1"]
+            if best is None or r1 >= best:
+                best = r1
+                checkpoint.save_model(self.output_dir / checkpoint.BEST, model,
+                                      epoch=epoch, global_step=global_step, metric=r1,
+                                      args=self.args)
+                self.log(f"new best validation t2v R@1 {r1:.2f} at step {global_step}")
+        return best
+
+    def save_last(self, model, optimizer, epoch: int, global_step: int, best) -> None:
+        if self.ctx.is_main:
+            checkpoint.save_checkpoint(self.output_dir / checkpoint.LAST, model, optimizer,
+                                       epoch=epoch, global_step=global_step, best_metric=best,
+                                       args=self.args)
+        barrier()
+
+    def report_skipped(self, skipped: SkipReport, epoch: int) -> None:
+        if len(skipped):
+            self.log(f"epoch {epoch + 1}: skipped {len(skipped)} unreadable videos:\n"
+                     f"{skipped.format()}")
+            skipped.clear()
+
+    # ---------------------------------------------------------------- the program
+    def run(self) -> Optional[dict]:
+        args = self.args
+        test_set = build_split(args, "test", self.image_size)
+        results = None
+        if args.do_train:
+            train_set = build_split(args, "train", self.image_size, train=True)
+            val_set = build_split(args, "val", self.image_size)
+            self.log(f"train {train_set!r}; val {val_set!r}; test {test_set!r}")
+            self.train(train_set, val_set)
+            best = self.output_dir / checkpoint.BEST
+            barrier()
+            checkpoint.load_weights_for_eval(best, self.model)
+            self.log(f"testing the best checkpoint {best}")
+        if args.do_train or args.do_eval:
+            results = self.evaluate(test_set, "test", step=0)
+            if results is not None:
+                self.write_results(results, "test")
+        self.monitor.plot()
+        self.monitor.close()
+        cleanup()
+        return results
+
+
+def raise_if_unequal_batch(batch: Any, local_batch: int) -> None:
+    """Skipped videos shrink a batch; the all-gather needs equal shares on every process."""
+    kept = 0 if batch.data is None else len(batch.data[0])
+    if kept != local_batch:
+        raise RuntimeError(
+            f"--skip_bad_videos dropped {local_batch - kept} items of a training batch "
+            f"({[s.path for s in batch.skipped]}); variable-size batches are not supported in "
+            f"training yet: re-encode or remove these files (preprocess/compress_video.py "
+            f"reports unreadable ones)")
