@@ -126,3 +126,22 @@ def test_global_batch_not_divisible_by_world_size_is_a_clear_error(toy, tmp_path
                        f"--master_port={free_port()}"], check=False, timeout=300)
     assert result.returncode != 0
     assert "--batch_size 7 is the GLOBAL batch" in result.stderr
+
+
+def test_two_gloo_processes_train_like_one(toy, tmp_path):
+    """torchrun with 2 CPU processes (gloo) and one process, same global batch: the same losses
+    step after step. The gathered batch is a permutation of the single process' one (rank 0's
+    share first); every loss term is invariant to it, but two things are not bit-stable under
+    it: Psi's dropout masks (turned off here) and the fp32 gradient of the relaxed-VIB KL,
+    whose per-video std of Δ over texts starts near 1e-4 from scratch, so rounding differences
+    are amplified by 1/σ (turned off with --beta 0; the KL path is the same code either way)."""
+    flags = ["--do_train", "1", "--epochs", "1", *SMALL, *data_flags(toy), "--psi_dropout", "0",
+             "--beta", "0"]
+    run_main([*flags, "--output_dir", str(tmp_path / "one")])
+    run_main([*flags, "--output_dir", str(tmp_path / "two")],
+             ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"],
+             timeout=300)
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in (1, 2, 3, 6):
+        assert two[step] == pytest.approx(one[step], abs=1e-5), step
