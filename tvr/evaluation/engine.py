@@ -27,8 +27,9 @@ that reference path for any setting.
 Precision (``precision``): "fp64" (check mode), "fp32" (default; TF32 disabled), "tf32"
 (fp32 with TF32 matrix products where the device has them) or "bf16" (the per-pair matrix
 product takes bf16 operands, everything else fp32). The folded path takes differences of
-nearly equal dot products (the LayerNorm of the gap), so bf16 costs accuracy: measure it
-(``bench/bench_similarity.py --precision``) before ranking with it.
+nearly equal dot products (the LayerNorm of the gap): measured on an H100 (bench/RESULTS.md,
+``python -m bench.bench_similarity --precision-check``), tf32 keeps 99.2% of the top-1 results
+and bf16 only 66%, so do not rank with bf16.
 
 The engine copies the module's weights when it is built; build a new engine after they change.
 Prepared texts and videos belong to the engine that prepared them.
