@@ -69,8 +69,13 @@ def test_train_then_evaluate_beats_chance_and_eval_only_reproduces_it(toy, tmp_p
 
     again = tmp_path / "eval"
     run_main(["--do_eval", "1", "--init_model", str(out / "ckpt_best.pt"),
-              "--output_dir", str(again), *SMALL, *data_flags(toy)])
-    assert json.loads((again / "metrics_test.json").read_text())["raw"] == metrics
+              "--output_dir", str(again), "--eval_dsl_temp", "0.01", "--eval_bank_size", "10",
+              *SMALL, *data_flags(toy)])
+    evaluated = json.loads((again / "metrics_test.json").read_text())
+    assert evaluated["raw"] == metrics
+    assert set(evaluated) == {"raw", "DSL", "QB-Norm", "NCL"}  # normalisers side by side
+    assert set(evaluated["NCL"]) == {"t2v", "v2t"}
+    assert "| QB-Norm | text-to-video |" in (again / "metrics_test.md").read_text()
 
 
 def test_killed_run_resumes_with_identical_losses(toy, tmp_path):

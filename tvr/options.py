@@ -46,6 +46,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eval_dsl_temp", type=float, default=None,
                        help="also report dual-softmax (DSL) re-ranked metrics at this "
                             "temperature (e.g. 0.01)")
+    group.add_argument("--eval_bank_size", type=int, default=0,
+                       help="also report QB-Norm and NCL test-time normalisation, with this many "
+                            "training captions and videos as the query bank (0: off)")
+    group.add_argument("--qb_beta", type=float, default=20.0, help="QB-Norm's inverse temperature")
+    group.add_argument("--qb_k", type=int, default=1, help="QB-Norm's activation top-k")
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast of the CLIP encoders with fp32 master weights; auto = bf16 "
                             "on GPUs that support it, fp32 otherwise")

@@ -62,13 +62,19 @@ def _gather_list(items: list[str]) -> list[str]:
 @torch.no_grad()
 def encode_split(model: GARE, dataset: RetrievalDataset, batch_size: int, workers: int,
                  device: torch.device,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                 ) -> EncodedSplit:
-    """Encode every caption and every video of ``dataset`` once, on all processes."""
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 limit: int | None = None) -> EncodedSplit:
+    """Encode every caption and every video of ``dataset`` once, on all processes.
+
+    ``limit``: only that many captions and that many videos, evenly spaced over the split (a
+    bank of training queries for the normalisers). ``video_index`` keeps dataset positions.
+    """
     model.eval()
 
     def loader(view):
-        share = Subset(view, list(_share(len(view))))
+        chosen = range(len(view)) if limit is None or limit >= len(view) else \
+            np.unique(np.linspace(0, len(view) - 1, limit).astype(int)).tolist()
+        share = Subset(view, [chosen[i] for i in _share(len(chosen))])
         return DataLoader(share, batch_size=batch_size, num_workers=workers,
                           collate_fn=collate_skipping, pin_memory=device.type == "cuda")
 

@@ -15,42 +15,60 @@ import torch
 
 from tvr.data.datasets import RetrievalDataset
 from tvr.evaluation.encode import EncodedSplit, encode_split
-from tvr.evaluation.engine import SimilarityEngine
+from tvr.evaluation.engine import Prepared, SimilarityEngine
 from tvr.evaluation.metrics import compare_normalisers
 from tvr.models.gare import GARE, TextFeatures
 
 
-def split_scores(model: GARE, split: EncodedSplit, dataset: RetrievalDataset,
-                 memory_budget_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(captions x videos) scores of the encoded split and each caption's video column.
-
-    Captions of skipped videos are dropped; ``caption_to_video`` indexes the kept videos.
-    """
-    engine = SimilarityEngine(model.similarity, memory_budget_bytes)
+def split_scores(engine: SimilarityEngine, split: EncodedSplit, dataset: RetrievalDataset
+                 ) -> tuple[Prepared, Prepared, torch.Tensor, torch.Tensor]:
+    """Prepared texts and videos of the encoded split, their (captions x videos) scores and each
+    caption's video column. Captions of skipped videos are dropped; ``caption_to_video``
+    indexes the kept videos."""
     column = torch.full((len(dataset.video_ids),), -1, dtype=torch.long)
     column[split.video_index.cpu()] = torch.arange(len(split.video_index))
     caption_to_video = column[torch.as_tensor(dataset.caption_to_video)]
     kept = caption_to_video >= 0
     texts = TextFeatures(*(None if t is None else t[kept.to(t.device)] for t in split.texts))
-    scores = engine.score(engine.prepare_texts(texts.sentence, texts.words, texts.mask),
-                          engine.prepare_videos(split.videos.frames, split.videos.mask))
-    return scores.float().cpu(), caption_to_video[kept]
+    texts = engine.prepare_texts(texts.sentence, texts.words, texts.mask)
+    videos = engine.prepare_videos(split.videos.frames, split.videos.mask)
+    return texts, videos, engine.score(texts, videos).float().cpu(), caption_to_video[kept]
 
 
 def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers: int,
              device: torch.device, is_main: bool,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             dsl_temp: Optional[float] = None,
+             dsl_temp: Optional[float] = None, bank: Optional[RetrievalDataset] = None,
+             bank_size: int = 0, qb_beta: float = 20.0, qb_k: int = 1,
+             ncl_tau: Optional[float] = None,
              memory_budget_bytes: int = 512 * 2**20) -> Optional[dict[str, Any]]:
     """Metrics of ``dataset`` (on rank 0; other ranks return None after encoding their share).
 
+    Raw scores always; DSL with ``dsl_temp``; QB-Norm and NCL's test-time normalisation when a
+    ``bank`` split (the training set) and ``bank_size`` are given: ``bank_size`` training
+    captions and videos are encoded and scored against the test gallery and the test captions,
+    and stand in for the test queries (NCL's ``ncl_tau`` defaults to 1/exp(logit_scale)).
     Returns ``{"raw": {"t2v": {...}, "v2t": {...}}, ...normalised variants...,
     "skipped_videos": [...]}``.
     """
     split = encode_split(model, dataset, batch_size, workers, device, autocast)
+    bank_split = None
+    if bank is not None and bank_size > 0:
+        bank_split = encode_split(model, bank, batch_size, workers, device, autocast, bank_size)
     if not is_main:
         return None
-    scores, caption_to_video = split_scores(model, split, dataset, memory_budget_bytes)
-    results: dict[str, Any] = compare_normalisers(scores, caption_to_video, dsl_temp=dsl_temp)
+    engine = SimilarityEngine(model.similarity, memory_budget_bytes)
+    texts, videos, scores, caption_to_video = split_scores(engine, split, dataset)
+    banks = {}
+    if bank_split is not None:
+        bank_texts = engine.prepare_texts(*bank_split.texts)
+        bank_videos = engine.prepare_videos(*bank_split.videos)
+        banks = {"bank_t2v": engine.score(bank_texts, videos).float().cpu(),
+                 "bank_v2t": engine.score(texts, bank_videos).float().cpu().T,
+                 "qb_beta": qb_beta, "qb_k": qb_k,
+                 "ncl_tau": ncl_tau if ncl_tau is not None
+                 else float(torch.exp(-model.clip.logit_scale.detach()))}
+    results: dict[str, Any] = compare_normalisers(scores, caption_to_video, dsl_temp=dsl_temp,
+                                                  **banks)
     results["skipped_videos"] = split.skipped
     return results

@@ -76,12 +76,15 @@ class Trainer:
                  f"{json.dumps(checkpoint.plain_args(args), sort_keys=True)}")
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, dataset: RetrievalDataset, name: str, step: int) -> Optional[dict]:
+    def evaluate(self, dataset: RetrievalDataset, name: str, step: int,
+                 bank: Optional[RetrievalDataset] = None) -> Optional[dict]:
         args = self.args
         results = evaluate(unwrap_model(self.model), dataset, batch_size=args.batch_size_val,
                            workers=args.workers, device=self.ctx.device,
                            is_main=self.ctx.is_main, autocast=self.autocast,
-                           dsl_temp=args.eval_dsl_temp)
+                           dsl_temp=args.eval_dsl_temp, bank=bank,
+                           bank_size=args.eval_bank_size, qb_beta=args.qb_beta,
+                           qb_k=args.qb_k, ncl_tau=args.ncl_tau)
         barrier()
         if results is None:
             return None
@@ -217,7 +220,8 @@ class Trainer:
             checkpoint.load_weights_for_eval(best, self.model)
             self.log(f"testing the best checkpoint {best}")
         if args.do_train or args.do_eval:
-            results = self.evaluate(test_set, "test", step=0)
+            bank = build_split(args, "train", self.image_size) if args.eval_bank_size else None
+            results = self.evaluate(test_set, "test", step=0, bank=bank)
             if results is not None:
                 self.write_results(results, "test")
         self.monitor.plot()
