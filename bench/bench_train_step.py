@@ -102,14 +102,15 @@ def similarity_rows(batch: int, dim: int, frames: int, repeats: int, device: str
     return out
 
 
-def full_step_rows(batch: int, frames: int, repeats: int, autocast: bool, device: str) -> list[str]:
+def full_step_rows(batch: int, frames: int, repeats: int, autocast: bool, device: str,
+                   arch: str = "tiny") -> list[str]:
     from tvr.models.clip import CLIP, CLIP_CONFIGS
     from tvr.models.gare import GARE
 
     torch.manual_seed(0)
-    model = GARE(CLIP(CLIP_CONFIGS["tiny"])).to(device).train()
+    model = GARE(CLIP(CLIP_CONFIGS[arch])).to(device).train()
     g = torch.Generator().manual_seed(1)
-    size = CLIP_CONFIGS["tiny"].image_size
+    size = CLIP_CONFIGS[arch].image_size
     video = torch.randn(batch, frames, 3, size, size, generator=g)
     video_mask = torch.ones(batch, frames, dtype=torch.long)
     ids = torch.randint(1, 49000, (batch, 32), generator=g)
@@ -145,23 +146,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--full", action="store_true", help="also time a full step with the tiny CLIP")
+    parser.add_argument("--full", action="store_true", help="also time a full training step")
+    parser.add_argument("--arch", default="tiny", help="CLIP of the full step (tiny, ViT-B/32, ...)")
+    parser.add_argument("--skip-similarity", action="store_true",
+                        help="only the full step (e.g. for a large --arch)")
     parser.add_argument("--autocast-bf16", action="store_true", help="bf16 autocast for the encoders")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
           f"load {os.getloadavg()[0]:.2f}, d = {args.dim}, F = {args.frames}\n")
-    print("| B | losses | losses only, fwd+bwd ms | similarity+losses, fwd+bwd ms | loss |\n"
-          "|---|---|---|---|---|")
-    for batch in args.batches:
-        print("\n".join(similarity_rows(batch, args.dim, args.frames, args.repeats, args.device)), flush=True)
+    if not args.skip_similarity:
+        print("| B | losses | losses only, fwd+bwd ms | similarity+losses, fwd+bwd ms | loss |\n"
+              "|---|---|---|---|---|")
+        for batch in args.batches:
+            print("\n".join(similarity_rows(batch, args.dim, args.frames, args.repeats,
+                                             args.device)), flush=True)
     if args.full:
-        print(f"\nfull step, tiny CLIP (d = 128, 32 px), F = {args.frames}, "
+        print(f"\nfull step, {args.arch} CLIP, F = {args.frames}, "
               f"encoders {'bf16 autocast' if args.autocast_bf16 else 'fp32'}\n")
         print("| B | losses | step ms | loss |\n|---|---|---|---|")
         for batch in args.batches:
             print("\n".join(full_step_rows(batch, args.frames, args.repeats, args.autocast_bf16,
-                                             args.device)), flush=True)
+                                             args.device, args.arch)), flush=True)
 
 
 if __name__ == "__main__":
