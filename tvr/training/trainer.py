@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -135,7 +136,8 @@ class Trainer:
             model.train()
             progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}",
                             disable=not ctx.is_main, initial=sampler.start_batch,
-                            total=steps_per_epoch)
+                            total=steps_per_epoch,
+                            mininterval=0.5 if sys.stderr.isatty() else 30)
             tic = time.time()
             for batch in progress:
                 skipped.add(batch)
