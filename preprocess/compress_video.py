@@ -9,9 +9,10 @@ are not attempted; they are counted as "ignored".
 The run is resumable and safe to interrupt: each video is written to a hidden temporary name
 beside its final one (``.clip.mp4.part``) and renamed only after ffmpeg succeeded and the result
 decodes (OpenCV reads at least one frame), so a final name always holds a complete video. A
-final name that already decodes is skipped. Ctrl-C or SIGTERM stops the workers, kills their
-ffmpeg and removes their temporary files (exit status 130 after Ctrl-C, 143 after SIGTERM);
-only a hard kill can leave a ``.part`` file, which the next run overwrites. Failures (ffmpeg's
+final name that already decodes is skipped. Ctrl-C or SIGTERM cancels the videos not started,
+kills the running ffmpeg processes and removes their temporary files (exit status 130 after
+Ctrl-C, 143 after SIGTERM); only a hard kill can leave a ``.part`` file, which the next run
+overwrites. Failures (ffmpeg's
 exit status or an unreadable result) are listed with their reason at the end and make the exit
 status 1.
 
@@ -21,18 +22,21 @@ Usage::
 
 The ffmpeg binary is ``--ffmpeg PATH`` if given, else ``ffmpeg`` on the PATH, else the one
 shipped by the ``imageio-ffmpeg`` wheel. Each ffmpeg runs single-threaded: parallelism comes from
-the worker processes, one video each.
+running ``--workers`` of them at once, one video each. The workers are threads of this process
+(they only wait on ffmpeg and read one frame back), not forked processes: forking a process that
+already runs OpenCV or PyTorch thread pools can deadlock the child.
 """
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -130,17 +134,48 @@ def _reason(stderr: str) -> str:
     return (lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}")[:300]
 
 
-def compress_one(ffmpeg: str, src: Path, dst: Path) -> tuple[str, str]:
+class _FFmpegRuns:
+    """The ffmpeg processes of one folder run, so that an interrupted run can kill them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def run(self, command: list[str]) -> tuple[int, str]:
+        """(exit status, stderr) of ``command``; killed at once when the run has stopped."""
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+            with self._lock:
+                self._running.add(proc)
+                if self._stopped:
+                    proc.kill()
+            try:
+                _, stderr = proc.communicate()
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
+        return proc.returncode, stderr
+
+    def stop(self) -> None:
+        """Kill every running ffmpeg, and any started from now on."""
+        with self._lock:
+            self._stopped = True
+            for proc in self._running:
+                proc.kill()
+
+
+def compress_one(ffmpeg: str, src: Path, dst: Path, runs: _FFmpegRuns | None = None
+                 ) -> tuple[str, str]:
     """Re-encode ``src`` to ``dst`` atomically: ("done" | "skipped" | "failed", reason)."""
     if dst.is_file() and is_readable(dst):
         return "skipped", ""
     tmp = dst.with_name(f".{dst.name}.part")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(ffmpeg_command(ffmpeg, src, tmp), capture_output=True, text=True,
-                              errors="replace")
-        if proc.returncode != 0:
-            return "failed", f"ffmpeg exit status {proc.returncode}: {_reason(proc.stderr)}"
+        status, stderr = (runs or _FFmpegRuns()).run(ffmpeg_command(ffmpeg, src, tmp))
+        if status != 0:
+            return "failed", f"ffmpeg exit status {status}: {_reason(stderr)}"
         if not is_readable(tmp):
             return "failed", "ffmpeg succeeded but the output has no decodable frame"
         os.replace(tmp, dst)
@@ -156,29 +191,29 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _init_worker() -> None:
-    """Worker processes leave Ctrl-C to the parent, which terminates the pool (SIGTERM); on
-    SIGTERM a worker kills its ffmpeg and removes the temporary file on the way out."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-
-
-def _compress_job(job: tuple[str, Path, Path]) -> tuple[Path, str, str]:
-    """:func:`compress_one` on ``(ffmpeg, src, dst)``, tagged with ``src``."""
-    ffmpeg, src, dst = job
-    return (src, *compress_one(ffmpeg, src, dst))
-
-
 def _run_all(ffmpeg: str, jobs: list[tuple[Path, Path]], workers: int
              ) -> Iterator[tuple[Path, str, str]]:
-    """(source, status, reason) of every job as it completes, on ``workers`` processes (1: in
-    this one). Leaving early (an exception, Ctrl-C) terminates the workers."""
-    tasks = [(ffmpeg, src, dst) for src, dst in jobs]
+    """(source, status, reason) of every job as it completes, ``workers`` at a time. Leaving
+    early (an exception, Ctrl-C, SIGTERM) cancels the jobs not started and kills the running
+    ffmpeg processes; their threads remove the temporary files before this returns."""
+    runs = _FFmpegRuns()
+
+    def job(src: Path, dst: Path) -> tuple[Path, str, str]:
+        return (src, *compress_one(ffmpeg, src, dst, runs))
+
     if workers == 1:
-        yield from map(_compress_job, tasks)
+        yield from (job(src, dst) for src, dst in jobs)
         return
-    with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(_compress_job, tasks)
+    with ThreadPoolExecutor(workers, thread_name_prefix="compress") as pool:
+        futures = [pool.submit(job, src, dst) for src, dst in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            runs.stop()
+            raise
 
 
 def compress_folder(input_root: str | Path, output_root: str | Path, workers: int | None = None,
@@ -228,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input_root", required=True, help="folder of source videos")
     parser.add_argument("--output_root", required=True, help="folder for the .mp4 outputs")
     parser.add_argument("--workers", type=int, default=None,
-                        help="parallel worker processes (default: number of CPUs)")
+                        help="ffmpeg processes run at once (default: number of CPUs)")
     parser.add_argument("--ffmpeg", default=None,
                         help="ffmpeg binary (default: ffmpeg on PATH, else imageio-ffmpeg's)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")

@@ -1,5 +1,10 @@
 """Shared fixtures. ``../shared`` (real annotation files) sits beside a developer checkout only:
-tests that need it are skipped, with the reason shown, on a fresh clone."""
+tests that need it are skipped, with the reason shown, on a fresh clone.
+
+Every test runs under a time limit (pytest-timeout, ``TEST_TIMEOUT_S``): a test that hangs (a
+deadlocked worker process, a lost rendezvous) ends the run with a stack dump of every thread
+instead of stalling CI until its budget runs out. The slowest test takes under a minute here.
+"""
 from pathlib import Path
 
 import pytest
@@ -7,6 +12,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+TEST_TIMEOUT_S = 600
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="thread"))
 
 
 @pytest.fixture

@@ -5,8 +5,10 @@ and a rerun that re-encodes nothing.
 Input clips are made with the imageio-ffmpeg binary (lavfi test sources); outputs are checked
 by decoding them with OpenCV and by ffmpeg's own description of their streams.
 """
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -133,3 +135,38 @@ def test_no_ffmpeg_anywhere_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails
     with pytest.raises(FileNotFoundError, match="no ffmpeg found"):
         compress_video.find_ffmpeg()
+
+
+FAKE_FFMPEG = """#!/bin/sh
+# An ffmpeg that lists libx264 and then 'encodes' for a minute: writes its output, sleeps.
+case "$*" in *-encoders*) echo " V..... libx264  H.264"; exit 0;; esac
+for last; do :; done
+echo partial > "$last"
+exec sleep 60
+"""
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupt_kills_ffmpeg_and_removes_temporary_files(tmp_path, signum, status):
+    fake = tmp_path / "slow_ffmpeg"
+    fake.write_text(FAKE_FFMPEG)
+    fake.chmod(0o755)
+    (tmp_path / "in").mkdir()
+    for k in range(4):
+        (tmp_path / "in" / f"clip{k}.mp4").write_bytes(b"x")
+    out = tmp_path / "out"
+    script = Path(compress_video.__file__)
+    proc = subprocess.Popen([sys.executable, str(script), "--input_root", str(tmp_path / "in"),
+                             "--output_root", str(out), "--workers", "2", "--no_progress",
+                             "--ffmpeg", str(fake)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob(".*.part"))) < 2:  # both workers are inside ffmpeg
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == status and time.monotonic() - started < 20  # not the 60 s sleep
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+    if signum == signal.SIGINT:
+        assert "interrupted; finished videos are kept" in err
