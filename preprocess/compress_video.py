@@ -12,9 +12,8 @@ decodes (OpenCV reads at least one frame), so a final name always holds a comple
 final name that already decodes is skipped. Ctrl-C or SIGTERM cancels the videos not started,
 kills the running ffmpeg processes and removes their temporary files (exit status 130 after
 Ctrl-C, 143 after SIGTERM); only a hard kill can leave a ``.part`` file, which the next run
-overwrites. Failures (ffmpeg's
-exit status or an unreadable result) are listed with their reason at the end and make the exit
-status 1.
+overwrites. Failures (ffmpeg's exit status or an unreadable result) are listed with their
+reason at the end and make the exit status 1.
 
 Usage::
 
@@ -152,6 +151,9 @@ class _FFmpegRuns:
                     proc.kill()
             try:
                 _, stderr = proc.communicate()
+            except BaseException:  # Ctrl-C or SIGTERM in this thread: do not wait for ffmpeg
+                proc.kill()
+                raise
             finally:
                 with self._lock:
                     self._running.discard(proc)

@@ -5,6 +5,7 @@ and a rerun that re-encodes nothing.
 Input clips are made with the imageio-ffmpeg binary (lavfi test sources); outputs are checked
 by decoding them with OpenCV and by ffmpeg's own description of their streams.
 """
+import os
 import signal
 import subprocess
 import sys
@@ -142,12 +143,23 @@ FAKE_FFMPEG = """#!/bin/sh
 case "$*" in *-encoders*) echo " V..... libx264  H.264"; exit 0;; esac
 for last; do :; done
 echo partial > "$last"
+echo > "$FAKE_PID_DIR/$$"
 exec sleep 60
 """
 
 
+def _running(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_interrupt_kills_ffmpeg_and_removes_temporary_files(tmp_path, signum, status):
+def test_interrupt_kills_ffmpeg_and_removes_temporary_files(tmp_path, signum, status, workers):
     fake = tmp_path / "slow_ffmpeg"
     fake.write_text(FAKE_FFMPEG)
     fake.chmod(0o755)
@@ -156,11 +168,14 @@ def test_interrupt_kills_ffmpeg_and_removes_temporary_files(tmp_path, signum, st
         (tmp_path / "in" / f"clip{k}.mp4").write_bytes(b"x")
     out = tmp_path / "out"
     script = Path(compress_video.__file__)
-    proc = subprocess.Popen([sys.executable, str(script), "--input_root", str(tmp_path / "in"),
-                             "--output_root", str(out), "--workers", "2", "--no_progress",
-                             "--ffmpeg", str(fake)], stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, str(script), "--input_root", str(tmp_path / "in"), "--output_root",
+               str(out), "--workers", str(workers), "--no_progress", "--ffmpeg", str(fake)]
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FAKE_PID_DIR": str(pids)})
     deadline = time.monotonic() + 60
-    while len(list(out.glob(".*.part"))) < 2:  # both workers are inside ffmpeg
+    while len(list(out.glob(".*.part"))) < workers:  # every worker is inside ffmpeg
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     started = time.monotonic()
@@ -168,5 +183,7 @@ def test_interrupt_kills_ffmpeg_and_removes_temporary_files(tmp_path, signum, st
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == status and time.monotonic() - started < 20  # not the 60 s sleep
     assert [p for p in out.rglob("*") if p.is_file()] == []
+    ffmpegs = [int(p.name) for p in pids.iterdir()]
+    assert len(ffmpegs) == workers and not any(_running(pid) for pid in ffmpegs)
     if signum == signal.SIGINT:
         assert "interrupted; finished videos are kept" in err
