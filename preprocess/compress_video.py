@@ -151,9 +151,6 @@ class _FFmpegRuns:
                     proc.kill()
             try:
                 _, stderr = proc.communicate()
-            except BaseException:  # Ctrl-C or SIGTERM in this thread: do not wait for ffmpeg
-                proc.kill()
-                raise
             finally:
                 with self._lock:
                     self._running.discard(proc)
@@ -167,15 +164,14 @@ class _FFmpegRuns:
                 proc.kill()
 
 
-def compress_one(ffmpeg: str, src: Path, dst: Path, runs: _FFmpegRuns | None = None
-                 ) -> tuple[str, str]:
+def compress_one(ffmpeg: str, src: Path, dst: Path, runs: _FFmpegRuns) -> tuple[str, str]:
     """Re-encode ``src`` to ``dst`` atomically: ("done" | "skipped" | "failed", reason)."""
     if dst.is_file() and is_readable(dst):
         return "skipped", ""
     tmp = dst.with_name(f".{dst.name}.part")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        status, stderr = (runs or _FFmpegRuns()).run(ffmpeg_command(ffmpeg, src, tmp))
+        status, stderr = runs.run(ffmpeg_command(ffmpeg, src, tmp))
         if status != 0:
             return "failed", f"ffmpeg exit status {status}: {_reason(stderr)}"
         if not is_readable(tmp):
@@ -195,17 +191,16 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def _run_all(ffmpeg: str, jobs: list[tuple[Path, Path]], workers: int
              ) -> Iterator[tuple[Path, str, str]]:
-    """(source, status, reason) of every job as it completes, ``workers`` at a time. Leaving
-    early (an exception, Ctrl-C, SIGTERM) cancels the jobs not started and kills the running
-    ffmpeg processes; their threads remove the temporary files before this returns."""
+    """(source, status, reason) of every job as it completes, ``workers`` at a time, on
+    worker threads (also for one worker, so that signals, which reach only the main thread,
+    always find it here). Leaving early (an exception, Ctrl-C, SIGTERM) cancels the jobs not
+    started and kills the running ffmpeg processes; their threads remove the temporary files
+    before this returns."""
     runs = _FFmpegRuns()
 
     def job(src: Path, dst: Path) -> tuple[Path, str, str]:
         return (src, *compress_one(ffmpeg, src, dst, runs))
 
-    if workers == 1:
-        yield from (job(src, dst) for src, dst in jobs)
-        return
     with ThreadPoolExecutor(workers, thread_name_prefix="compress") as pool:
         futures = [pool.submit(job, src, dst) for src, dst in jobs]
         try:
