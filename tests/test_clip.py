@@ -143,6 +143,7 @@ def test_torchscript_archive_and_plain_state_dict_load_to_identical_models(tmp_p
 
     from_jit = pretrained.clip_from_state_dict(pretrained.read_state_dict(tmp_path / "ViT-B-32.pt"))
     from_plain = pretrained.clip_from_state_dict(pretrained.read_state_dict(tmp_path / "plain.pt"))
+    assert from_jit.pretrained and from_plain.pretrained
     with torch.no_grad():
         expected = release(images, ids)
         for model in (from_jit.eval(), from_plain.eval()):

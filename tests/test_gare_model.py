@@ -50,6 +50,10 @@ def encode(model, batch):
 
 def test_seqtransf_starts_as_the_first_clip_text_blocks():
     clip = CLIP(CLIP_CONFIGS["tiny"])
+    scratch = build_temporal("seqTransf", clip).frame_position_embeddings.weight
+    assert not torch.equal(scratch, clip.positional_embedding)  # nothing learned to copy
+    assert 0.9 < scratch.std().item() < 1.1  # nn.Embedding's N(0, 1): frame order visible
+    clip.pretrained = True  # as clip_from_state_dict leaves it
     temporal = build_temporal("seqTransf", clip, num_hidden_layers=3)
     assert torch.equal(temporal.frame_position_embeddings.weight, clip.positional_embedding)
     assert len(temporal.transformer.resblocks) == 3

@@ -176,6 +176,7 @@ class CLIP(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.config = cfg
+        self.pretrained = False  # set by the loader once released weights are in
         self.visual = VisionTransformer(cfg)
         self.transformer = Transformer(cfg.text_width, cfg.text_layers, cfg.text_heads)
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)

@@ -79,6 +79,7 @@ def clip_from_state_dict(state_dict: dict[str, Tensor]) -> CLIP:
     """Build a CLIP whose shapes are read from ``state_dict`` and load it (fp32 weights)."""
     model = CLIP(CLIPConfig.from_state_dict(state_dict))
     model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    model.pretrained = True
     return model
 
 

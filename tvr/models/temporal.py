@@ -7,6 +7,11 @@ Every module maps frame embeddings (B, F, d) and the frame mask (B, F) to new fr
   frames masked as attention keys, then the input added back. The position table (77 rows) is
   initialised from CLIP's text positional embedding and the blocks from the first
   ``num_hidden_layers`` blocks of CLIP's text transformer (:meth:`SeqTransf.init_from_clip`).
+  A CLIP trained from scratch (``tiny``) has no learned positions to give: its table is random
+  at std 0.01, which beside frame embeddings of norm ~sqrt(d) leaves frame order invisible to
+  the blocks. The table then keeps ``nn.Embedding``'s N(0, 1) initialisation; on the demo's toy
+  data (in-memory runs, 400 steps) t2v R@1 was 55% and 51% (seeds 0, 1) with it against 35%
+  with the copy, and only with it were left and right told apart.
 - ``seqLSTM``: a 1-layer LSTM over the real frames (packed), padded back, plus residual. As in
   the reference, positions beyond the longest real clip of the batch keep their input, so after
   the residual they hold twice the input; padded positions inside that length hold the input.
@@ -31,13 +36,15 @@ class SeqTransf(nn.Module):
 
     @torch.no_grad()
     def init_from_clip(self, clip: CLIP) -> None:
-        """Copy CLIP's text positional embedding and its first text blocks (SPEC §5)."""
+        """Copy CLIP's first text blocks and, from a pretrained CLIP, its text positional
+        embedding (SPEC §5; see the module doc for a CLIP trained from scratch)."""
         layers = len(self.transformer.resblocks)
         if layers > len(clip.transformer.resblocks):
             raise ValueError(f"seqTransf has {layers} layers but the CLIP text transformer only "
                              f"{len(clip.transformer.resblocks)} to initialise them from; lower "
                              f"--num_hidden_layers")
-        self.frame_position_embeddings.weight.copy_(clip.positional_embedding)
+        if clip.pretrained:
+            self.frame_position_embeddings.weight.copy_(clip.positional_embedding)
         for ours, theirs in zip(self.transformer.resblocks, clip.transformer.resblocks):
             ours.load_state_dict(theirs.state_dict())
 
