@@ -47,8 +47,8 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image x, y
 # One phrase per direction: with three each ("left", "to the left", "leftward", ...) the tiny
 # text tower, trained from scratch, never told the directions apart within the demo's budget.
-DIRECTION_PHRASES = {"left": ("to the left",), "right": ("to the right",), "up": ("upward",),
-                     "down": ("downward",)}
+DIRECTION_PHRASE = {"left": "to the left", "right": "to the right", "up": "upward",
+                    "down": "downward"}
 CLAUSES = ("a {colour} {shape} moves {way}", "the {colour} {shape} slides {way}",
            "a {shape} coloured {colour} is moving {way}",
            "a {colour} {shape} travels {way} across the screen",
@@ -134,8 +134,8 @@ def _sample_objects(rng: np.random.Generator, size: int, num_frames: int,
 
 def all_captions(objects: list[MovingShape]) -> list[str]:
     """Every paraphrase the templates give for ``objects``, in a fixed order."""
-    clauses = [[c.format(colour=o.colour, shape=o.shape, way=w)
-                for c, w in product(CLAUSES, DIRECTION_PHRASES[o.direction])] for o in objects]
+    clauses = [[c.format(colour=o.colour, shape=o.shape, way=DIRECTION_PHRASE[o.direction])
+                for c in CLAUSES] for o in objects]
     if len(objects) == 1:
         return clauses[0]
     return [j.format(x, y) for j in JOINERS for first, second in (clauses, clauses[::-1])
