@@ -191,3 +191,15 @@ def test_lookup_order_clip_path_then_environment_then_package(tmp_path, monkeypa
 def test_tiny_needs_no_checkpoint():
     model = pretrained.load_clip("tiny")
     assert model.config == CLIP_CONFIGS["tiny"]
+
+
+
+def test_scratch_clip_image_positions_match_the_frozen_patch_embeddings():
+    # N(0, 1), not OpenAI's N(0, 1/width): the frozen random conv1 gives patch embeddings of
+    # per-dimension std ~1, and position must not be lost beside them (see reset_parameters)
+    torch.manual_seed(0)
+    clip = CLIP(CLIP_CONFIGS["tiny"])
+    assert 0.9 < clip.visual.positional_embedding.std().item() < 1.1
+    images = torch.randn(8, 3, 32, 32)
+    patches = clip.visual.conv1(images).flatten(2)
+    assert 0.5 < patches.std().item() < 2.0

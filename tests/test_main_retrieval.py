@@ -150,3 +150,17 @@ def test_two_gloo_processes_train_like_one(toy, tmp_path):
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in (1, 2, 3, 6):
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
+
+
+def test_demo_max_words_holds_every_toy_caption():
+    from itertools import product
+
+    from main_retrieval import DEMO_SETTINGS
+    from tvr.data.toy import COLOURS, DIRECTIONS, SHAPES, MovingShape, all_captions
+    from tvr.models.tokenizer import ClipTokenizer
+
+    tokenizer = ClipTokenizer()
+    longest = max(len(tokenizer.tokenize(caption)) + 2  # SOT and EOT
+                  for colour, shape, way in product(COLOURS, SHAPES, DIRECTIONS)
+                  for caption in all_captions([MovingShape(colour, shape, way, (0, 0), (1, 0))]))
+    assert longest <= DEMO_SETTINGS["max_words"], "the demo would cut its own captions"

@@ -48,7 +48,7 @@ def parse(caption: str) -> list[tuple[str, str, str]]:
     for clause in caption.replace(" while ", ", ").replace(" and ", ", ").split(", "):
         words = clause.split()
         colour = [w for w in words if w in COLOURS]
-        shape = [w for w in words if w in ("circle", "square", "triangle")]
+        shape = [w for w in words if w in ("circle", "triangle", "bar")]
         way = [WAY_WORDS[w] for w in words if w in WAY_WORDS]
         assert len(colour) == len(shape) == len(way) == 1, f"cannot parse {clause!r}"
         objects.append((colour[0], shape[0], way[0]))
@@ -56,17 +56,17 @@ def parse(caption: str) -> list[tuple[str, str, str]]:
 
 
 def shape_of(masks: np.ndarray) -> str:
-    """Shape from binary masks of one object: how much of its box it fills (median over
-    frames), and whether its mass sits low in the box (a triangle pointing up)."""
-    fills, lows = [], []
+    """Shape from binary masks of one object (medians over frames): a bar is much wider than
+    high; a triangle pointing up has its mass low in its box; a circle neither."""
+    aspects, lows = [], []
     for mask in masks:
         ys, xs = np.nonzero(mask)
         height = np.ptp(ys) + 1
-        fills.append(mask.sum() / (height * (np.ptp(xs) + 1)))
+        aspects.append((np.ptp(xs) + 1) / height)
         lows.append((ys.mean() - (ys.min() + ys.max()) / 2) / height)
-    if np.median(lows) > 0.08:
-        return "triangle"
-    return "square" if np.median(fills) > 0.87 else "circle"
+    if np.median(aspects) > 1.7:
+        return "bar"
+    return "triangle" if np.median(lows) > 0.08 else "circle"
 
 
 def test_msrvtt_format(toy):
@@ -147,6 +147,13 @@ def test_idempotent_and_repairs(tmp_path):
     smaller = make_toy_dataset(tmp_path / "t", seed=3, **{**SMALL, "num_test": 2})
     assert smaller.created and smaller.num_test == 2
     assert len(list(smaller.video_path.iterdir())) == 8  # the old set's extra videos are gone
+    manifest = smaller.root / "toy_manifest.json"
+    older = json.loads(manifest.read_text())
+    older["params"]["version"] -= 1  # written by an older generator: made again
+    manifest.write_text(json.dumps(older))
+    again = make_toy_dataset(tmp_path / "t", seed=3, **{**SMALL, "num_test": 2})
+    assert again.created and json.loads(manifest.read_text())["params"]["version"] == \
+        older["params"]["version"] + 1
 
 
 def test_refuses_a_folder_that_is_not_a_toy_set(tmp_path):

@@ -9,9 +9,9 @@ Every module maps frame embeddings (B, F, d) and the frame mask (B, F) to new fr
   ``num_hidden_layers`` blocks of CLIP's text transformer (:meth:`SeqTransf.init_from_clip`).
   A CLIP trained from scratch (``tiny``) has no learned positions to give: its table is random
   at std 0.01, which beside frame embeddings of norm ~sqrt(d) leaves frame order invisible to
-  the blocks. The table then keeps ``nn.Embedding``'s N(0, 1) initialisation; on the demo's toy
-  data (in-memory runs, 400 steps) t2v R@1 was 55% and 51% (seeds 0, 1) with it against 35%
-  with the copy, and only with it were left and right told apart.
+  the blocks. The table then keeps ``nn.Embedding``'s N(0, 1) initialisation. On the demo's
+  toy data of the time (in-memory runs, 400 steps) t2v R@1 was 55 % and 51 % (seeds 0, 1) with
+  it against 35 % with the copy, and only with it were left and right told apart.
 - ``seqLSTM``: a 1-layer LSTM over the real frames (packed), padded back, plus residual. As in
   the reference, positions beyond the longest real clip of the batch keep their input, so after
   the residual they hold twice the input; padded positions inside that length hold the input.
