@@ -193,7 +193,6 @@ def test_tiny_needs_no_checkpoint():
     assert model.config == CLIP_CONFIGS["tiny"]
 
 
-
 def test_scratch_clip_image_positions_match_the_frozen_patch_embeddings():
     # N(0, 1), not OpenAI's N(0, 1/width): the frozen random conv1 gives patch embeddings of
     # per-dimension std ~1, and position must not be lost beside them (see reset_parameters)

@@ -6,11 +6,14 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 import pytest
 
-from tvr.data.toy import make_toy_dataset
+from main_retrieval import DEMO_SETTINGS
+from tvr.data.toy import COLOURS, DIRECTIONS, SHAPES, MovingShape, all_captions, make_toy_dataset
+from tvr.models.tokenizer import ClipTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--base_encoder", "tiny", "--max_words", "16", "--max_frames", "4",
@@ -153,12 +156,6 @@ def test_two_gloo_processes_train_like_one(toy, tmp_path):
 
 
 def test_demo_max_words_holds_every_toy_caption():
-    from itertools import product
-
-    from main_retrieval import DEMO_SETTINGS
-    from tvr.data.toy import COLOURS, DIRECTIONS, SHAPES, MovingShape, all_captions
-    from tvr.models.tokenizer import ClipTokenizer
-
     tokenizer = ClipTokenizer()
     longest = max(len(tokenizer.tokenize(caption)) + 2  # SOT and EOT
                   for colour, shape, way in product(COLOURS, SHAPES, DIRECTIONS)

@@ -73,6 +73,7 @@ BACKGROUND = (30, 30, 30)
 MANIFEST = "toy_manifest.json"
 ANNOTATIONS = ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_data.json")
 _SHIFT = 4  # cv2 drawing with 1/16-pixel precision
+BAR_HALF_SIZE = (1.25, 0.5)  # half width and half height of a bar, in object radii
 # Raised whenever the same parameters would draw different videos or captions, so that a set
 # written by an older version of this module is regenerated rather than silently reused.
 GENERATOR_VERSION = 3
@@ -111,8 +112,8 @@ class ToyDataset:
 
 
 def object_radius(size: int) -> float:
-    """Radius (pixels) of every object in a ``size`` x ``size`` frame; a bar is 2.5 radii wide
-    and one radius high."""
+    """Radius (pixels) of every object in a ``size`` x ``size`` frame (a bar's size is
+    :data:`BAR_HALF_SIZE` in radii)."""
     return 0.15 * size
 
 
@@ -120,8 +121,8 @@ def _sample_object(rng: np.random.Generator, size: int, colour: str) -> MovingSh
     """One object of ``colour``: random shape, direction and path (see the module doc)."""
     shape = SHAPES[rng.integers(len(SHAPES))]
     direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
-    margin = 1.25 * object_radius(size) + 2  # a bar reaches 1.25 radii from its centre
-    # the path spans at least half the frame: a larger move is easier to see in 4 frames
+    margin = BAR_HALF_SIZE[0] * object_radius(size) + 2  # the widest shape stays in the frame
+    # the path spans at least half the frame: a larger move is easier to see in a few frames
     low, high = rng.uniform(margin, 0.25 * size), rng.uniform(0.75 * size, size - margin)
     across = rng.uniform(margin, size - margin)
     dx, dy = DIRECTIONS[direction]
@@ -202,7 +203,7 @@ def render(objects: list[MovingShape], size: int, num_frames: int) -> np.ndarray
                            colour, -1, cv2.LINE_8, _SHIFT)
                 continue
             if obj.shape == "bar":
-                w, h = 1.25 * radius, 0.5 * radius
+                w, h = (half * radius for half in BAR_HALF_SIZE)
                 corners = [(x - w, y - h), (x + w, y - h), (x + w, y + h), (x - w, y + h)]
             else:  # equilateral triangle pointing up, centroid at (x, y)
                 corners = [(x, y - radius), (x + 0.87 * radius, y + 0.5 * radius),
@@ -273,8 +274,8 @@ def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_
 
     Nothing is written when ``root`` holds a complete set made with the same parameters by the
     same :data:`GENERATOR_VERSION`. A set made with other parameters or an older generator is
-    replaced; a folder holding MSR-VTT annotation files without a
-    toy manifest is refused (ValueError) rather than overwritten. ``ffmpeg`` as in
+    replaced; a folder holding MSR-VTT annotation files without a toy manifest is refused
+    (ValueError) rather than overwritten. ``ffmpeg`` as in
     :func:`find_ffmpeg`; ``workers`` ffmpeg processes encode in parallel.
     """
     if min(num_train, num_test, captions_per_video, fps) < 1 or num_frames < 2 or size < 32:
@@ -283,9 +284,9 @@ def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_
     if not 0.0 <= two_object_prob <= 1.0:
         raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
     root = Path(root)
-    params = {"version": GENERATOR_VERSION, "seed": seed, "num_train": num_train, "num_test": num_test,
-              "captions_per_video": captions_per_video, "size": size, "num_frames": num_frames,
-              "fps": fps, "two_object_prob": two_object_prob}
+    params = {"version": GENERATOR_VERSION, "seed": seed, "num_train": num_train,
+              "num_test": num_test, "captions_per_video": captions_per_video, "size": size,
+              "num_frames": num_frames, "fps": fps, "two_object_prob": two_object_prob}
     result = ToyDataset(root, root / "videos", num_train, num_test, created=True)
     manifest_path = root / MANIFEST
     if manifest_path.is_file():
