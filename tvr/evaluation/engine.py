@@ -1,4 +1,4 @@
-"""Bounded-memory, exact evaluation engine for the GARE similarity (SPEC §6, §11).
+"""Bounded-memory, exact evaluation engine for the GARE similarity (docs/behaviour.md §6, §11).
 
 :class:`SimilarityEngine` scores every text against every video with the numbers of
 :class:`~tvr.models.similarity.GapAwareSimilarity` in eval mode (no dropout), without ever
@@ -21,8 +21,16 @@ multiply-adds instead of about 4·d² for the naive module.
 Folded: the default setting, ``gap_sign`` ±1, ``psi_query`` "gap" or "text", ``delta_side``
 "text" or "video", ``no_delta``, and all their combinations. Not folded: ``psi_context="words"``
 (the context, hence every per-frame precomputation, would belong to the text); the engine then
-runs the naive module in blocks (``method == "naive"``) and warns once. ``naive=True`` selects
-that reference path for any setting.
+runs the naive module in blocks (``method == "naive"``) and warns once (or tells ``log``).
+``naive=True`` selects that reference path for any setting.
+
+Self-check (:meth:`SimilarityEngine.verify`, run by :func:`build_engine`): the folding reads the
+weights of a stock :class:`~tvr.models.similarity.Psi` by name, so a forked
+``GapAwareSimilarity`` or ``Psi`` (a subclass whose forward computes something else) or a weight of
+``engine.module`` changed after the folding would be scored wrongly, and silently. The check
+scores a few sample pairs both ways with the engine's own copy of the module and, on a mismatch,
+switches the engine to the naive path (mode "auto") or raises :class:`EngineCheckError` (mode
+"folded").
 
 Precision (``precision``): "fp64" (check mode), "fp32" (default; TF32 disabled), "tf32"
 (fp32 with TF32 matrix products where the device has them) or "bf16" (the per-pair matrix
@@ -41,17 +49,34 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Literal, Optional, Union
+from typing import Callable, Iterator, Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
-from tvr.models.similarity import GapAwareSimilarity, Psi
+from tvr.models.similarity import GapAwareSimilarity, Psi, SimilarityConfig
 
 Precision = Literal["fp64", "fp32", "tf32", "bf16"]
+EngineMode = Literal["auto", "folded", "naive"]
 Index = Union[slice, Tensor]
+Log = Callable[[str], None]
+
+ENGINE_MODES: tuple[EngineMode, ...] = ("auto", "folded", "naive")
+CHECK_ITEMS = 8  # the self-check scores the first CHECK_ITEMS texts against as many videos
+# Largest max |folded - naive| of the self-check's cosine scores, per engine dtype (the check
+# always runs at full matmul precision). Measured worst cases of correct folding, 8 x 8 pairs:
+# fp32 1.9e-4 over 240 stressed settings (d 24..768, F = 12 with padded videos, the ablations,
+# random weights far from their initialisation, features sharing one direction with a spread
+# down to 0.3%), against 6e-6 on the benchmark (bench/RESULTS.md); fp64 1.4e-12. fp32 thus gets
+# a 5x margin: a fork or a changed weight that moves some score by more than 1e-3 is caught;
+# smaller effects are at the level of fp32 rounding in ill-conditioned cases. fp64: ~700x.
+CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-9}
 
 _NORM_EPS = 1e-12  # F.normalize's clamp on the norms, as in pair_cosine
+
+
+class EngineCheckError(RuntimeError):
+    """The folded path disagrees with the per-pair module where mode "folded" was asked for."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +108,45 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+def foldable(config: SimilarityConfig) -> bool:
+    """Whether the folded path covers ``config`` (all but ``psi_context="words"`` with a Psi)."""
+    return config.no_delta or config.psi_context != "words"
+
+
+def _report(message: str, log: Optional[Log]) -> None:
+    """A fallback message: to ``log`` (e.g. the training log) when given, else a UserWarning."""
+    if log is not None:
+        log(message)
+    else:
+        warnings.warn(message, stacklevel=3)
+
+
+def build_engine(similarity: GapAwareSimilarity, mode: EngineMode = "auto", *, text: Tensor,
+                 frames: Tensor, mask: Tensor, memory_budget_bytes: int = 256 * 2**20,
+                 precision: Precision = "fp32", log: Optional[Log] = None) -> "SimilarityEngine":
+    """A :class:`SimilarityEngine` for ``mode``, self-checked on a sample of the features.
+
+    ``text`` (N_t, d), ``frames`` (N_v, F, d) and ``mask`` (N_v, F) are features of the texts
+    and videos to score; :meth:`SimilarityEngine.verify` uses the first :data:`CHECK_ITEMS` of
+    each. Word features are not needed: the setting that reads them is not folded, so there is
+    nothing to check.
+
+    Modes: "auto" folds where the setting allows it, checks the folded path and falls back to the
+    naive path on a mismatch (reported to ``log``, or warned); "folded" insists on the folded
+    path: a setting it does not cover is a ValueError and a mismatch an
+    :class:`EngineCheckError`; "naive" always runs the per-pair module, unchecked.
+    """
+    if mode not in ENGINE_MODES:
+        raise ValueError(f"mode must be one of {ENGINE_MODES}, got {mode!r}")
+    if mode == "folded" and not foldable(similarity.config):
+        raise ValueError("the folded engine was asked for, but psi_context='words' is not "
+                         "folded; use the naive (or auto) engine")
+    engine = SimilarityEngine(similarity, memory_budget_bytes, precision,
+                              naive=mode == "naive", log=log)
+    engine.verify(text, frames, mask, strict=mode == "folded", log=log)
+    return engine
+
+
 class SimilarityEngine:
     """All-texts x all-videos GARE scores, exact, in bounded memory (see the module docstring).
 
@@ -94,10 +158,13 @@ class SimilarityEngine:
             folded path) and the (N_t, N_v) output.
         precision: "fp64", "fp32", "tf32" or "bf16" (module docstring).
         naive: use the naive per-pair module in blocks even where the folded path applies.
+        log: where the message of a fallback goes (e.g. the training log); by default it is a
+            UserWarning.
     """
 
     def __init__(self, similarity: GapAwareSimilarity, memory_budget_bytes: int = 256 * 2**20,
-                 precision: Precision = "fp32", naive: bool = False) -> None:
+                 precision: Precision = "fp32", naive: bool = False,
+                 log: Optional[Log] = None) -> None:
         if precision not in ("fp64", "fp32", "tf32", "bf16"):
             raise ValueError(f"precision must be fp64, fp32, tf32 or bf16, got {precision!r}")
         if memory_budget_bytes <= 0:
@@ -109,11 +176,11 @@ class SimilarityEngine:
         self.module = copy.deepcopy(similarity).to(self.dtype).eval()
         self.fallback_reason: Optional[str] = None
         if naive:
-            self.fallback_reason = "naive=True was asked for"
-        elif self.config.psi_context == "words" and not self.config.no_delta:
+            self.fallback_reason = "the naive path was asked for"
+        elif not foldable(self.config):
             self.fallback_reason = "psi_context='words' is not folded"
-            warnings.warn(f"SimilarityEngine: {self.fallback_reason}; using the naive per-pair "
-                          "module in blocks", stacklevel=2)
+            _report(f"SimilarityEngine: {self.fallback_reason}; using the naive per-pair "
+                    "module in blocks", log)
         self.method: Literal["folded", "naive"] = "naive" if self.fallback_reason else "folded"
         self._token = object()
         if self.method == "folded" and self.module.psi is not None:
@@ -142,7 +209,8 @@ class SimilarityEngine:
         to_z = centring @ (eye + psi.linear1.weight) * g2                   # C (I + W_1) diag(γ2)
         z_map, z_shift = to_z @ u_map, to_z @ u_shift
         d_map, d_shift = (w_mu * g3) @ z_map, (w_mu * g3) @ z_shift
-        self._frame_maps = torch.cat([key_map, u_map, z_map, d_map, (w_k.T @ q0).unsqueeze(0) / math.sqrt(d)])
+        self._frame_maps = torch.cat([key_map, u_map, z_map, d_map,
+                                      (w_k.T @ q0).unsqueeze(0) / math.sqrt(d)])
         self._frame_bias = torch.cat([key_shift, u_shift, z_shift, d_shift,
                                       (psi.k_proj.bias @ q0).reshape(1) / math.sqrt(d)])
         self._z0 = centring @ (b2 + psi.linear1(b2))                         # z0 = c(y0)
@@ -170,9 +238,11 @@ class SimilarityEngine:
         return block_t, max(1, min(n_videos, pairs // block_t))
 
     @contextlib.contextmanager
-    def _matmul_precision(self) -> Iterator[None]:
+    def _matmul_precision(self, exact: bool = False) -> Iterator[None]:
+        """fp32 matrix products with TF32 under precision "tf32" (unless ``exact``), else full."""
         previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("high" if self.precision == "tf32" else "highest")
+        tf32 = self.precision == "tf32" and not exact
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
         try:
             yield
         finally:
@@ -202,7 +272,9 @@ class SimilarityEngine:
 
     @torch.no_grad()
     def prepare_videos(self, frames: Tensor, mask: Tensor) -> Prepared:
-        """Per-video work, in chunks bounded by the memory budget.
+        """Per-video work, in chunks bounded by the memory budget, at full matmul precision
+        whatever ``precision`` and the global torch setting (it is not the bottleneck, and every
+        pair of the video reads its results).
 
         Args:
             frames: (N_v, F, d) frame embeddings after temporal aggregation. mask: (N_v, F).
@@ -216,14 +288,17 @@ class SimilarityEngine:
         n_frames = frames.shape[1]
         per_video = self._itemsize * d * 16 * (n_frames + 2)
         step = max(1, self.memory_budget_bytes // per_video)
-        chunks = [self._prepare_video_chunk(frames[s], mask[s]) for s in _chunks(len(frames), step)]
+        with self._matmul_precision(exact=True):
+            chunks = [self._prepare_video_chunk(frames[s], mask[s])
+                      for s in _chunks(len(frames), step)]
         parts = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
         return Prepared("videos", parts, self._token)
 
     def _prepare_video_chunk(self, frames: Tensor, mask: Tensor) -> dict[str, Tensor]:
         real = mask.sum(1, keepdim=True)
         mean_real = (frames * mask.unsqueeze(-1)).sum(1) / real.clamp_min(1)
-        parts = {"mask": mask, "coarse": mean_real / mean_real.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)}
+        coarse = mean_real / mean_real.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+        parts = {"mask": mask, "coarse": coarse}
         if self.method == "naive":
             return dict(parts, frames=frames)
         parts["frame_gram"] = frames @ frames.mT                              # Φ_b
@@ -258,10 +333,11 @@ class SimilarityEngine:
 
     @torch.no_grad()
     def score(self, texts: Prepared, videos: Prepared,
-              block: Optional[tuple[int, int]] = None) -> Tensor:
+              block: Optional[tuple[int, int]] = None, *, exact: bool = False) -> Tensor:
         """(N_t, N_v) scores s_ab, equal to the naive module's in eval mode.
 
-        ``block`` = (texts, videos) per block overrides :meth:`block_shape`.
+        ``block`` = (texts, videos) per block overrides :meth:`block_shape`. ``exact``: full
+        matmul precision in the engine's dtype whatever ``precision`` (no TF32, no bf16).
         """
         self._check(texts, videos)
         n_t, n_v = len(texts), len(videos)
@@ -269,13 +345,72 @@ class SimilarityEngine:
         block_t, block_v = block or self.block_shape(n_t, n_v, n_frames)
         device = texts.parts["text"].device
         out = torch.empty(n_t, n_v, dtype=self.dtype, device=device)
-        block_fn = self._score_naive if self.method == "naive" else self._score_folded
-        with self._matmul_precision():
+        bf16 = self.precision == "bf16" and not exact
+        with self._matmul_precision(exact):
             for rows in _chunks(n_t, block_t):
                 t = texts.select(rows).parts
                 for cols in _chunks(n_v, block_v):
-                    out[rows, cols] = block_fn(t, videos.select(cols).parts)
+                    v = videos.select(cols).parts
+                    out[rows, cols] = (self._score_naive(t, v) if self.method == "naive"
+                                       else self._score_folded(t, v, bf16))
         return out
+
+    @torch.no_grad()
+    def verify(self, text: Tensor, frames: Tensor, mask: Tensor, *, strict: bool = False,
+               log: Optional[Log] = None) -> Optional[float]:
+        """Self-check of the folded path against the engine's own per-pair module.
+
+        Scores the first :data:`CHECK_ITEMS` texts against the first :data:`CHECK_ITEMS` videos
+        with the folded path and with ``self.module`` (the copy whose weights were folded), both
+        in the engine's dtype at full matmul precision, and compares them with
+        :data:`CHECK_TOLERANCE`. This catches what the folding cannot see: a subclass of
+        GapAwareSimilarity or Psi whose forward computes something else, or a weight of
+        ``self.module`` changed after the folding. Pairs where both paths give NaN agree.
+
+        On a mismatch the engine switches to the naive path (``method`` "naive",
+        ``fallback_reason`` with the difference, the message to ``log`` or warned) and texts and
+        videos prepared before no longer belong to it; with ``strict`` it raises
+        :class:`EngineCheckError` instead and stays as it was.
+
+        Args:
+            text: (N_t, d) sentence embeddings. frames: (N_v, F, d) frames after temporal
+                aggregation. mask: (N_v, F).
+        Returns:
+            The largest absolute difference of the scores; None on the naive path or without a
+            text or a video (nothing to check).
+        """
+        if self.method == "naive" or len(text) == 0 or len(frames) == 0:
+            return None
+        text = text[:CHECK_ITEMS].to(self.dtype)
+        frames, mask = frames[:CHECK_ITEMS].to(self.dtype), mask[:CHECK_ITEMS]
+        with self._matmul_precision(exact=True):
+            folded = self.score(self.prepare_texts(text), self.prepare_videos(frames, mask),
+                                exact=True)
+            reference = self.module(text, frames, mask).scores
+        both_nan = folded.isnan() & reference.isnan()
+        difference = (folded - reference).abs().masked_fill(both_nan, 0).max().item()
+        tolerance = CHECK_TOLERANCE[self.dtype]
+        if difference <= tolerance:  # False for NaN: a NaN on one side only is a mismatch
+            return difference
+        psi = self.module.psi
+        modules = type(self.module).__name__
+        if psi is not None:
+            modules += f" with {type(psi).__name__}"
+        mismatch = (f"the folded scores of {len(text)} texts x {len(frames)} videos differ from "
+                    f"the per-pair module's ({modules}) by up to {difference:.2e} (tolerance "
+                    f"{tolerance:.0e} in {str(self.dtype).removeprefix('torch.')})")
+        if strict:
+            raise EngineCheckError(
+                f"SimilarityEngine self-check failed: {mismatch}. The module computes something "
+                "the folded algebra does not (a forked GapAwareSimilarity or Psi, or weights "
+                "changed after the engine was built); --eval_engine naive (or auto, which falls "
+                "back by itself) scores with the per-pair module")
+        self.method = "naive"
+        self.fallback_reason = f"self-check: {mismatch}"
+        self._token = object()
+        _report(f"SimilarityEngine: {self.fallback_reason}; scoring with the per-pair module in "
+                "blocks instead (slower)", log)
+        return difference
 
     @torch.no_grad()
     def coarse_score(self, texts: Prepared, videos: Prepared) -> Tensor:
@@ -291,13 +426,14 @@ class SimilarityEngine:
         return self.module(t["text"], v["frames"], v["mask"], t.get("words"),
                            t.get("word_mask")).scores
 
-    def _score_folded(self, t: dict[str, Tensor], v: dict[str, Tensor]) -> Tensor:
-        """One block, (T, V). Pair tensors are laid out (V, ·, T); see docs/evaluation_engine.md."""
+    def _score_folded(self, t: dict[str, Tensor], v: dict[str, Tensor], bf16: bool) -> Tensor:
+        """One block, (T, V). Pair tensors are laid out (V, ·, T); see docs/evaluation_engine.md.
+        ``bf16``: the per-pair matrix product takes bf16 operands."""
         cfg, psi = self.config, self.module.psi
         d, n_frames = cfg.dim, v["mask"].shape[1]
         rows, text = v["rows"], t["text"]
         n_v, n_rows, _ = rows.shape
-        if self.precision == "bf16":
+        if bf16:
             dots = (rows.reshape(-1, d).bfloat16() @ text.bfloat16().T).to(self.dtype)
         else:
             dots = rows.reshape(-1, d) @ text.T
@@ -317,7 +453,8 @@ class SimilarityEngine:
             scale = cfg.gap_sign / (math.sqrt(d) * torch.sqrt(gap_sq / d + psi.layer_norm1.eps))
             logits = scale.unsqueeze(1) * (v["key_gap"].unsqueeze(-1) - key_text) + key_bias
         else:
-            scale = 1.0 / (math.sqrt(d) * torch.sqrt(t["centred_sq_norm"] / d + psi.layer_norm1.eps))
+            centred_sq = t["centred_sq_norm"]
+            scale = 1.0 / (math.sqrt(d) * torch.sqrt(centred_sq / d + psi.layer_norm1.eps))
             logits = key_text * scale + key_bias
         attn = torch.softmax(logits, dim=1)                    # a_abk
         inv2 = torch.rsqrt((attn * torch.bmm(v["gram_o"], attn)).sum(1) / d + psi.layer_norm2.eps)

@@ -1,10 +1,14 @@
-"""Evaluate a model on a split (SPEC §11): encode once, score with the engine, rank, report.
+"""Evaluate a model on a split (docs/behaviour.md §11): encode once, score with the engine, rank,
+report.
 
 Every process encodes its share of the split; rank 0 scores all pairs with the bounded-memory
 :class:`~tvr.evaluation.engine.SimilarityEngine` and computes the metrics of both directions.
-Videos skipped by ``--skip_bad_videos`` are removed from the gallery together with their
-captions, and listed in the results (``"skipped_videos"``): the numbers are then not those of
-the full benchmark, and the log says so.
+The engine is self-checked on the first few texts and videos before it scores (see
+:func:`~tvr.evaluation.engine.build_engine`); the results name the path that scored
+(``"engine"``). Videos skipped by ``--skip_bad_videos`` are removed from the gallery together
+with their captions, and listed in the results (``"skipped_videos"``): the numbers are then not
+those of the full benchmark, and the log says so. :data:`INFO_KEYS` are these two entries, which
+are not metric variants: :func:`metric_variants` leaves them out for tables and JSON files.
 """
 from __future__ import annotations
 
@@ -15,9 +19,19 @@ import torch
 
 from tvr.data.datasets import RetrievalDataset
 from tvr.evaluation.encode import EncodedSplit, encode_split
-from tvr.evaluation.engine import Prepared, SimilarityEngine
+from tvr.evaluation.engine import (ENGINE_MODES, EngineMode, Prepared, SimilarityEngine,
+                                  build_engine)
 from tvr.evaluation.metrics import compare_normalisers
 from tvr.models.gare import GARE, TextFeatures
+
+INFO_KEYS = ("engine", "skipped_videos")
+
+
+def metric_variants(results: dict[str, Any]) -> dict[str, Any]:
+    """The metric variants of :func:`evaluate`'s results ("raw", "DSL", ...), without
+    :data:`INFO_KEYS`: what :func:`~tvr.evaluation.metrics.format_table` and
+    :func:`~tvr.evaluation.metrics.save_json` take."""
+    return {k: v for k, v in results.items() if k not in INFO_KEYS}
 
 
 def split_scores(engine: SimilarityEngine, split: EncodedSplit, dataset: RetrievalDataset
@@ -41,34 +55,48 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
              dsl_temp: Optional[float] = None, bank: Optional[RetrievalDataset] = None,
              bank_size: int = 0, qb_beta: float = 20.0, qb_k: int = 1,
              ncl_tau: Optional[float] = None,
-             memory_budget_bytes: int = 512 * 2**20) -> Optional[dict[str, Any]]:
+             memory_budget_bytes: int = 512 * 2**20, engine: EngineMode = "auto",
+             log: Optional[Callable[[str], None]] = None) -> Optional[dict[str, Any]]:
     """Metrics of ``dataset`` (on rank 0; other ranks return None after encoding their share).
 
     Raw scores always; DSL with ``dsl_temp``; QB-Norm and NCL's test-time normalisation when a
     ``bank`` split (the training set) and ``bank_size`` are given: ``bank_size`` training
     captions and videos are encoded and scored against the test gallery and the test captions,
     and stand in for the test queries (NCL's ``ncl_tau`` defaults to 1/exp(logit_scale)).
+
+    ``engine`` ("auto", "folded" or "naive", as :func:`~tvr.evaluation.engine.build_engine`)
+    chooses the scoring path; it is self-checked on the first texts and videos of the split,
+    and a fallback to the naive path is reported to ``log`` (or warned).
+
     Returns ``{"raw": {"t2v": {...}, "v2t": {...}}, ...normalised variants...,
-    "skipped_videos": [...]}``.
+    "engine": {"method": "folded" or "naive", "reason": why naive (only then)},
+    "skipped_videos": [...]}``; :func:`metric_variants` keeps the variants only.
     """
+    if engine not in ENGINE_MODES:  # before the encoding, which takes a while
+        raise ValueError(f"engine must be one of {ENGINE_MODES}, got {engine!r}")
     split = encode_split(model, dataset, batch_size, workers, device, autocast)
     bank_split = None
     if bank is not None and bank_size > 0:
         bank_split = encode_split(model, bank, batch_size, workers, device, autocast, bank_size)
     if not is_main:
         return None
-    engine = SimilarityEngine(model.similarity, memory_budget_bytes)
-    texts, videos, scores, caption_to_video = split_scores(engine, split, dataset)
+    scorer = build_engine(model.similarity, engine, text=split.texts.sentence,
+                          frames=split.videos.frames, mask=split.videos.mask,
+                          memory_budget_bytes=memory_budget_bytes, log=log)
+    texts, videos, scores, caption_to_video = split_scores(scorer, split, dataset)
     banks = {}
     if bank_split is not None:
-        bank_texts = engine.prepare_texts(*bank_split.texts)
-        bank_videos = engine.prepare_videos(*bank_split.videos)
-        banks = {"bank_t2v": engine.score(bank_texts, videos).float().cpu(),
-                 "bank_v2t": engine.score(texts, bank_videos).float().cpu().T,
+        bank_texts = scorer.prepare_texts(*bank_split.texts)
+        bank_videos = scorer.prepare_videos(*bank_split.videos)
+        banks = {"bank_t2v": scorer.score(bank_texts, videos).float().cpu(),
+                 "bank_v2t": scorer.score(texts, bank_videos).float().cpu().T,
                  "qb_beta": qb_beta, "qb_k": qb_k,
                  "ncl_tau": ncl_tau if ncl_tau is not None
                  else float(torch.exp(-model.clip.logit_scale.detach()))}
     results: dict[str, Any] = compare_normalisers(scores, caption_to_video, dsl_temp=dsl_temp,
                                                   **banks)
+    results["engine"] = {"method": scorer.method}
+    if scorer.fallback_reason is not None:
+        results["engine"]["reason"] = scorer.fallback_reason
     results["skipped_videos"] = split.skipped
     return results
