@@ -1,4 +1,4 @@
-"""Re-encode a folder of videos to 3 fps with the short side at 224 px (SPEC §3).
+"""Re-encode a folder of videos to 3 fps with the short side at 224 px (docs/behaviour.md §3).
 
 Every file under ``input_root`` (recursively) whose extension is in :data:`VIDEO_EXTENSIONS` is
 re-encoded by ffmpeg to H.264 (libx264, yuv420p), 3 frames per second, short side 224 px with

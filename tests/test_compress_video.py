@@ -1,5 +1,5 @@
-"""preprocess/compress_video.py (SPEC §3): 3 fps, short side 224 px, H.264 without audio,
-relative names kept, failures reported with a non-zero exit status, no temporary files left,
+"""preprocess/compress_video.py (docs/behaviour.md §3): 3 fps, short side 224 px, H.264 without
+audio, relative names kept, failures reported with a non-zero exit status, no temporary files left,
 and a rerun that re-encodes nothing.
 
 Input clips are made with the imageio-ffmpeg binary (lavfi test sources); outputs are checked

@@ -1,6 +1,6 @@
-"""Dataset loaders (SPEC §4): every format on a fixture written in its real layout, MSR-VTT also
-on the real CSVs in ``../shared``, multi-sentence bookkeeping, paragraph mode, malformed
-annotation files, and skipping unreadable videos through DataLoader workers.
+"""Dataset loaders (docs/behaviour.md §4): every format on a fixture written in its real layout,
+MSR-VTT also on the real CSVs in ``../shared``, multi-sentence bookkeeping, paragraph mode,
+malformed annotation files, and skipping unreadable videos through DataLoader workers.
 
 Videos are never decoded: :class:`FakeClipLoader` returns deterministic tensors derived from the
 file name and raises ``VideoReadError`` for chosen names.

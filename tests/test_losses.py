@@ -1,4 +1,4 @@
-"""GARE losses (SPEC §7) against loop-based transcriptions of the formulas."""
+"""GARE losses (docs/behaviour.md §7) against loop-based transcriptions of the formulas."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tvr.losses.gare_terms import (
     trust_region_term,
 )
 
-# ---------------------------------------------------------------- loop references (SPEC §7)
+# ---------------------------------------- loop references (docs/behaviour.md §7)
 
 
 def ref_info_nce(scores, logit_scale, video_bias=None, text_bias=None):

@@ -1,4 +1,4 @@
-"""NCL (SPEC §8) and the inference-time normalisers (DSL, QB-Norm, NCL test time)."""
+"""NCL (docs/behaviour.md §8) and the inference-time normalisers (DSL, QB-Norm, NCL test time)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""BertAdam, its warmup_cosine schedule, parameter groups and the logit-scale clamp (SPEC §9)."""
+"""BertAdam, its warmup_cosine schedule, parameter groups and the logit-scale clamp
+(docs/behaviour.md §9)."""
 import io
 import math
 
@@ -14,7 +15,8 @@ from tvr.training.optim import (BertAdam, build_optimizer, clamp_logit_scale, pa
 
 def transcribed_step(ref, grads, settings, states, t_total, warmup, b1=0.9, b2=0.98, e=1e-6,
                      max_grad_norm=1.0):
-    """The reference update of the float64 copies ``ref``, one parameter at a time (SPEC §9)."""
+    """The reference update of the float64 copies ``ref``, one parameter at a time
+    (docs/behaviour.md §9)."""
     for name, grad in grads.items():
         if grad is None:
             continue

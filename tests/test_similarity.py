@@ -1,4 +1,5 @@
-"""Tests of the GARE similarity (SPEC §6) against a loop-by-loop transcription of its formulas."""
+"""Tests of the GARE similarity (docs/behaviour.md §6) against a loop-by-loop transcription of its
+formulas."""
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +61,8 @@ def build(config: SimilarityConfig, dtype: torch.dtype = torch.float32) -> GapAw
 def loop_reference(model: GapAwareSimilarity, text: torch.Tensor, frames: torch.Tensor,
                    video_mask: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor
                    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """SPEC §6, one pair and one frame at a time, with the module's weights used explicitly."""
+    """docs/behaviour.md §6, one pair and one frame at a time, with the module's weights used
+    explicitly."""
     cfg = model.config
     b_t, d = text.shape
     b_v, n_frames, _ = frames.shape
@@ -129,7 +131,8 @@ def test_matches_loop_reference(overrides: dict, dtype: torch.dtype, tol: float)
 
 
 def test_padding_quirks_matter() -> None:
-    """Padded frame values must reach the pooling softmax and the gap (SPEC §12 keeps both)."""
+    """Padded frame values must reach the pooling softmax and the gap (docs/behaviour.md §12 keeps
+    both)."""
     model = build(SimilarityConfig(dim=16), torch.float64)
     inputs = make_inputs(b_t=2, b_v=3, n_frames=5, dim=16, dtype=torch.float64)
     changed = dict(inputs, frames=inputs["frames"].clone())

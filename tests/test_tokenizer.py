@@ -1,5 +1,5 @@
 """CLIP tokenizer: ids equal the reference CLIP tokenizer's on real MSR-VTT captions and hard cases;
-the SPEC §2 caption encoding.
+the docs/behaviour.md §2 caption encoding.
 
 The reference is open_clip's SimpleTokenizer, OpenAI's tokenizer with one change: its special
 tokens are spelled <start_of_text>/<end_of_text> instead of OpenAI's <|startoftext|>/<|endoftext|>

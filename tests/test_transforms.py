@@ -1,4 +1,5 @@
-"""CLIP eval transform and the clip-consistent RandAugment training transform (SPEC §3)."""
+"""CLIP eval transform and the clip-consistent RandAugment training transform (docs/behaviour.md
+§3)."""
 import numpy as np
 import pytest
 import torch

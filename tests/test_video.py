@@ -1,4 +1,4 @@
-"""Frame sampling, the OpenCV and PyAV backends, and the clip loader (SPEC §3)."""
+"""Frame sampling, the OpenCV and PyAV backends, and the clip loader (docs/behaviour.md §3)."""
 import importlib.util
 import pickle
 import subprocess

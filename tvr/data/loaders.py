@@ -1,4 +1,4 @@
-"""From command-line flags to datasets and data loaders (SPEC §3-4, §10).
+"""From command-line flags to datasets and data loaders (docs/behaviour.md §3-4, §10).
 
 Training order and augmentation are functions of (seed, epoch, position) only, so that a run
 resumed mid-epoch sees exactly the batches and augmentations of an uninterrupted one:

@@ -1,4 +1,5 @@
-"""Frame transforms of one clip (SPEC §3): uint8 (T, 3, H, W) in, float (T, 3, S, S) out.
+"""Frame transforms of one clip (docs/behaviour.md §3): uint8 (T, 3, H, W) in, float (T, 3, S, S)
+out.
 
 ``clip_eval_transform(S)`` is CLIP's preprocessing: resize the short side to S (bicubic,
 antialiased, on uint8 like PIL, so the result is rounded to uint8 as in the reference), center

@@ -1,4 +1,4 @@
-"""Video decoding and frame sampling (SPEC §3).
+"""Video decoding and frame sampling (docs/behaviour.md §3).
 
 Frame sampling (:func:`sample_frame_indices`) follows the reference's decord loader:
 

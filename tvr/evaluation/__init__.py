@@ -1,1 +1,1 @@
-"""Evaluation helpers: inference-time score normalisers (SPEC §8, §11)."""
+"""Evaluation helpers: inference-time score normalisers (docs/behaviour.md §8, §11)."""

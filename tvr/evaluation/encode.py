@@ -1,4 +1,4 @@
-"""Encode the captions and the videos of an evaluation split once each (SPEC §11).
+"""Encode the captions and the videos of an evaluation split once each (docs/behaviour.md §11).
 
 Each process encodes a contiguous share of the items; the shares are all-gathered so that every
 process ends with the features of the whole split, in dataset order. Videos the data layer

@@ -1,4 +1,4 @@
-"""Retrieval metrics (SPEC §11): R@1/5/10/50, median and mean rank, both directions.
+"""Retrieval metrics (docs/behaviour.md §11): R@1/5/10/50, median and mean rank, both directions.
 
 Every function takes a (captions x videos) score matrix and ``caption_to_video`` (N_c,), the
 index of each caption's video. Multi-sentence datasets: every caption is a text-to-video query;

@@ -1,4 +1,5 @@
-"""Inference-time normalisers of a retrieval score matrix (SPEC §8, last paragraph; §11).
+"""Inference-time normalisers of a retrieval score matrix (docs/behaviour.md §8, last paragraph;
+§11).
 
 Every function takes ``scores`` with the QUERIES ON THE ROWS and the gallery on the columns
 and returns a matrix of the same shape whose per-row rankings are the normalised ones. They
@@ -75,7 +76,7 @@ def ncl_normalize(
     iters: int = 10,
     tol: float = 1e-4,
 ) -> torch.Tensor:
-    """NCL test-time normalisation (SPEC §8, "Test"): ``out_qg = scores_qg + b_g``.
+    """NCL test-time normalisation (docs/behaviour.md §8, "Test"): ``out_qg = scores_qg + b_g``.
 
     The gallery biases ``b_g = tau log c_g`` come from Sinkhorn-Knopp on ``bank_scores``
     (training-query bank x test gallery, see :func:`tvr.losses.ncl.target_biases`), never

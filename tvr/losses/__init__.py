@@ -1,4 +1,5 @@
-"""Training losses: symmetric InfoNCE, GARE's regularisers on Δ (SPEC §7) and NCL (SPEC §8)."""
+"""Training losses: symmetric InfoNCE, GARE's regularisers on Δ (docs/behaviour.md §7) and NCL
+(docs/behaviour.md §8)."""
 from tvr.losses.contrastive import symmetric_info_nce
 from tvr.losses.gare_terms import (GARELossWeights, direction_diversity, gare_loss,
                                    relaxed_vib_kl, trust_region_term)

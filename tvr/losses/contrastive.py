@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE on a text x video score matrix (SPEC §7, reused by NCL in §8)."""
+"""Symmetric InfoNCE on a text x video score matrix (docs/behaviour.md §7; with NCL: §8)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def symmetric_info_nce(
     logit_scale: torch.Tensor | float,
     biases: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE with the diagonal as target (SPEC §7, "Contrastive").
+    """Symmetric InfoNCE with the diagonal as target (docs/behaviour.md §7, "Contrastive").
 
     With ``S = exp(logit_scale) * scores`` (``scores[a, b]`` = cosine score of text a and
     video b, a square B x B matrix whose diagonal holds the matched pairs)::
@@ -22,12 +22,12 @@ def symmetric_info_nce(
         CE_rows(X) = mean_i -log softmax(X[i, :])[i].
 
     ``logit_scale`` is the raw (log) parameter; the scale is ``exp(logit_scale)``. No clamp is
-    applied here (the training loop clamps the parameter after each step, SPEC §9).
+    applied here (the training loop clamps the parameter after each step, docs/behaviour.md §9).
 
-    ``biases = (video_bias, text_bias)`` adds NCL's instance-wise biases (SPEC §8) in score
-    units, before scaling: the text->video logits become ``scale * (scores[a, b] +
-    video_bias[b])`` and the video->text logits ``scale * (scores[a, b] + text_bias[a])``
-    (row b, column a of the transposed matrix). Either entry may be ``None``.
+    ``biases = (video_bias, text_bias)`` adds NCL's instance-wise biases (docs/behaviour.md §8) in
+    score units, before scaling: the text->video logits become ``scale * (scores[a, b] +
+    video_bias[b])`` and the video->text logits ``scale * (scores[a, b] + text_bias[a])`` (row b,
+    column a of the transposed matrix). Either entry may be ``None``.
     """
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ValueError(

@@ -1,8 +1,8 @@
-"""GARE regularisers on the increments Δ and the total training loss (SPEC §7).
+"""GARE regularisers on the increments Δ and the total training loss (docs/behaviour.md §7).
 
 Every function takes ``delta`` of shape (B_t, B_v, d) with ``delta[a, b]`` = Δ_ab, the
-increment predicted for text a and video b (SPEC §6.3). All terms are vectorised over the
-batch; none loops in Python.
+increment predicted for text a and video b (docs/behaviour.md §6.3). All terms are vectorised over
+the batch; none loops in Python.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ __all__ = [
     "trust_region_term",
 ]
 
-_SIGMA_EPS = 1e-6  # added to the empirical std (SPEC §7)
-_LOG_EPS = 1e-8  # added inside the log of the direction-diversity term (SPEC §7)
+_SIGMA_EPS = 1e-6  # added to the empirical std (docs/behaviour.md §7)
+_LOG_EPS = 1e-8  # added inside the log of the direction-diversity term (docs/behaviour.md §7)
 
 
 def _check_delta(delta: torch.Tensor) -> None:
@@ -35,7 +35,7 @@ def _check_delta(delta: torch.Tensor) -> None:
 def relaxed_vib_kl(
     delta: torch.Tensor, prior_std: float = 1.0, anchor: str = "video"
 ) -> torch.Tensor:
-    """Relaxed variational-information-bottleneck KL term (SPEC §7, "Relaxed VIB").
+    """Relaxed variational-information-bottleneck KL term (docs/behaviour.md §7, "Relaxed VIB").
 
     With ``anchor="video"`` the statistics of each video b are taken over the texts a::
 
@@ -66,13 +66,14 @@ def relaxed_vib_kl(
 
 
 def trust_region_term(delta: torch.Tensor, lower: float = 0.5) -> torch.Tensor:
-    """Trust-region radius term with a floor (SPEC §7, ``--lambda_epsilon``/``--lambda_lower``).
+    """Trust-region radius term with a floor (docs/behaviour.md §7,
+    ``--lambda_epsilon``/``--lambda_lower``).
 
     ``r_ab = ||Δ_ab||_2``, ``L_eps = - mean_a Var_b(r_ab)`` (unbiased variance over videos).
     Returns ``L_eps`` when ``L_eps >= -lower`` and 0 otherwise (reference behaviour kept,
-    SPEC §12): once the radii spread out beyond the floor the term and its gradient vanish.
-    The 0 is a zero tensor selected by ``torch.where``, so the graph stays connected and
-    the gradient is exactly zero below the floor. Needs B_v >= 2.
+    docs/behaviour.md §12): once the radii spread out beyond the floor the term and its gradient
+    vanish. The 0 is a zero tensor selected by ``torch.where``, so the graph stays connected and the
+    gradient is exactly zero below the floor. Needs B_v >= 2.
     """
     _check_delta(delta)
     if delta.shape[1] < 2:
@@ -83,16 +84,16 @@ def trust_region_term(delta: torch.Tensor, lower: float = 0.5) -> torch.Tensor:
 
 
 def direction_diversity(delta: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
-    """Direction-diversity term (SPEC §7, ``--lambda_dir``/``--alpha``).
+    """Direction-diversity term (docs/behaviour.md §7, ``--lambda_dir``/``--alpha``).
 
     ``z_ab = Δ_ab / ||Δ_ab||`` and::
 
         L_dir = mean_a log( mean_{b, b'} exp(-alpha (1 - z_ab · z_ab')) + 1e-8 ),
 
-    with the pairs b = b' included (SPEC §12). The normalisation is ``F.normalize`` with its
-    default eps 1e-12, as in the reference: a zero increment gives z = 0, i.e. cosine 0
-    (distance 1) with every direction, itself included. One batched matmul builds the
-    (B_t, B_v, B_v) Gram matrices; the numbers equal the reference's per-text loop.
+    with the pairs b = b' included (docs/behaviour.md §12). The normalisation is ``F.normalize``
+    with its default eps 1e-12, as in the reference: a zero increment gives z = 0, i.e. cosine 0
+    (distance 1) with every direction, itself included. One batched matmul builds the (B_t, B_v,
+    B_v) Gram matrices; the numbers equal the reference's per-text loop.
     """
     _check_delta(delta)
     z = F.normalize(delta, dim=-1)
@@ -103,7 +104,7 @@ def direction_diversity(delta: torch.Tensor, alpha: float = 2.0) -> torch.Tensor
 
 @dataclass(frozen=True)
 class GARELossWeights:
-    """Weights and settings of the GARE loss (SPEC §7; defaults = the released code).
+    """Weights and settings of the GARE loss (docs/behaviour.md §7; defaults = the released code).
 
     ``beta`` weighs the relaxed-VIB KL. The released code uses ``beta = 1e-4`` with the KL
     *summed* over the d dimensions (one multivariate event, :func:`relaxed_vib_kl`); the
@@ -135,12 +136,12 @@ def gare_loss(
     weights: GARELossWeights | None = None,
     biases: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Total GARE training loss (SPEC §7, "Total")::
+    """Total GARE training loss (docs/behaviour.md §7, "Total")::
 
         L = L_nce + beta · KL + lambda_dir · L_dir + lambda_epsilon · L_eps.
 
-    ``scores`` is the B x B matrix of s_ab (SPEC §6.4), ``delta`` the (B, B, d) increments,
-    ``logit_scale`` the raw parameter and ``biases`` optional NCL biases passed on to
+    ``scores`` is the B x B matrix of s_ab (docs/behaviour.md §6.4), ``delta`` the (B, B, d)
+    increments, ``logit_scale`` the raw parameter and ``biases`` optional NCL biases passed on to
     :func:`~tvr.losses.contrastive.symmetric_info_nce`. A term whose weight is 0 is not
     computed, and ``delta=None`` (the paper's Baseline, ``--no_delta``) gives the contrastive
     term alone. The default weights are the released code's (see :class:`GARELossWeights`:

@@ -1,4 +1,5 @@
-"""NCL: normalised contrastive learning (SPEC §8; Park et al., EMNLP 2022, arXiv 2212.11790).
+"""NCL: normalised contrastive learning (docs/behaviour.md §8; Park et al., EMNLP 2022, arXiv
+2212.11790).
 
 NCL adds instance-wise biases to the scores so that the summed retrieval probability of every
 target is the same. For a query set of size Q and a target set of size V with scores
@@ -32,7 +33,7 @@ __all__ = [
 def sinkhorn_log_scalings(
     scores: torch.Tensor, tau: float | torch.Tensor, iters: int = 10, tol: float = 1e-4
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-domain Sinkhorn-Knopp scalings of ``K = exp(scores / tau)`` (SPEC §8).
+    """Log-domain Sinkhorn-Knopp scalings of ``K = exp(scores / tau)`` (docs/behaviour.md §8).
 
     ``scores`` is Q x V (queries x targets). Starting from ``log c = 0``, each iteration sets::
 
@@ -70,7 +71,8 @@ def sinkhorn_log_scalings(
 def target_biases(
     scores: torch.Tensor, tau: float | torch.Tensor, iters: int = 10, tol: float = 1e-4
 ) -> torch.Tensor:
-    """NCL target biases ``b_j = tau * log c_j`` (SPEC §8), one per column of ``scores``.
+    """NCL target biases ``b_j = tau * log c_j`` (docs/behaviour.md §8), one per column of
+    ``scores``.
 
     ``scores`` is queries x targets; computed without gradient. Adding ``b`` to every row of
     a score matrix over the same targets gives NCL's normalised scores.
@@ -98,7 +100,7 @@ def ncl_batch_biases(
     iters: int = 10,
     tol: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training-time NCL biases for a batch (SPEC §8, "Training"), without gradient.
+    """Training-time NCL biases for a batch (docs/behaviour.md §8, "Training"), without gradient.
 
     ``scores`` is the B_t x B_v batch matrix (texts x videos). ``query_bank_scores_t2v``
     (N_t x B_v) holds the queued texts' scores against the batch videos and
@@ -123,7 +125,7 @@ def ncl_info_nce(
     iters: int = 10,
     tol: float = 1e-4,
 ) -> torch.Tensor:
-    """NCL training loss: symmetric InfoNCE on NCL-biased scores (SPEC §8).
+    """NCL training loss: symmetric InfoNCE on NCL-biased scores (docs/behaviour.md §8).
 
     Biases come from :func:`ncl_batch_biases` (no gradient; bank shapes documented there)
     and enter :func:`~tvr.losses.contrastive.symmetric_info_nce` in score units, so the
@@ -142,7 +144,7 @@ def ncl_info_nce(
 
 
 class FeatureQueue:
-    """Fixed-capacity FIFO of detached tensors, e.g. past queries for NCL (SPEC §8).
+    """Fixed-capacity FIFO of detached tensors, e.g. past queries for NCL (docs/behaviour.md §8).
 
     Each :meth:`enqueue` call takes one or more tensors sharing their leading (batch) size N,
     e.g. ``enqueue(text_emb)`` with (N, d) or ``enqueue(frames, frame_mask)`` with (N, F, d)

@@ -5,7 +5,8 @@ Public surface (everything a trainer, an evaluator or a forked ablation needs):
 - :meth:`GARE.encode_text` — token ids and mask -> :class:`TextFeatures`;
 - :meth:`GARE.encode_video` — frames and frame mask -> :class:`VideoFeatures`;
 - :meth:`GARE.score` — a block of texts against a block of videos -> scores (and Δ);
-- :meth:`GARE.loss` / :meth:`GARE.forward` — the training loss of a batch (SPEC §7, §8).
+- :meth:`GARE.loss` / :meth:`GARE.forward` — the training loss of a batch (docs/behaviour.md §7,
+§8).
 
 Precision: the CLIP encoders run under whatever autocast the caller set up; their outputs are
 cast to fp32 and the similarity and losses always run in fp32 (as the reference does with
@@ -44,7 +45,8 @@ class VideoFeatures(NamedTuple):
 
 @dataclass(frozen=True)
 class NCLConfig:
-    """NCL training (SPEC §8). ``tau=None`` uses the contrastive temperature 1/exp(logit_scale).
+    """NCL training (docs/behaviour.md §8). ``tau=None`` uses the contrastive temperature
+    1/exp(logit_scale).
 
     ``queue`` past queries per direction (texts for text->video, videos for video->text) join
     the batch's queries when the Sinkhorn biases are computed; their scores against the batch
@@ -118,7 +120,8 @@ class GARE(nn.Module):
         """(B, F, 3, H, W) normalised frames (zero-padded) and (B, F) mask -> fp32 features.
 
         Every one of the F slots is encoded, padded ones included: their embeddings enter the
-        pooling softmax, the gap mean and Psi's context (reference behaviour, SPEC §6, §12).
+        pooling softmax, the gap mean and Psi's context (reference behaviour, docs/behaviour.md §6,
+        §12).
         """
         batch, frames = video.shape[:2]
         embeddings = self.clip.encode_image(video.flatten(0, 1)).float()
@@ -145,7 +148,8 @@ class GARE(nn.Module):
                           for i in range(0, video.frames.shape[0], chunk)], dim=1)
 
     def loss(self, text: TextFeatures, video: VideoFeatures) -> dict[str, Tensor]:
-        """Training loss of a batch of matched (text i, video i) pairs (SPEC §7, with §8 NCL).
+        """Training loss of a batch of matched (text i, video i) pairs (docs/behaviour.md §7, with
+        §8 NCL).
 
         Returns ``"loss"`` (the total to minimise) and each computed term for logging.
         """

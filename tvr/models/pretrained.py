@@ -1,4 +1,5 @@
-"""Finding and loading CLIP weights from the user's files (SPEC §1). Nothing is downloaded.
+"""Finding and loading CLIP weights from the user's files (docs/behaviour.md §1). Nothing is
+downloaded.
 
 Lookup order for ``--base_encoder ViT-B/32`` (file ``ViT-B-32.pt``):
 

@@ -1,7 +1,7 @@
-"""The GARE similarity between texts and videos (SPEC §6).
+"""The GARE similarity between texts and videos (docs/behaviour.md §6).
 
 For a text a (sentence embedding t_a, not normalised) and a video b (frame embeddings f_bk after
-the temporal aggregation of SPEC §5, frame mask m_bk) the score is
+the temporal aggregation of docs/behaviour.md §5, frame mask m_bk) the score is
 
     w_abk  = softmax_k((t_a · f_bk) / temp) * m_bk            (softmax over all F slots)
     v_ab   = Σ_k w_abk f_bk                                    (text-conditioned pooling)
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class SimilarityConfig:
-    """Hyper-parameters and ablation switches of the GARE similarity (SPEC §6).
+    """Hyper-parameters and ablation switches of the GARE similarity (docs/behaviour.md §6).
 
     Defaults are the published MSR-VTT setting.
 
@@ -83,11 +83,11 @@ class SimilarityOutput(NamedTuple):
 
 
 def text_conditioned_pooling(text: Tensor, frames: Tensor, video_mask: Tensor, temp: float) -> Tensor:
-    """Pooled video per pair, SPEC §6 step 1.
+    """Pooled video per pair, docs/behaviour.md §6 step 1.
 
     w_abk = softmax_k((t_a · f_bk) / temp) · m_bk, the softmax running over ALL F slots (padded
-    ones included) and the masked weights NOT renormalised (reference quirk kept, SPEC §12);
-    v_ab = Σ_k w_abk f_bk.
+    ones included) and the masked weights NOT renormalised (reference quirk kept, docs/behaviour.md
+    §12); v_ab = Σ_k w_abk f_bk.
 
     Args:
         text: (B_t, d). frames: (B_v, F, d). video_mask: (B_v, F), 1 for real frames.
@@ -100,9 +100,10 @@ def text_conditioned_pooling(text: Tensor, frames: Tensor, video_mask: Tensor, t
 
 
 def semantic_gap(text: Tensor, frames: Tensor, sign: int = 1) -> Tensor:
-    """Semantic gap per pair, SPEC §6 step 2: g_ab = sign · (mean_k f_bk − t_a).
+    """Semantic gap per pair, docs/behaviour.md §6 step 2: g_ab = sign · (mean_k f_bk − t_a).
 
-    The mean runs over all F slots without the frame mask (reference quirk kept, SPEC §12).
+    The mean runs over all F slots without the frame mask (reference quirk kept, docs/behaviour.md
+    §12).
 
     Args:
         text: (B_t, d). frames: (B_v, F, d). sign: +1 or −1 (η).
@@ -119,7 +120,8 @@ def pair_cosine(x: Tensor, y: Tensor) -> Tensor:
 
 
 class Psi(nn.Module):
-    """The increment network Psi, SPEC §6 step 3: one cross-attention layer, 1 head, width d, no FFN.
+    """The increment network Psi, docs/behaviour.md §6 step 3: one cross-attention layer, 1 head,
+    width d, no FFN.
 
     For a query g (one per pair) and a context set {c_n} (frames of video b, or words of text a):
 
@@ -189,7 +191,7 @@ class Psi(nn.Module):
 
 
 class GapAwareSimilarity(nn.Module):
-    """GARE similarity s_ab for a block of B_t texts against B_v videos (SPEC §6).
+    """GARE similarity s_ab for a block of B_t texts against B_v videos (docs/behaviour.md §6).
 
     s_ab = cos(t_a + Δ_ab, v_ab) by default; see :class:`SimilarityConfig` for the ablations.
     """
@@ -232,9 +234,9 @@ class GapAwareSimilarity(nn.Module):
         return self.psi(query.transpose(0, 1), keys, values, word_mask).transpose(0, 1)
 
     def combine(self, text: Tensor, pooled: Tensor, delta: Optional[Tensor]) -> Tensor:
-        """Scores (B_t, B_v) from t_a (B_t, d), v_ab and Δ_ab (B_t, B_v, d), SPEC §6 step 4:
-        cos(t_a + Δ, v_ab) ("text" side), cos(t_a, v_ab + Δ) ("video" side), or
-        cos(t_a, v_ab) when delta is None."""
+        """Scores (B_t, B_v) from t_a (B_t, d), v_ab and Δ_ab (B_t, B_v, d), docs/behaviour.md §6
+        step 4: cos(t_a + Δ, v_ab) ("text" side), cos(t_a, v_ab + Δ) ("video" side), or cos(t_a,
+        v_ab) when delta is None."""
         text = text.unsqueeze(1)
         if delta is None:
             return pair_cosine(text, pooled)

@@ -1,4 +1,4 @@
-"""The CLIP byte-level BPE tokenizer and the caption encoding of SPEC §2.
+"""The CLIP byte-level BPE tokenizer and the caption encoding of docs/behaviour.md §2.
 
 Text is cleaned as OpenAI's CLIP does (ftfy, HTML unescape twice, whitespace collapse, lower
 case), split with CLIP's regular expression, each piece mapped byte-wise to printable unicode and
@@ -113,7 +113,8 @@ class ClipTokenizer:
         return data.decode("utf-8", errors="replace").strip()
 
     def encode_caption(self, text: str, max_words: int) -> tuple[np.ndarray, np.ndarray]:
-        """SPEC §2: ``[SOT] + tokens[:max_words - 2] + [EOT]`` padded with 0 to ``max_words``.
+        """docs/behaviour.md §2: ``[SOT] + tokens[:max_words - 2] + [EOT]`` padded with 0 to
+        ``max_words``.
 
         Returns ``(ids, mask)``, both int64 arrays of length ``max_words``; ``mask`` is 1 on the
         real tokens. Empty-after-cleaning text gives ``[SOT, EOT]`` (see the module docstring).

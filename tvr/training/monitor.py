@@ -1,4 +1,5 @@
-"""What a run reports (SPEC §10: rank 0 only): a log file, TensorBoard scalars, a PNG of curves.
+"""What a run reports (docs/behaviour.md §10: rank 0 only): a log file, TensorBoard scalars, a PNG
+of curves.
 
 ``RunMonitor(output_dir, enabled)`` writes, when ``enabled`` (rank 0):
 

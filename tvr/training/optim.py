@@ -1,4 +1,5 @@
-"""The reference optimisation recipe (SPEC §9): BertAdam, its schedule, parameter groups.
+"""The reference optimisation recipe (docs/behaviour.md §9): BertAdam, its schedule, parameter
+groups.
 
 The training loop of the recipe, per batch::
 
@@ -11,7 +12,7 @@ The training loop of the recipe, per batch::
 Schedule length: ``t_total = steps_per_epoch * epochs``. The reference passes
 ``steps_per_epoch * 5`` whatever ``--epochs`` says, so with other epoch counts its cosine does
 not end at zero (fewer epochs) or climbs back up after the fifth (more); this project uses the
-actual length (SPEC §12).
+actual length (docs/behaviour.md §12).
 """
 from __future__ import annotations
 

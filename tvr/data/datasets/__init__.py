@@ -1,4 +1,4 @@
-"""Text-video retrieval datasets keyed by ``--datatype`` (SPEC §4).
+"""Text-video retrieval datasets keyed by ``--datatype`` (docs/behaviour.md §4).
 
 ``build_dataset(datatype, split, anno_path, video_path, tokenizer, clip_loader, max_words,
 skip_bad_videos=False)`` gives a :class:`RetrievalDataset`; see :mod:`.base` for the item

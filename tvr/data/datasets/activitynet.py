@@ -1,4 +1,4 @@
-"""ActivityNet Captions paragraph retrieval (SPEC §4), format of the reference
+"""ActivityNet Captions paragraph retrieval (docs/behaviour.md §4), format of the reference
 ``dataloader_activitynet_retrieval.py`` (CLIP4Clip, EMCL).
 
 Files in ``anno_path``:

@@ -1,9 +1,9 @@
-"""The retrieval dataset shared by every ``--datatype`` (SPEC §4).
+"""The retrieval dataset shared by every ``--datatype`` (docs/behaviour.md §4).
 
 A dataset is a list of caption pairs ``(caption, video_id, start, end)`` plus the ordered list
 of its videos. Indexing it gives one training pair, a :class:`RetrievalItem`::
 
-    text_ids    LongTensor (max_words,)   CLIP token ids, 0-padded (SPEC §2)
+    text_ids    LongTensor (max_words,)   CLIP token ids, 0-padded (docs/behaviour.md §2)
     text_mask   LongTensor (max_words,)   1 on real tokens
     video       FloatTensor (F, 3, S, S)  frames from the injected clip loader, 0-padded
     video_mask  LongTensor (F,)           1 on real frames

@@ -1,4 +1,4 @@
-"""DiDeMo paragraph retrieval (SPEC §4), format of the reference
+"""DiDeMo paragraph retrieval (docs/behaviour.md §4), format of the reference
 ``dataloader_didemo_retrieval.py`` (CLIP4Clip, EMCL).
 
 Files in ``anno_path``:

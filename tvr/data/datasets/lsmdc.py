@@ -1,4 +1,5 @@
-r"""LSMDC (SPEC §4), format of the reference ``dataloader_lsmdc_retrieval.py`` (CLIP4Clip, EMCL).
+r"""LSMDC (docs/behaviour.md §4), format of the reference ``dataloader_lsmdc_retrieval.py``
+(CLIP4Clip, EMCL).
 
 Files in ``anno_path`` (train, val, test): ``LSMDC16_annos_training.csv``,
 ``LSMDC16_annos_val.csv``, ``LSMDC16_challenge_1000_publictect.csv``. Despite the name they

@@ -1,4 +1,4 @@
-"""MSR-VTT (SPEC §4), the 9k-train / 1k-A split of the CLIP4Clip family.
+"""MSR-VTT (docs/behaviour.md §4), the 9k-train / 1k-A split of the CLIP4Clip family.
 
 Files in ``anno_path`` (format of the reference ``dataloader_msrvtt_retrieval.py``):
 

@@ -1,4 +1,5 @@
-"""MSVD (SPEC §4), format of the reference ``dataloader_msvd_retrieval.py`` (CLIP4Clip, EMCL).
+"""MSVD (docs/behaviour.md §4), format of the reference ``dataloader_msvd_retrieval.py``
+(CLIP4Clip, EMCL).
 
 Files in ``anno_path``:
 
