@@ -19,9 +19,7 @@ from tvr.evaluation.encode import encode_split
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.metrics import retrieval_metrics
 from tvr.evaluation.two_stage import topk_containment, two_stage_scores
-from tvr.models.gare import GARE
-from tvr.models.pretrained import load_clip
-from tvr.options import gare_config
+from tvr.options import build_model
 from tvr.training.checkpoint import load_weights_for_eval
 
 
@@ -33,7 +31,7 @@ def main() -> None:
     options = parser.parse_args()
     saved = torch.load(options.checkpoint, map_location="cpu", weights_only=True)["args"]
     args = argparse.Namespace(**saved)
-    model = GARE(load_clip(args.base_encoder, args.clip_path), gare_config(args))
+    model = build_model(args, options.checkpoint)  # the configuration the checkpoint records
     load_weights_for_eval(options.checkpoint, model)
     dataset = build_split(args, "test", model.clip.config.image_size)
     split = encode_split(model, dataset, args.batch_size_val, options.workers, torch.device("cpu"))

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Evaluate a GARE checkpoint on the ActivityNet Captions (paragraph retrieval, delta on the video side) test split.
-#   CKPT=ckpts/activitynet/ckpt_best.pt DATA=/path/to/activitynet bash scripts/eval_activitynet.sh [more flags]
+#   CKPT=outputs/activitynet/ckpt_best.pt DATA=/path/to/activitynet bash scripts/eval_activitynet.sh [more flags]
+# The model is rebuilt from the configuration the checkpoint records; the data settings are
+# the recipe 'activitynet' in tvr/recipes.py. Results go to outputs/activitynet_eval unless --output_dir is given.
 set -euo pipefail
 DATA=${DATA:-data/activitynet}
-exec "$(dirname "$0")/launch.sh" --do_eval 1 --datatype activitynet \
-  --init_model "${CKPT:-ckpts/activitynet/ckpt_best.pt}" \
-  --anno_path "$DATA/anns" --video_path "$DATA/videos" --output_dir ckpts/activitynet_eval \
-  --max_words 64 --max_frames 64 --video_framerate 1 --epochs 10 --batch_size 64 --batch_size_val 64 --delta_side video "$@"
+exec "$(dirname "$0")/launch.sh" --do_eval 1 --recipe activitynet \
+  --init_model "${CKPT:-outputs/activitynet/ckpt_best.pt}" \
+  --anno_path "$DATA/anns" --video_path "$DATA/videos" --output_dir outputs/activitynet_eval "$@"

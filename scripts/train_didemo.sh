@@ -2,10 +2,9 @@
 # Train GARE on DiDeMo (paragraph retrieval), then test the best checkpoint.
 #   DATA=/path/to/didemo NGPU=4 bash scripts/train_didemo.sh [more flags]
 # DATA holds anns/ (annotation files) and videos/ (best re-encoded with
-# preprocess/compress_video.py). Outputs go to ckpts/didemo unless --output_dir is given.
+# preprocess/compress_video.py). The settings are the recipe 'didemo' in tvr/recipes.py; flags
+# given here win over it. Outputs go to outputs/didemo unless --output_dir is given.
 set -euo pipefail
 DATA=${DATA:-data/didemo}
-exec "$(dirname "$0")/launch.sh" --do_train 1 --datatype didemo \
-  --anno_path "$DATA/anns" --video_path "$DATA/videos" --output_dir ckpts/didemo \
-  --max_words 64 --max_frames 64 --video_framerate 1 --epochs 5 --batch_size 64 --batch_size_val 64 \
-  --lr 1e-4 --coef_lr 1e-3 --warmup_proportion 0.1 --weight_decay 0.2 --workers 8 --n_display 50 --temp 3 --alpha 2 --beta 1e-4 --lambda_dir 0.01 --lambda_epsilon 0.01 --lambda_lower 0.5 "$@"
+exec "$(dirname "$0")/launch.sh" --do_train 1 --recipe didemo \
+  --anno_path "$DATA/anns" --video_path "$DATA/videos" "$@"

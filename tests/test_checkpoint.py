@@ -43,6 +43,7 @@ def draws():
         torch.rand(3).tolist(), extra
 
 
+CONFIG = {"net": "Net", "widths": [6, 8, 3]}  # what a model's recorded configuration stands for
 ARGS = argparse.Namespace(lr=0.05, output_dir=Path("/tmp/run"), batch_size=8, flags=[1, "a"])
 
 
@@ -52,7 +53,8 @@ def test_resume_continues_identically(tmp_path):
     random.seed(5)
     np.random.seed(5)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=1, global_step=3,
+    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, config=CONFIG,
+                                epoch=1, global_step=3,
                                 best_metric=12.5, args=ARGS)
     after_save = draws()
     train(model, optimizer, 4)
@@ -71,16 +73,18 @@ def test_resume_continues_identically(tmp_path):
 def test_files_load_with_weights_only(tmp_path):
     model, optimizer = make()
     train(model, optimizer, 1)
-    for path in (ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=0,
+    for path in (ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, config=CONFIG,
+                                      epoch=0,
                                       global_step=1, best_metric=None, args=ARGS),
-                 ckpt.save_model(tmp_path / ckpt.BEST, model, epoch=0, global_step=1,
+                 ckpt.save_model(tmp_path / ckpt.BEST, model, config=CONFIG, epoch=0, global_step=1,
                                  metric=3.0, args=ARGS)):
         assert isinstance(torch.load(path, weights_only=True), dict)
 
 
 def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model, optimizer = make()
-    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=0, global_step=0,
+    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, config=CONFIG,
+                                epoch=0, global_step=0,
                                 best_metric=None)
     good = path.read_bytes()
     train(model, optimizer, 2)
@@ -92,7 +96,8 @@ def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.save_checkpoint(path, model, optimizer, epoch=0, global_step=2, best_metric=None)
+        ckpt.save_checkpoint(path, model, optimizer, config=CONFIG,
+                             epoch=0, global_step=2, best_metric=None)
     assert path.read_bytes() == good
     assert sorted(os.listdir(tmp_path)) == [ckpt.LAST]  # no temporary file left behind
 
@@ -101,7 +106,8 @@ def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
-    ckpt.save_checkpoint(path, model, optimizer, epoch=0, global_step=2, best_metric=None)
+    ckpt.save_checkpoint(path, model, optimizer, config=CONFIG,
+                         epoch=0, global_step=2, best_metric=None)
     assert events[:2] == ["fsync", "replace"]
     assert ckpt.load_checkpoint(path, make()[0]).global_step == 2
 
@@ -112,7 +118,8 @@ def test_save_unwraps_ddp(tmp_path):
     try:
         model, optimizer = make()
         wrapped = nn.parallel.DistributedDataParallel(model)
-        path = ckpt.save_model(tmp_path / ckpt.BEST, wrapped, epoch=2, global_step=9, metric=40.0)
+        path = ckpt.save_model(tmp_path / ckpt.BEST, wrapped, config=CONFIG,
+                               epoch=2, global_step=9, metric=40.0)
     finally:
         dist.destroy_process_group()
     assert set(torch.load(path, weights_only=True)["model"]) == set(model.state_dict())
@@ -121,9 +128,11 @@ def test_save_unwraps_ddp(tmp_path):
 def test_load_weights_for_eval(tmp_path):
     model, optimizer = make()
     train(model, optimizer, 2)
-    full = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=1, global_step=2,
+    full = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, config=CONFIG,
+                                epoch=1, global_step=2,
                                 best_metric=7.0, args=ARGS)
-    best = ckpt.save_model(tmp_path / ckpt.BEST, model, epoch=1, global_step=2, metric=7.0)
+    best = ckpt.save_model(tmp_path / ckpt.BEST, model, config=CONFIG,
+                           epoch=1, global_step=2, metric=7.0)
     bare = tmp_path / "bare.pt"
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, bare)
     for path, kind in ((full, "training"), (best, "model"), (bare, "state_dict")):
@@ -133,6 +142,11 @@ def test_load_weights_for_eval(tmp_path):
         for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
             assert torch.equal(a, b), (path, name)
     assert ckpt.load_weights_for_eval(best, make()[0])["best_metric"] == 7.0
+    for path in (full, best):  # every file records the model's configuration and the code
+        assert ckpt.read_model_record(path) == CONFIG
+        version = ckpt.load_weights_for_eval(path, make()[0])["code_version"]
+        assert version == ckpt.code_version() and (version is None or len(version) >= 40)
+    assert ckpt.read_model_record(bare) is None
 
     other = nn.Sequential(nn.Linear(6, 8))
     with pytest.raises(ValueError, match="missing keys"):
@@ -147,7 +161,8 @@ def test_resume_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=ckpt.LAST):
         ckpt.resume_path("auto", tmp_path)
     model, optimizer = make()
-    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, epoch=0, global_step=0,
+    path = ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, config=CONFIG,
+                                epoch=0, global_step=0,
                                 best_metric=None)
     assert ckpt.resume_path("auto", tmp_path) == path
     assert ckpt.resume_path(tmp_path, "elsewhere") == path

@@ -1,4 +1,5 @@
-"""Distributed training (SPEC §10): 2 gloo processes on CPU give the gradients of 1 process.
+"""Distributed training (docs/behaviour.md §10): 2 gloo processes on CPU give the gradients of 1
+process.
 
 The key acceptance point: with features gathered by ``gather_with_grad`` and DDP averaging, the
 parameter gradients of a 2-process step equal those of one process running the whole global
@@ -7,6 +8,7 @@ test catches: its CLIP gradients come out halved.
 """
 import os
 import socket
+from functools import partial
 
 import pytest
 import torch
@@ -16,11 +18,12 @@ from torch import nn
 
 from tvr.models import load_clip
 from tvr.models.gare import GARE, GAREConfig
-from tvr.training.distributed import (check_batch_size, cleanup, gather_with_grad,
-                                      init_distributed)
+from tvr.training.distributed import (check_batch_size, cleanup, gather_rows, gather_with_grad,
+                                      init_distributed, share_sizes)
 
 GLOBAL_BATCH, FRAMES, WORDS = 8, 3, 10
 WORLD = 2
+KEPT = (4, 2)  # items each rank keeps when --skip_bad_videos drops 2 of rank 1's 4
 
 
 def make_model() -> GARE:
@@ -88,6 +91,10 @@ def worker(rank: int, port: int, out: str) -> None:
         model = nn.parallel.DistributedDataParallel(make_model())
         results = {"fixed": gradients(model, local, gather_with_grad),
                    "reference": gradients(model, local, SliceGather.apply)}
+        kept = [t[:KEPT[rank]] for t in local]
+        sizes = share_sizes(KEPT[rank], context.device)
+        assert sizes == list(KEPT)
+        results["unequal"] = gradients(model, kept, partial(gather_rows, sizes=sizes))
         if context.is_main:
             torch.save(results, out)
     finally:
@@ -113,6 +120,13 @@ def test_two_processes_give_the_gradients_of_one(tmp_path):
     for name, expected in single.items():
         assert expected.abs().max() > 0 or name.endswith("bias"), name
         torch.testing.assert_close(fixed[name], expected, atol=1e-5, rtol=0, msg=name)
+
+    # Shares of unequal sizes (skipped videos): the gradients of one process on the kept items.
+    kept = [torch.cat([t[:KEPT[0]], t[GLOBAL_BATCH // WORLD:][:KEPT[1]]]) for t in make_batch()]
+    single_kept = gradients(make_model(), kept)
+    for name, expected in single_kept.items():
+        torch.testing.assert_close(distributed["unequal"][name], expected, atol=1e-5, rtol=0,
+                                   msg=name)
 
     # The reference's gather: encoders get 1/world_size of their gradient, Psi all of it.
     clip_text = "clip.transformer.resblocks.0.mlp.c_fc.weight"
@@ -142,3 +156,9 @@ def test_check_batch_size():
         check_batch_size(130, 4)
     with pytest.raises(ValueError, match="--batch_size_val 3 .* multiple of 8"):
         check_batch_size(3, 8, flag="--batch_size_val")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CPU-only machine")
+def test_device_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="--device cuda: this torch build sees no CUDA"):
+        init_distributed(device="cuda")

@@ -3,11 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from main_retrieval import build_parser
 from tvr.models.clip import CLIP, CLIP_CONFIGS, CLIPConfig
 from tvr.models.gare import GARE, TextFeatures, VideoFeatures
 from tvr.models.temporal import SeqLSTM, SeqTransf, build_temporal
-from tvr.options import gare_config
+from tvr.options import build_parser, gare_config, parse_args
 
 SCORE_FLAGS = [
     ["--agg_module", "seqLSTM"], ["--agg_module", "meanP"], ["--num_hidden_layers", "2"],
@@ -64,6 +63,46 @@ def test_seqtransf_starts_as_the_first_clip_text_blocks():
         clip.transformer.resblocks[0].attn.in_proj_weight.data_ptr()  # a copy, not shared
     with pytest.raises(ValueError, match="lower --num_hidden_layers"):
         build_temporal("seqTransf", clip, num_hidden_layers=5)
+
+
+def test_seqtransf_layernorms_use_the_references_eps():
+    """The reference's temporal transformer normalises with a TF-style LayerNorm,
+    (x - mean) / sqrt(var + 1e-12); CLIP's own blocks keep 1e-5. A transcription of its block
+    (written here) with that LayerNorm must give seqTransf's output in float64, where eps 1e-5
+    differs by ~1e-5 on unit-scale inputs."""
+    torch.manual_seed(0)
+    clip = CLIP(CLIP_CONFIGS["tiny"])
+    temporal = build_temporal("seqTransf", clip, num_hidden_layers=2).double().eval()
+    norms = [m for m in temporal.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 4 and {m.eps for m in norms} == {1e-12}
+    assert {m.eps for m in clip.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
+
+    def tf_layer_norm(x, norm):
+        centred = x - x.mean(-1, keepdim=True)
+        return norm.weight * centred / torch.sqrt(centred.square().mean(-1, keepdim=True)
+                                                  + 1e-12) + norm.bias
+
+    def reference(frames, mask):
+        x = frames + temporal.frame_position_embeddings.weight[:frames.shape[1]]
+        bias = (1.0 - mask[:, None, None, :].double()) * -1e6  # additive key mask
+        for block in temporal.transformer.resblocks:
+            h = tf_layer_norm(x, block.ln_1)
+            q, k, v = F.linear(h, block.attn.in_proj_weight, block.attn.in_proj_bias).chunk(3, -1)
+            heads = block.attn.heads
+            q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+            attn = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias, dim=-1)
+            x = x + block.attn.out_proj((attn @ v).transpose(1, 2).flatten(2))
+            x = x + block.mlp(tf_layer_norm(x, block.ln_2))
+        return x + frames
+
+    frames = torch.randn(2, 5, 128, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        ours = temporal(frames, mask)
+        torch.testing.assert_close(ours, reference(frames, mask), rtol=0, atol=1e-9)
+        for norm in norms:
+            norm.eps = 1e-5
+        assert (temporal(frames, mask) - ours).abs().max() > 1e-6  # the choice is visible
 
 
 @pytest.mark.parametrize("module", [SeqTransf(128, 2, 2), SeqLSTM(128)])
@@ -159,10 +198,12 @@ def test_ablations_run_at_real_widths(width):
 
 
 def test_msvd_skips_aggregation_by_default():
-    parse = build_parser().parse_args
-    assert gare_config(parse(["--datatype", "msvd"])).agg_module == "None"
-    assert gare_config(parse(["--datatype", "msvd", "--agg_module", "seqLSTM"])).agg_module == "seqLSTM"
-    assert gare_config(parse([])).agg_module == "seqTransf"
+    data = ["--anno_path", "anns", "--video_path", "videos"]
+    assert gare_config(parse_args(["--datatype", "msvd", *data])).agg_module == "None"
+    assert gare_config(parse_args(["--recipe", "msvd", *data])).agg_module == "None"
+    flags = ["--datatype", "msvd", "--agg_module", "seqLSTM", *data]
+    assert gare_config(parse_args(flags)).agg_module == "seqLSTM"
+    assert gare_config(parse_args(data)).agg_module == "seqTransf"
 
 
 def test_help_documents_every_switch():

@@ -1,6 +1,7 @@
 """main_retrieval.py end to end on a small generated toy dataset (CPU, tiny CLIP)."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,10 +11,11 @@ from itertools import product
 from pathlib import Path
 
 import pytest
+import torch
 
-from main_retrieval import DEMO_SETTINGS
 from tvr.data.toy import COLOURS, DIRECTIONS, SHAPES, MovingShape, all_captions, make_toy_dataset
 from tvr.models.tokenizer import ClipTokenizer
+from tvr.recipes import RECIPES
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--base_encoder", "tiny", "--max_words", "16", "--max_frames", "4",
@@ -160,4 +162,65 @@ def test_demo_max_words_holds_every_toy_caption():
     longest = max(len(tokenizer.tokenize(caption)) + 2  # SOT and EOT
                   for colour, shape, way in product(COLOURS, SHAPES, DIRECTIONS)
                   for caption in all_captions([MovingShape(colour, shape, way, (0, 0), (1, 0))]))
-    assert longest <= DEMO_SETTINGS["max_words"], "the demo would cut its own captions"
+    assert longest <= RECIPES["demo"]["max_words"], "the demo would cut its own captions"
+
+
+def test_a_checkpoint_rebuilds_its_model_and_refuses_contradicting_flags(toy, tmp_path):
+    """Trained with non-default model flags, evaluated with none: the checkpoint's recorded
+    configuration rebuilds the model, so the metrics are reproduced exactly; a model flag that
+    contradicts it is an error naming the flag and both values, unless --override_config."""
+    trained = tmp_path / "trained"
+    ablation = ["--delta_side", "video", "--temp", "1.5", "--agg_module", "meanP"]
+    run_main(["--do_train", "1", "--epochs", "1", "--output_dir", str(trained), *SMALL,
+              *ablation, *data_flags(toy)])
+    metrics = json.loads((trained / "metrics_test.json").read_text())["raw"]
+
+    # No model flag at all: not even the architecture (the default would be ViT-B/32).
+    eval_only = ["--do_eval", "1", "--init_model", str(trained / "ckpt_best.pt"),
+                 "--video_framerate", "3", "--batch_size_val", "16", "--workers", "0",
+                 *data_flags(toy)]
+    run_main([*eval_only, "--output_dir", str(tmp_path / "eval")])
+    assert json.loads((tmp_path / "eval" / "metrics_test.json").read_text())["raw"] == metrics
+    log = (tmp_path / "eval" / "log.txt").read_text()
+    assert '"temp": 1.5' in log and '"delta_side": "video"' in log and '"max_frames": 4' in log
+
+    clash = run_main([*eval_only, "--temp", "3", "--output_dir", str(tmp_path / "clash")],
+                     check=False)
+    assert clash.returncode == 2
+    assert "--temp 3.0 (the checkpoint's: 1.5)" in clash.stderr
+    assert "--override_config" in clash.stderr and "Traceback" not in clash.stderr
+
+    run_main([*eval_only, "--temp", "3", "--override_config", "--output_dir",
+              str(tmp_path / "override")])
+    overridden = json.loads((tmp_path / "override" / "metrics_test.json").read_text())["raw"]
+    assert overridden != metrics  # the model was built with temp 3: other scores
+
+
+def test_skip_bad_videos_trains_through_a_corrupt_video_and_reports_it(toy, tmp_path):
+    """One training video overwritten with garbage: without --skip_bad_videos the run stops
+    naming it; with it, an epoch trains (every step but none lost) and the log lists it."""
+    data = tmp_path / "toy"
+    shutil.copytree(toy.root, data)
+    train_ids = (data / "MSRVTT_train.9k.csv").read_text().split()[1:]
+    corrupt = data / toy.video_path.name / f"{train_ids[0]}.mp4"
+    corrupt.write_bytes(b"not a video at all")
+    flags = ["--do_train", "1", "--epochs", "1", *SMALL, "--anno_path", str(data),
+             "--video_path", str(corrupt.parent)]
+
+    stopped = run_main([*flags, "--output_dir", str(tmp_path / "stopped")], check=False)
+    assert stopped.returncode != 0 and corrupt.name in stopped.stderr
+
+    out = tmp_path / "skipping"
+    run_main([*flags, "--skip_bad_videos", "--output_dir", str(out)])
+    log = (out / "log.txt").read_text()
+    assert "epoch 1: skipped 1 unreadable videos" in log and str(corrupt) in log
+    assert sorted(train_losses(out)) == list(range(1, 7))  # 48 pairs / 8: no batch lost
+    assert (out / "metrics_test.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CPU-only machine")
+def test_device_flag_is_honoured(toy, tmp_path):
+    """--device reaches the trainer: cuda on a machine without one is refused, not ignored."""
+    result = run_main(["--do_eval", "1", *SMALL, *data_flags(toy), "--device", "cuda",
+                       "--output_dir", str(tmp_path)], check=False)
+    assert result.returncode != 0 and "--device cuda" in result.stderr

@@ -1,6 +1,7 @@
 """The per-dataset shell scripts pass flags that main_retrieval.py accepts, with the paper's
-settings (SPEC: 32 words / 12 frames; 64 / 64 for DiDeMo and ActivityNet; ActivityNet trains 10
-epochs with Δ on the video side)."""
+settings (docs/behaviour.md §4: 32 words / 12 frames; 64 / 64 for DiDeMo and ActivityNet;
+ActivityNet trains 10 epochs with Δ on the video side)."""
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,3 +39,35 @@ def test_train_and_eval_scripts_parse_with_the_paper_settings(datatype, tmp_path
     evaluation = parse_args(script_args(tmp_path, f"eval_{datatype}.sh"))
     assert evaluation.do_eval == 1 and evaluation.init_model.endswith("ckpt_best.pt")
     assert (evaluation.max_words, evaluation.max_frames, evaluation.delta_side) == (words, frames, side)
+
+
+def test_recipes_set_defaults_and_the_command_line_wins(tmp_path):
+    data = ["--anno_path", "/data/x/anns", "--video_path", "/data/x/videos"]
+    args = parse_args(["--recipe", "activitynet", *data])
+    assert (args.datatype, args.epochs, args.delta_side, args.max_frames, args.output_dir) == \
+        ("activitynet", 10, "video", 64, "outputs/activitynet")
+    args = parse_args(["--recipe", "activitynet", "--epochs", "2", "--output_dir", "o", *data])
+    assert (args.epochs, args.output_dir, args.given) == (2, "o", sorted(
+        ["recipe", "epochs", "output_dir", "anno_path", "video_path"]))
+    assert parse_args([]).recipe == "demo" and parse_args([]).demo
+
+    preset = tmp_path / "ablation.json"
+    preset.write_text(json.dumps({"recipe_base": "didemo", "temp": 1.0, "psi_query": "text"}))
+    args = parse_args(["--recipe", str(preset), "--temp", "2", *data])
+    assert (args.datatype, args.max_words, args.psi_query, args.temp, args.output_dir) == \
+        ("didemo", 64, "text", 2.0, "outputs/ablation")
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"max_frame": 8}, "unknown flags ['max_frame']"),
+    ({"recipe_base": "nope"}, "recipe_base 'nope'"),
+    ([1, 2], "expected a JSON object"),
+])
+def test_a_bad_recipe_is_a_usage_error(tmp_path, capsys, recipe, message):
+    preset = tmp_path / "bad.json"
+    preset.write_text(json.dumps(recipe))
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--recipe", str(preset), "--anno_path", "a", "--video_path", "v"])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--recipe", "msrvtt"])  # a dataset recipe needs the dataset

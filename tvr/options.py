@@ -1,20 +1,28 @@
 """Command-line flags of main_retrieval.py and their translation into configurations.
 
 Defaults reproduce the published MSR-VTT recipe of the reference implementation; every paper
-ablation is a flag whose help text says what it changes (SPEC §5-8).
+ablation is a flag whose help text says what it changes (docs/behaviour.md §5-8).
 """
 from __future__ import annotations
 
 import argparse
+import copy
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
+from tvr.evaluation.engine import ENGINE_MODES
 from tvr.losses.gare_terms import GARELossWeights
-from tvr.models.gare import GAREConfig, NCLConfig
+from tvr.models.clip import CLIP, CLIPConfig
+from tvr.models.gare import GARE, GAREConfig, NCLConfig
+from tvr.models.pretrained import load_clip
 from tvr.models.similarity import SimilarityConfig
 from tvr.models.temporal import AGG_MODULES
+from tvr.recipes import DEMO_DATA, RECIPES, RecipeError, load_recipe
+from tvr.training.checkpoint import read_model_record
 
 
 COMPATIBILITY_FLAGS = {  # reference flags that this implementation accepts and ignores
-    "--device": (str, "cuda/cpu; the device follows the launcher (CUDA when available)"),
     "--world_size": (int, "taken from the launcher's environment"),
     "--distributed": (int, "taken from the launcher's environment"),
     "--interaction": (str, "DRL's interaction type; GARE has one similarity"),
@@ -28,10 +36,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--do_train", type=int, default=0, help="train (1) or not (0)")
     group.add_argument("--do_eval", type=int, default=0,
                        help="evaluate only, e.g. a --init_model checkpoint (1) or not (0)")
+    group.add_argument("--recipe", default=None,
+                       help=f"flag defaults of a dataset's published run: one of "
+                            f"{', '.join(RECIPES)}, or a .json file of flag values (default: the "
+                            f"--datatype's recipe; 'demo' without --anno_path); flags given on "
+                            f"the command line win")
     group.add_argument("--output_dir", default=None,
-                       help="logs, checkpoints, metrics (default outputs/<datatype>)")
+                       help="logs, checkpoints, metrics (default outputs/<recipe>)")
     group.add_argument("--init_model", default=None,
-                       help="weights to start from (a checkpoint of this project)")
+                       help="a checkpoint of this project to evaluate or fine-tune; the model "
+                            "is rebuilt from the configuration it records")
+    group.add_argument("--override_config", action="store_true",
+                       help="let model flags given on the command line differ from those "
+                            "recorded in the --init_model / --resume checkpoint (otherwise a "
+                            "contradiction is an error)")
     group.add_argument("--resume", default=None, nargs="?", const="auto",
                        help="continue a stopped run from a checkpoint; without a value, from "
                             "<output_dir>/ckpt_last.pt")
@@ -51,6 +69,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             "training captions and videos as the query bank (0: off)")
     group.add_argument("--qb_beta", type=float, default=20.0, help="QB-Norm's inverse temperature")
     group.add_argument("--qb_k", type=int, default=1, help="QB-Norm's activation top-k")
+    group.add_argument("--eval_engine", default="auto", choices=ENGINE_MODES,
+                       help="evaluation scorer: the folded engine, checked against the per-pair "
+                            "module on a sample block and falling back to it on a mismatch "
+                            "(auto); folded only (a mismatch is an error); or the per-pair "
+                            "module (naive)")
+    group.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                       help="where to run: auto = CUDA when available, else the CPU")
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast of the CLIP encoders with fp32 master weights; auto = bf16 "
                             "on GPUs that support it, fp32 otherwise")
@@ -59,7 +84,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, (kind, note) in COMPATIBILITY_FLAGS.items():
         group.add_argument(flag, type=kind, default=None, help=f"accepted and ignored: {note}")
 
-    group = parser.add_argument_group("data (SPEC §3-4)")
+    group = parser.add_argument_group("data (docs/behaviour.md §3-4)")
     group.add_argument("--datatype", default="msrvtt",
                        choices=["msrvtt", "msvd", "lsmdc", "activitynet", "didemo"],
                        help="dataset (also picks dataset-specific defaults)")
@@ -79,7 +104,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: stop with an error naming the file)")
     group.add_argument("--workers", type=int, default=4, help="data loading processes per rank")
 
-    group = parser.add_argument_group("optimisation (SPEC §9)")
+    group = parser.add_argument_group("optimisation (docs/behaviour.md §9)")
     group.add_argument("--epochs", type=int, default=5, help="training epochs")
     group.add_argument("--batch_size", type=int, default=128,
                        help="GLOBAL training batch, split across processes")
@@ -102,14 +127,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="CLIP checkpoint file, or a folder holding ViT-B-32.pt etc. "
                             "(default: $TVR_CLIP_PATH, then tvr/models/)")
 
-    group = parser.add_argument_group("temporal aggregation (SPEC §5)")
-    group.add_argument("--agg_module", default=None, choices=AGG_MODULES,
-                       help="frame aggregation before the similarity; default seqTransf, and "
-                            "None for --datatype msvd (the reference skips it there)")
+    group = parser.add_argument_group("temporal aggregation (docs/behaviour.md §5)")
+    group.add_argument("--agg_module", default="seqTransf", choices=AGG_MODULES,
+                       help="frame aggregation before the similarity (the msvd recipe uses "
+                            "None: the reference skips it there)")
     group.add_argument("--num_hidden_layers", type=int, default=4,
                        help="seqTransf blocks, initialised from the first CLIP text blocks")
 
-    group = parser.add_argument_group("GARE similarity and its ablations (SPEC §6)")
+    group = parser.add_argument_group("GARE similarity and its ablations (docs/behaviour.md §6)")
     group.add_argument("--temp", type=float, default=3.0,
                        help="temperature of the text-conditioned frame pooling softmax")
     group.add_argument("--psi_dropout", type=float, default=0.3,
@@ -126,7 +151,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_delta", action="store_true",
                        help="the paper's Baseline: no Psi, s = cos(t, pooled video)")
 
-    group = parser.add_argument_group("losses (SPEC §7); a weight of 0 turns its term off")
+    group = parser.add_argument_group(
+        "losses (docs/behaviour.md §7); a weight of 0 turns its term off")
     group.add_argument("--beta", type=float, default=1e-4,
                        help="weight of the relaxed-VIB KL, summed over d (the released code's "
                             "1e-4; the paper's 0.07 was for an older per-dimension KL)")
@@ -143,7 +169,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--alpha", type=float, default=2.0,
                        help="sharpness of the direction-diversity kernel")
 
-    group = parser.add_argument_group("NCL: Sinkhorn-normalised contrastive learning (SPEC §8)")
+    group = parser.add_argument_group(
+        "NCL: Sinkhorn-normalised contrastive learning (docs/behaviour.md §8)")
     group.add_argument("--ncl", action="store_true",
                        help="train with NCL biases (off by default)")
     group.add_argument("--ncl_tau", type=float, default=None,
@@ -153,17 +180,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="past queries kept per direction for the training-time biases")
 
 
-def resolve_agg_module(agg_module: str | None, datatype: str) -> str:
-    """``--agg_module`` as given, else seqTransf, or None for msvd (reference behaviour)."""
-    if agg_module is not None:
-        return agg_module
-    return "None" if datatype == "msvd" else "seqTransf"
-
-
 def gare_config(args: argparse.Namespace) -> GAREConfig:
-    """The model configuration of parsed flags (``args.datatype`` picks the msvd default)."""
+    """The model configuration of parsed flags."""
     return GAREConfig(
-        agg_module=resolve_agg_module(args.agg_module, getattr(args, "datatype", "msrvtt")),
+        agg_module=args.agg_module,
         num_hidden_layers=args.num_hidden_layers,
         similarity=SimilarityConfig(
             temp=args.temp, dropout=args.psi_dropout, delta_side=args.delta_side,
@@ -176,3 +196,130 @@ def gare_config(args: argparse.Namespace) -> GAREConfig:
         ncl=NCLConfig(enabled=args.ncl, tau=args.ncl_tau, iters=args.ncl_iters,
                       queue=args.ncl_queue),
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag of main_retrieval.py, with the parser's own (MSR-VTT recipe) defaults."""
+    parser = argparse.ArgumentParser(description="Train and evaluate GARE text-video retrieval.")
+    add_run_arguments(parser)
+    add_model_arguments(parser)
+    return parser
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> set[str]:
+    """The destinations of the flags that ``argv`` itself gives (not defaults, not recipes)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv`` over the defaults of its recipe (tvr/recipes.py).
+
+    Adds ``args.recipe`` (the recipe's name), ``args.given`` (sorted destinations of the flags
+    the command line gave: they win over a checkpoint's recorded configuration only with
+    ``--override_config``) and ``args.demo`` (the run uses the built-in toy data).
+    """
+    parser = build_parser()
+    given = given_flags(parser, argv)
+    first = parser.parse_args(argv)
+    recipe = first.recipe or ("demo" if first.anno_path is None else first.datatype)
+    try:
+        defaults = load_recipe(recipe, {a.dest for a in parser._actions})
+    except RecipeError as error:
+        parser.error(str(error))
+    name = Path(recipe).stem if recipe.endswith(".json") else recipe
+    parser.set_defaults(**{"output_dir": f"outputs/{name}", **defaults})
+    args = parser.parse_args(argv)
+    args.recipe, args.given = name, sorted(given)
+    args.demo = args.anno_path is None
+    if args.demo and name != "demo":
+        parser.error(f"--recipe {recipe} needs --anno_path and --video_path (without "
+                     f"--anno_path the demo runs on its built-in toy data)")
+    if args.demo:
+        args.anno_path, args.video_path = str(DEMO_DATA), str(DEMO_DATA / "videos")
+    return args
+
+
+# The flags that define a trained model, and where each is kept in the configuration that
+# every checkpoint records (see model_record): "gare.similarity.temp" is
+# record["gare"]["similarity"]["temp"].
+MODEL_FLAGS: dict[str, str] = {
+    "base_encoder": "base_encoder", "max_words": "max_words", "max_frames": "max_frames",
+    "agg_module": "gare.agg_module", "num_hidden_layers": "gare.num_hidden_layers",
+    "temp": "gare.similarity.temp", "psi_dropout": "gare.similarity.dropout",
+    "delta_side": "gare.similarity.delta_side", "psi_query": "gare.similarity.psi_query",
+    "gap_sign": "gare.similarity.gap_sign", "psi_context": "gare.similarity.psi_context",
+    "no_delta": "gare.similarity.no_delta",
+    "beta": "gare.loss.beta", "kl_prior_std": "gare.loss.prior_std",
+    "kl_anchor": "gare.loss.kl_anchor", "lambda_epsilon": "gare.loss.lambda_epsilon",
+    "lambda_lower": "gare.loss.lambda_lower", "lambda_dir": "gare.loss.lambda_dir",
+    "alpha": "gare.loss.alpha",
+    "ncl": "gare.ncl.enabled", "ncl_tau": "gare.ncl.tau", "ncl_iters": "gare.ncl.iters",
+    "ncl_queue": "gare.ncl.queue",
+}
+
+
+class ConfigMismatchError(ValueError):
+    """A model flag on the command line contradicts the checkpoint's recorded configuration."""
+
+
+def model_record(args: argparse.Namespace, model: GARE) -> dict[str, Any]:
+    """The configuration a checkpoint records: enough to rebuild ``model`` without any flag.
+
+    ``clip``: the CLIP architecture (:class:`CLIPConfig` fields); ``gare``: the whole
+    :class:`GAREConfig` (temporal module, similarity and its ablation switches, loss weights,
+    NCL); ``base_encoder``, ``max_words`` and ``max_frames`` as trained.
+    """
+    return {"base_encoder": args.base_encoder, "max_words": args.max_words,
+            "max_frames": args.max_frames, "clip": asdict(model.clip.config),
+            "gare": asdict(model.config)}
+
+
+def _recorded(record: dict[str, Any], path: str) -> Any:
+    value = record
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+def apply_model_record(args: argparse.Namespace, record: dict[str, Any], source: str
+                       ) -> list[str]:
+    """Set every model flag of ``args`` to the value that ``record`` (from checkpoint
+    ``source``) holds, except flags the command line gave (``args.given``): those must agree
+    with the record, or :class:`ConfigMismatchError` names each contradiction, unless
+    ``args.override_config``. Returns a note per overridden flag, for the log."""
+    given = set(getattr(args, "given", ()))
+    clashes = []
+    for flag, path in MODEL_FLAGS.items():
+        saved = _recorded(record, path)
+        if flag in given and getattr(args, flag) != saved:
+            clashes.append(f"--{flag} {getattr(args, flag)} (the checkpoint's: {saved})")
+        else:
+            setattr(args, flag, saved)
+    if clashes and not getattr(args, "override_config", False):
+        raise ConfigMismatchError(
+            f"{source} was trained with other model settings than the command line gives: "
+            f"{'; '.join(clashes)}. Drop these flags to use the checkpoint's values, or pass "
+            f"--override_config to build the model with yours")
+    return [f"overriding the checkpoint's configuration: {clash}" for clash in clashes]
+
+
+def build_model(args: argparse.Namespace, source: Optional[str] = None,
+                warn: Callable[[str], None] = print) -> GARE:
+    """The GARE model of ``args``; with a checkpoint ``source`` (``--init_model`` or the
+    ``--resume`` file), the one its recorded configuration describes (flags reconciled by
+    :func:`apply_model_record`, ``args`` updated in place). Weights are not loaded here: a
+    model rebuilt from a record starts from a random CLIP of the recorded shapes, which the
+    checkpoint's weights then replace, so the CLIP release file is not needed."""
+    record = read_model_record(source) if source else None
+    if record is None:
+        if source:
+            warn(f"{source} records no model configuration (written by an older version of "
+                 f"this project): the model is built from the command-line flags, which must "
+                 f"be those it was trained with")
+        return GARE(load_clip(args.base_encoder, args.clip_path), gare_config(args))
+    for note in apply_model_record(args, record, str(source)):
+        warn(note)
+    return GARE(CLIP(CLIPConfig(**record["clip"])), gare_config(args))

@@ -7,7 +7,7 @@ fused (flash / memory-efficient) kernels are used where the device has them.
 
 Architecture hyper-parameters live in :class:`CLIPConfig`; they are read from a checkpoint's
 tensor shapes (:meth:`CLIPConfig.from_state_dict`) or taken from :data:`CLIP_CONFIGS`, which also
-holds the small ``"tiny"`` configuration used by the tests and the CPU demo. SPEC §1.
+holds the small ``"tiny"`` configuration used by the tests and the CPU demo. docs/behaviour.md §1.
 """
 from __future__ import annotations
 
@@ -114,13 +114,16 @@ class SelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) with QuickGELU."""
+    """Pre-LN transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) with QuickGELU.
 
-    def __init__(self, width: int, heads: int):
+    ``eps``: the LayerNorms' epsilon (CLIP's 1e-5; the temporal transformer passes its own).
+    """
+
+    def __init__(self, width: int, heads: int, eps: float = 1e-5):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = SelfAttention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(width, 4 * width)),
             ("gelu", QuickGELU()),
@@ -133,10 +136,11 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int):
+    def __init__(self, width: int, layers: int, heads: int, eps: float = 1e-5):
         super().__init__()
         self.width = width
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, eps)
+                                       for _ in range(layers))
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None, causal: bool = False) -> Tensor:
         for block in self.resblocks:
@@ -147,7 +151,7 @@ class Transformer(nn.Module):
 class VisionTransformer(nn.Module):
     """Frames (N, 3, H, W) -> embeddings (N, embed_dim) = ln_post(CLS) @ proj.
 
-    ``conv1`` (the patch embedding) is frozen, as in the GARE/DRL recipe (SPEC §1).
+    ``conv1`` (the patch embedding) is frozen, as in the GARE/DRL recipe (docs/behaviour.md §1).
     """
 
     def __init__(self, cfg: CLIPConfig):
@@ -171,7 +175,7 @@ class VisionTransformer(nn.Module):
 
 
 class CLIP(nn.Module):
-    """CLIP with a ViT image tower and the causal text transformer (SPEC §1)."""
+    """CLIP with a ViT image tower and the causal text transformer (docs/behaviour.md §1)."""
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()

@@ -1,11 +1,17 @@
 """Training checkpoints: atomic writes, exact resume, weights for evaluation.
 
-Files in ``--output_dir`` (rank 0 alone writes them, SPEC §10):
+Files in ``--output_dir`` (rank 0 alone writes them, docs/behaviour.md §10):
 
 - ``ckpt_last.pt`` (:data:`LAST`): the full training state, rewritten at every save; what
   ``--resume`` (without a value) continues from;
 - ``ckpt_best.pt`` (:data:`BEST`): the model weights of the best validation text-to-video R@1
   so far, with their epoch, step, metric and args (no optimiser, no RNG: a third of the size).
+
+Every file records ``config``, the model's configuration (:func:`tvr.options.model_record`:
+the CLIP architecture, the whole GAREConfig, max_words and max_frames as trained), and
+``code_version`` (``git describe --always --dirty`` of this repository, None outside a git
+checkout). ``--init_model`` and ``--resume`` rebuild the model from ``config``
+(:func:`tvr.options.build_model`); files written before it existed hold no ``config``.
 
 Both are dicts of tensors and plain Python values (str, int, float, bool, None, lists, dicts):
 RNG states are stored as tensors and ints, the args as a dict of plain values, so every file of
@@ -32,7 +38,9 @@ import argparse
 import contextlib
 import os
 import random
+import subprocess
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -137,12 +145,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@lru_cache(maxsize=1)
+def code_version() -> Optional[str]:
+    """``git describe --always --dirty --abbrev=40`` of this repository: the commit, with
+    ``-dirty`` when the working tree has uncommitted changes; None when git cannot tell."""
+    try:
+        result = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
+                                cwd=Path(__file__).resolve().parent, capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
+    return result.stdout.strip()
+
+
+def _provenance(config: Optional[dict[str, Any]]) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "config": _plain(config),
+            "code_version": code_version()}
+
+
 def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optimizer, *, epoch: int,
                     global_step: int, best_metric: Optional[float],
+                    config: Optional[dict[str, Any]],
                     args: Union[argparse.Namespace, dict[str, Any], None] = None) -> Path:
-    """Write the full training state (``ckpt_last.pt``) atomically; call on rank 0 only."""
+    """Write the full training state (``ckpt_last.pt``) atomically; call on rank 0 only.
+    ``config``: the model's recorded configuration (module docstring)."""
     return atomic_save({
-        "format_version": FORMAT_VERSION, "kind": "training",
+        **_provenance(config), "kind": "training",
         "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
         "epoch": int(epoch), "global_step": int(global_step),
         "best_metric": None if best_metric is None else float(best_metric),
@@ -151,11 +181,12 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optimizer, *, e
 
 
 def save_model(path: PathLike, model: nn.Module, *, epoch: int, global_step: int,
-               metric: Optional[float],
+               metric: Optional[float], config: Optional[dict[str, Any]],
                args: Union[argparse.Namespace, dict[str, Any], None] = None) -> Path:
-    """Write model weights and their provenance (``ckpt_best.pt``) atomically; rank 0 only."""
+    """Write model weights and their provenance (``ckpt_best.pt``) atomically; rank 0 only.
+    ``config``: the model's recorded configuration (module docstring)."""
     return atomic_save({
-        "format_version": FORMAT_VERSION, "kind": "model",
+        **_provenance(config), "kind": "model",
         "model": unwrap_model(model).state_dict(), "epoch": int(epoch),
         "global_step": int(global_step), "best_metric": None if metric is None else float(metric),
         "args": plain_args(args),
@@ -193,7 +224,8 @@ def load_weights_for_eval(path: PathLike, model: nn.Module) -> dict[str, Any]:
     checkpoint = _read(path)
     if "format_version" in checkpoint:
         state_dict = checkpoint["model"]
-        meta = {k: checkpoint[k] for k in ("kind", "epoch", "global_step", "best_metric", "args")}
+        meta = {k: checkpoint.get(k) for k in ("kind", "epoch", "global_step", "best_metric",
+                                               "args", "config", "code_version")}
     else:
         if not all(isinstance(v, Tensor) for v in checkpoint.values()):
             raise ValueError(f"{path} is neither a checkpoint of this project nor a state dict")
@@ -201,6 +233,13 @@ def load_weights_for_eval(path: PathLike, model: nn.Module) -> dict[str, Any]:
         meta = {"kind": "state_dict"}
     _load_model(path, unwrap_model(model), state_dict)
     return meta
+
+
+def read_model_record(path: PathLike) -> Optional[dict[str, Any]]:
+    """The model configuration that checkpoint ``path`` records, or None (an older file, or a
+    bare state dict). The file is memory-mapped: its tensors are not read."""
+    checkpoint = _read(path, mmap=True)
+    return checkpoint.get("config") if "format_version" in checkpoint else None
 
 
 def resume_path(resume: PathLike, output_dir: PathLike) -> Path:
@@ -215,10 +254,10 @@ def resume_path(resume: PathLike, output_dir: PathLike) -> Path:
     return path
 
 
-def _read(path: PathLike) -> dict[str, Any]:
+def _read(path: PathLike, mmap: bool = False) -> dict[str, Any]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} does not hold a dict (found {type(checkpoint).__name__})")
     return checkpoint

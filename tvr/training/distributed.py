@@ -1,4 +1,4 @@
-"""Process-group set-up and the autograd-aware feature gather (SPEC §10).
+"""Process-group set-up and the autograd-aware feature gather (docs/behaviour.md §10).
 
 Launch::
 
@@ -25,7 +25,8 @@ So the loss is NOT multiplied by the world size: gradients equal those of one pr
 the global batch (checked to 1e-5 by tests/test_distributed.py). The reference's ``AllGather``
 returns only the rank's own slice of the gradient in backward, so after DDP's average its encoder
 gradients are those of one process divided by W (its Psi gradients are right); multiplying the
-loss by W would fix the encoders but scale Psi by W, hence this gather instead (SPEC §12).
+loss by W would fix the encoders but scale Psi by W, hence this gather instead (docs/behaviour.md
+§12).
 
 Dropout after the gather (Psi's) draws one mask per rank; the ranks draw the same mask, as a
 single process would, when every rank is seeded alike (the recipe seeds all ranks with --seed).
@@ -74,6 +75,9 @@ def init_distributed(local_rank: Optional[int] = None, device: Optional[str] = N
     device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: this torch build sees no CUDA device (torch "
+                           f"{torch.__version__}); use --device cpu or auto")
     env = os.environ
     world_size = int(env.get("WORLD_SIZE", "1"))
     rank = int(env.get("RANK", "0"))
@@ -118,6 +122,32 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def share_sizes(size: int, device: torch.device) -> list[int]:
+    """Every rank's ``size`` (e.g. the items its batch kept), in rank order; ``[size]`` for a
+    single process."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [size]
+    sizes = torch.tensor([size], device=device)
+    parts = [torch.empty_like(sizes) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, sizes)
+    return [int(p) for p in parts]
+
+
+def gather_rows(tensor: Tensor, sizes: list[int]) -> Tensor:
+    """:func:`gather_with_grad` for shares of different sizes: rank r passes ``sizes[r]``
+    rows (:func:`share_sizes`). Each share is zero-padded to the largest, gathered, and the
+    padding dropped, so the result is every rank's rows in rank order, with their gradient
+    paths (the padding's gradient is discarded)."""
+    if len(sizes) == 1:
+        return tensor
+    largest = max(sizes)
+    if min(sizes) == largest:
+        return gather_with_grad(tensor)
+    pad = tensor.new_zeros((largest - tensor.shape[0], *tensor.shape[1:]))
+    gathered = gather_with_grad(torch.cat([tensor, pad]))
+    return torch.cat([gathered[r * largest:r * largest + n] for r, n in enumerate(sizes)])
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

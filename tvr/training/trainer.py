@@ -1,4 +1,4 @@
-"""The training and evaluation program behind main_retrieval.py (SPEC §9-11).
+"""The training and evaluation program behind main_retrieval.py (docs/behaviour.md §9-11).
 
 One process per GPU (torchrun / torch.distributed.launch) or a single process. Each process
 encodes its share of the global batch; features are all-gathered with their gradients so every
@@ -17,8 +17,9 @@ import json
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -27,14 +28,12 @@ from tqdm import tqdm
 
 from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.loaders import build_split, train_loader
-from tvr.evaluation.evaluate import evaluate
+from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
-from tvr.models.gare import GARE
-from tvr.models.pretrained import load_clip
-from tvr.options import gare_config
+from tvr.options import build_model, model_record
 from tvr.training import checkpoint
 from tvr.training.distributed import (DistContext, barrier, check_batch_size, cleanup,
-                                      gather_with_grad, init_distributed, unwrap_model)
+                                      gather_rows, init_distributed, share_sizes, unwrap_model)
 from tvr.training.monitor import RunMonitor
 from tvr.training.optim import build_optimizer, clamp_logit_scale
 
@@ -59,21 +58,26 @@ def autocast_for(precision: str, device: torch.device):
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.ctx: DistContext = init_distributed(args.local_rank)
+        self.ctx: DistContext = init_distributed(
+            args.local_rank, None if args.device == "auto" else args.device)
         seed_everything(args.seed)
         self.output_dir = Path(args.output_dir or f"outputs/{args.datatype}")
         self.monitor = RunMonitor(self.output_dir, enabled=self.ctx.is_main)
         self.log = self.monitor.log.info
         self.precision, self.autocast = autocast_for(args.precision, self.ctx.device)
-        self.model = GARE(load_clip(args.base_encoder, args.clip_path), gare_config(args))
+        self.resume_from = (checkpoint.resume_path(args.resume, self.output_dir)
+                            if args.resume else None)
+        source = self.resume_from or args.init_model
+        self.model = build_model(args, source, warn=self.monitor.log.warning)
         self.model.to(self.ctx.device)
+        self.record = model_record(args, self.model)
         self.image_size = self.model.clip.config.image_size
-        if args.init_model:
+        if args.init_model and not self.resume_from:
             meta = checkpoint.load_weights_for_eval(args.init_model, self.model)
             self.log(f"weights from {args.init_model} ({meta.get('kind')}, step "
-                     f"{meta.get('global_step')})")
+                     f"{meta.get('global_step')}, code {meta.get('code_version')})")
         self.log(f"process {self.ctx.rank}/{self.ctx.world_size} on {self.ctx.device}; "
-                 f"precision {self.precision}; arguments: "
+                 f"precision {self.precision}; code {checkpoint.code_version()}; arguments: "
                  f"{json.dumps(checkpoint.plain_args(args), sort_keys=True)}")
 
     # ---------------------------------------------------------------- evaluation
@@ -85,7 +89,8 @@ class Trainer:
                            is_main=self.ctx.is_main, autocast=self.autocast,
                            dsl_temp=args.eval_dsl_temp, bank=bank,
                            bank_size=args.eval_bank_size, qb_beta=args.qb_beta,
-                           qb_k=args.qb_k, ncl_tau=args.ncl_tau)
+                           qb_k=args.qb_k, ncl_tau=args.ncl_tau, engine=args.eval_engine,
+                           log=self.monitor.log.warning)
         barrier()
         if results is None:
             return None
@@ -93,7 +98,9 @@ class Trainer:
         if results["skipped_videos"]:
             self.log(f"{name}: {len(results['skipped_videos'])} unreadable videos left out of "
                      f"the gallery (not the full benchmark): {results['skipped_videos']}")
-        self.log(f"{name} ({dataset!r}):\n{format_table({k: v for k, v in results.items() if k != 'skipped_videos'})}")
+        engine = results["engine"]["method"]
+        self.log(f"{name} ({dataset!r}, scored by the {engine} engine):\n"
+                 f"{format_table(metric_variants(results))}")
         self.monitor.scalars(step, {f"{d}_R{k}": raw[d][f"R{k}"] for d in raw for k in (1, 5, 10)},
                              prefix=name)
         return results
@@ -101,7 +108,7 @@ class Trainer:
     def write_results(self, results: dict, name: str) -> None:
         if not self.ctx.is_main:
             return
-        variants = {k: v for k, v in results.items() if k != "skipped_videos"}
+        variants = metric_variants(results)
         save_json(variants, self.output_dir / f"metrics_{name}.json")
         (self.output_dir / f"metrics_{name}.md").write_text(format_table(variants))
 
@@ -120,14 +127,12 @@ class Trainer:
             model = DistributedDataParallel(
                 model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
         epoch, global_step, best = 0, 0, None
-        if args.resume:
-            path = checkpoint.resume_path(args.resume, self.output_dir)
-            state = checkpoint.load_checkpoint(path, model, optimizer)
+        if self.resume_from:
+            state = checkpoint.load_checkpoint(self.resume_from, model, optimizer)
             global_step, best = state.global_step, state.best_metric
             epoch = global_step // steps_per_epoch
-            self.log(f"resumed from {path} at step {global_step} (epoch {epoch})")
+            self.log(f"resumed from {self.resume_from} at step {global_step} (epoch {epoch})")
         total_steps = steps_per_epoch * args.epochs
-        gather = gather_with_grad if ctx.distributed else (lambda t: t)
         skipped = SkipReport()
         while epoch < args.epochs:
             sampler.set_epoch(epoch)
@@ -141,31 +146,22 @@ class Trainer:
             tic = time.time()
             for batch in progress:
                 skipped.add(batch)
-                if batch.data is None or len(batch.skipped):
-                    raise_if_unequal_batch(batch, local_batch)
-                ids, mask, video, video_mask, _, _ = (t.to(ctx.device, non_blocking=True)
-                                                      for t in batch.data)
-                with self.autocast():
-                    out = model(ids, mask, video, video_mask, gather=gather)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out["loss"]).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-                clamp_logit_scale(model)
                 global_step += 1
-                values = {k: v.item() for k, v in out.items()}
-                values["lr"] = optimizer.get_lr()[1]
-                values["logit_scale"] = unwrap_model(model).clip.logit_scale.exp().item()
-                self.monitor.scalars(global_step, values, prefix="train")
-                progress.set_postfix(loss=f"{values['loss']:.4f}")
-                if global_step % args.n_display == 0 or global_step == 1:
-                    rate = (time.time() - tic) / max(1, global_step - epoch * steps_per_epoch
-                                                     - sampler.start_batch)
-                    self.log(f"step {global_step}/{total_steps} epoch {epoch + 1} "
-                             + " ".join(f"{k} {v:.5g}" for k, v in values.items())
-                             + f" ({rate:.2f} s/step)")
+                sizes = share_sizes(0 if batch.data is None else len(batch.data[0]), ctx.device)
+                if min(sizes) == 0 or sum(sizes) < 2:
+                    self.log(f"step {global_step}: no update, too few readable videos in the "
+                             f"batch ({sum(sizes)} of {args.batch_size}; see the epoch's "
+                             f"skip report)")
+                else:
+                    values = self.train_step(model, optimizer, scaler, batch.data,
+                                             partial(gather_rows, sizes=sizes))
+                    self.monitor.scalars(global_step, values, prefix="train")
+                    progress.set_postfix(loss=f"{values['loss']:.4f}")
+                    if global_step % args.n_display == 0 or global_step == 1:
+                        done = global_step - epoch * steps_per_epoch - sampler.start_batch
+                        self.log(f"step {global_step}/{total_steps} epoch {epoch + 1} "
+                                 + " ".join(f"{k} {v:.5g}" for k, v in values.items())
+                                 + f" ({(time.time() - tic) / max(1, done):.2f} s/step)")
                 end_of_epoch = global_step % steps_per_epoch == 0
                 if args.eval_every_steps and global_step % args.eval_every_steps == 0 \
                         and not end_of_epoch:
@@ -181,6 +177,25 @@ class Trainer:
             epoch += 1
         self.log(f"training done: best validation t2v R@1 {best}")
 
+    def train_step(self, model, optimizer, scaler, data, gather) -> dict[str, float]:
+        """One update on this process' share of a global batch; returns the logged values.
+        With --skip_bad_videos the shares may differ in size: ``gather`` joins them."""
+        ids, mask, video, video_mask, _, _ = (t.to(self.ctx.device, non_blocking=True)
+                                              for t in data)
+        with self.autocast():
+            out = model(ids, mask, video, video_mask, gather=gather)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(out["loss"]).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        clamp_logit_scale(model)
+        values = {k: v.item() for k, v in out.items()}
+        values["lr"] = optimizer.get_lr()[1]
+        values["logit_scale"] = unwrap_model(model).clip.logit_scale.exp().item()
+        return values
+
     def validate(self, val_set, model, epoch: int, global_step: int,
                  best: Optional[float]) -> Optional[float]:
         results = self.evaluate(val_set, "val", global_step)
@@ -190,7 +205,7 @@ class Trainer:
                 best = r1
                 checkpoint.save_model(self.output_dir / checkpoint.BEST, model,
                                       epoch=epoch, global_step=global_step, metric=r1,
-                                      args=self.args)
+                                      config=self.record, args=self.args)
                 self.log(f"new best validation t2v R@1 {r1:.2f} at step {global_step}")
         return best
 
@@ -198,7 +213,7 @@ class Trainer:
         if self.ctx.is_main:
             checkpoint.save_checkpoint(self.output_dir / checkpoint.LAST, model, optimizer,
                                        epoch=epoch, global_step=global_step, best_metric=best,
-                                       args=self.args)
+                                       config=self.record, args=self.args)
         barrier()
 
     def report_skipped(self, skipped: SkipReport, epoch: int) -> None:
@@ -231,13 +246,3 @@ class Trainer:
         cleanup()
         return results
 
-
-def raise_if_unequal_batch(batch: Any, local_batch: int) -> None:
-    """Skipped videos shrink a batch; the all-gather needs equal shares on every process."""
-    kept = 0 if batch.data is None else len(batch.data[0])
-    if kept != local_batch:
-        raise RuntimeError(
-            f"--skip_bad_videos dropped {local_batch - kept} items of a training batch "
-            f"({[s.path for s in batch.skipped]}); variable-size batches are not supported in "
-            f"training yet: re-encode or remove these files (preprocess/compress_video.py "
-            f"reports unreadable ones)")
