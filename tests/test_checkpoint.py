@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tvr.options import ConfigMismatchError, build_model, model_record, parse_args
 from tvr.training import checkpoint as ckpt
 from tvr.training.optim import BertAdam, param_groups
 
@@ -167,3 +168,38 @@ def test_resume_path(tmp_path):
     assert ckpt.resume_path("auto", tmp_path) == path
     assert ckpt.resume_path(tmp_path, "elsewhere") == path
     assert ckpt.resume_path(path, "elsewhere") == path
+
+
+def test_build_model_follows_the_record_and_warns_for_an_old_file(tmp_path):
+    data = ["--anno_path", "anns", "--video_path", "videos"]
+    args = parse_args(["--base_encoder", "tiny", "--temp", "1.5", "--agg_module", "meanP",
+                       "--num_hidden_layers", "2", *data])
+    model = build_model(args)
+    path = ckpt.save_model(tmp_path / ckpt.BEST, model, config=model_record(args, model),
+                           epoch=0, global_step=0, metric=None)
+
+    plain = parse_args(data)  # parser defaults: ViT-B/32 (no file here), temp 3, seqTransf
+    notes = []
+    rebuilt = build_model(plain, str(path), warn=notes.append)
+    assert rebuilt.config == model.config and rebuilt.clip.config == model.clip.config
+    assert (plain.base_encoder, plain.temp, plain.agg_module) == ("tiny", 1.5, "meanP")
+    assert notes == []
+    ckpt.load_weights_for_eval(path, rebuilt)  # the record's model takes the weights
+
+    clashing = parse_args([*data, "--temp", "3", "--no_delta"])
+    with pytest.raises(ConfigMismatchError, match=r"--temp 3.0 \(the checkpoint's: 1.5\); "
+                                                  r"--no_delta True \(the checkpoint's: False\)"):
+        build_model(clashing, str(path))
+    overriding = parse_args([*data, "--temp", "3", "--override_config"])
+    assert build_model(overriding, str(path), warn=notes.append).config.similarity.temp == 3.0
+    assert notes == ["overriding the checkpoint's configuration: --temp 3.0 (the checkpoint's: "
+                     "1.5)"]
+
+    old = tmp_path / "old.pt"  # written before checkpoints recorded their configuration
+    torch.save({k: v for k, v in torch.load(path, weights_only=True).items() if k != "config"},
+               old)
+    flags = parse_args(["--base_encoder", "tiny", "--num_hidden_layers", "2", *data])
+    notes = []
+    legacy = build_model(flags, str(old), warn=notes.append)
+    assert len(notes) == 1 and "records no model configuration" in notes[0]
+    assert legacy.config.similarity.temp == 3.0  # the flags are trusted
