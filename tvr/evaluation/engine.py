@@ -108,6 +108,14 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+def coarse_vectors(frames: Tensor, mask: Tensor) -> Tensor:
+    """(N_v, d) stage-1 vectors: the unit-norm mean of each video's real frames (two-stage
+    retrieval ranks videos by the cosine of a text with this vector)."""
+    real = mask.sum(1, keepdim=True)
+    mean_real = (frames * mask.unsqueeze(-1)).sum(1) / real.clamp_min(1)
+    return mean_real / mean_real.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+
+
 def foldable(config: SimilarityConfig) -> bool:
     """Whether the folded path covers ``config`` (all but ``psi_context="words"`` with a Psi)."""
     return config.no_delta or config.psi_context != "words"
@@ -295,10 +303,7 @@ class SimilarityEngine:
         return Prepared("videos", parts, self._token)
 
     def _prepare_video_chunk(self, frames: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        real = mask.sum(1, keepdim=True)
-        mean_real = (frames * mask.unsqueeze(-1)).sum(1) / real.clamp_min(1)
-        coarse = mean_real / mean_real.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
-        parts = {"mask": mask, "coarse": coarse}
+        parts = {"mask": mask, "coarse": coarse_vectors(frames, mask)}
         if self.method == "naive":
             return dict(parts, frames=frames)
         parts["frame_gram"] = frames @ frames.mT                              # Φ_b

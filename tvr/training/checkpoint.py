@@ -42,7 +42,7 @@ import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -67,14 +67,15 @@ class TrainingState:
     args: dict[str, Any] = field(default_factory=dict)
 
 
-def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (see the module docstring); returns the path."""
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file atomically (see the module docstring): ``write(f)`` fills a temporary file
+    in the same folder, which is fsync'ed and renamed over ``path``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,6 +85,11 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see the module docstring); returns the path."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _fsync_dir(folder: Path) -> None:

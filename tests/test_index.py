@@ -1,0 +1,173 @@
+"""python -m tvr.index: build an index incrementally, search it two-stage and exhaustively.
+
+A tiny model is trained here (main_retrieval.py, one epoch on generated clips); its index must
+hold the features evaluation computes, rank like the evaluation engine, and follow the folder:
+new files encoded alone, deleted ones dropped, unreadable ones listed, interrupted builds kept.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tvr.data.transforms import build_clip_transform
+from tvr.data.toy import make_toy_dataset
+from tvr.data.video import VideoClipLoader
+from tvr.evaluation.engine import SimilarityEngine
+from tvr.index import build as build_module
+from tvr.index.__main__ import main as index_main
+from tvr.index.build import build_index, load_checkpoint_model
+from tvr.index.search import Stage1Search, VideoIndex, faiss_available
+from tvr.index.store import IndexStoreError, Manifest
+
+REPO = Path(__file__).resolve().parents[1]
+QUERIES = ["a red circle moves to the left", "a blue bar moves upward", "a green triangle"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(checkpoint, toy dataset) of a tiny model trained for one epoch on the toy clips."""
+    root = tmp_path_factory.mktemp("index")
+    toy = make_toy_dataset(root / "toy", num_train=16, num_test=8, captions_per_video=2,
+                           workers=2)
+    flags = ["--do_train", "1", "--epochs", "1", "--base_encoder", "tiny", "--max_words", "16",
+             "--max_frames", "4", "--video_framerate", "3", "--batch_size", "8",
+             "--batch_size_val", "8", "--workers", "0", "--lr", "1e-3", "--coef_lr", "1",
+             "--num_hidden_layers", "2", "--train_augment", "none",
+             "--anno_path", str(toy.root), "--video_path", str(toy.video_path),
+             "--output_dir", str(root / "run")]
+    subprocess.run([sys.executable, str(REPO / "main_retrieval.py"), *flags], cwd=REPO,
+                   check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    return root / "run" / "ckpt_best.pt", toy
+
+
+def gallery(tmp_path, toy, count):
+    """A folder with the first ``count`` toy videos, and the rest kept aside."""
+    videos = sorted(toy.video_path.glob("*.mp4"))
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    for video in videos[:count]:
+        shutil.copy(video, folder)
+    return folder, videos[count:]
+
+
+def test_incremental_build_follows_the_folder(trained, tmp_path, capsys):
+    checkpoint, toy = trained
+    folder, spare = gallery(tmp_path, toy, 10)
+    out = tmp_path / "index"
+    report = build_index(checkpoint, folder, out, workers=0, batch_size=4, shard_size=4,
+                         progress=False)
+    assert len(report.encoded) == 10 and not report.removed and not report.failed
+
+    (folder / "more").mkdir()  # two new files, one in a subfolder: only they are encoded
+    shutil.copy(spare[0], folder)
+    shutil.copy(spare[1], folder / "more")
+    report = build_index(checkpoint, folder, out, workers=0, progress=False)
+    assert sorted(report.encoded) == sorted([spare[0].name, f"more/{spare[1].name}"])
+    assert not report.removed
+
+    deleted = sorted(folder.glob("*.mp4"))[0]
+    corrupt = sorted(folder.glob("*.mp4"))[1]
+    deleted.unlink()
+    corrupt.write_bytes(b"not a video")
+    assert index_main(["build", "--checkpoint", str(checkpoint), "--videos", str(folder),
+                       "--out", str(out), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "encoded 0 videos" in printed and f"unreadable: {corrupt.name}: " in printed
+    manifest = Manifest.load(out)
+    assert deleted.name not in manifest.entries and corrupt.name not in manifest.entries
+    assert corrupt.name in manifest.failed and len(manifest.entries) == 10
+    assert not (out / "thumbs").joinpath(deleted.name).exists()
+
+    index = VideoIndex.open(out)
+    assert sorted(index.paths) == sorted(manifest.entries) and len(index) == 10
+    report = build_index(checkpoint, folder, out, workers=0, progress=False)  # nothing to do
+    assert (report.encoded, report.removed, list(report.failed)) == ([], [], [corrupt.name])
+
+
+def test_an_interrupted_build_keeps_its_shards_and_resumes(trained, tmp_path, monkeypatch):
+    checkpoint, toy = trained
+    folder, _ = gallery(tmp_path, toy, 9)
+    out = tmp_path / "index"
+    real_encode, calls = build_module._encode, []
+
+    def failing_encode(model, items, device):
+        calls.append(len(items))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_encode(model, items, device)
+
+    monkeypatch.setattr(build_module, "_encode", failing_encode)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(checkpoint, folder, out, workers=0, batch_size=2, shard_size=2,
+                    progress=False)
+    kept = set(Manifest.load(out).entries)
+    assert len(kept) == 4  # two shards of two were written before the interruption
+    monkeypatch.setattr(build_module, "_encode", real_encode)
+    report = build_index(checkpoint, folder, out, workers=0, progress=False)
+    assert len(report.encoded) == 5 and not kept & set(report.encoded)
+    assert len(VideoIndex.open(out)) == 9
+
+
+def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
+    checkpoint, toy = trained
+    folder, _ = gallery(tmp_path, toy, 24)
+    out = tmp_path / "index"
+    build_index(checkpoint, folder, out, workers=2, progress=False)
+    index = VideoIndex.open(out)
+    model, args, _ = load_checkpoint_model(checkpoint)
+
+    # The index holds what evaluation computes: the dataset's clip loader, then the model.
+    loader = VideoClipLoader(args.video_backend, args.video_framerate, args.max_frames,
+                             build_clip_transform(model.clip.config.image_size, False))
+    video, mask = loader(str(folder / index.paths[3]))
+    with torch.no_grad():
+        frames = model.encode_video(video[None], mask[None]).frames[0]
+    torch.testing.assert_close(index.frames[3], frames, rtol=0, atol=1e-5)
+
+    engine = SimilarityEngine(model.similarity)
+    text = index.encode_queries(QUERIES)
+    expected = engine.score(engine.prepare_texts(text),
+                            engine.prepare_videos(index.frames, index.mask)).float()
+    exhaustive = index.search(QUERIES, top=len(index), exhaustive=True)
+    two_stage = index.search(QUERIES, top=len(index), k=len(index))
+    for q, (hits, staged) in enumerate(zip(exhaustive, two_stage)):
+        order = torch.sort(expected[q], descending=True, stable=True).indices.tolist()
+        assert [hit.video for hit in hits] == order
+        torch.testing.assert_close(torch.tensor([hit.score for hit in hits]),
+                                   expected[q, order], rtol=0, atol=1e-6)
+        assert staged == hits  # two-stage with K = the gallery equals exhaustive
+        times = index.manifest.entries[hits[0].path].times
+        assert hits[0].time == times[hits[0].frame]
+    assert index.search(QUERIES, top=3, k=5)[0][0].video in [h.video for h in exhaustive[0][:5]]
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
+def test_faiss_and_torch_stage1_agree():
+    torch.manual_seed(0)
+    vectors = torch.nn.functional.normalize(torch.randn(5000, 64), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(7, 64), dim=1)
+    faiss_scores, faiss_top = Stage1Search(vectors, "faiss").top(queries, 20)
+    torch_scores, torch_top = Stage1Search(vectors, "torch", block=700).top(queries, 20)
+    torch.testing.assert_close(faiss_scores, torch_scores, rtol=0, atol=1e-5)
+    assert torch.equal(faiss_top, torch_top)
+    assert torch.equal(torch_top, (queries @ vectors.T).topk(20).indices)
+
+
+def test_an_index_refuses_another_checkpoint(trained, tmp_path):
+    checkpoint, toy = trained
+    folder, _ = gallery(tmp_path, toy, 2)
+    out = tmp_path / "index"
+    build_index(checkpoint, folder, out, workers=0, progress=False)
+    other = tmp_path / "other.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["model"]["similarity.psi.q_proj.weight"] += 0.1  # a fine-tuned model, say
+    torch.save(saved, other)
+    with pytest.raises(IndexStoreError, match="another checkpoint"):
+        build_index(other, folder, out, workers=0, progress=False)
+    assert len(build_index(other, folder, out, workers=0, progress=False,
+                           rebuild=True).encoded) == 2

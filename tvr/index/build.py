@@ -1,0 +1,231 @@
+"""Build or update a video index: walk a folder, encode each video once, write shards.
+
+    python -m tvr.index build --checkpoint outputs/demo/ckpt_best.pt --videos data/toy/videos \\
+        --out outputs/demo_index
+
+Every video file below ``--videos`` (recursively, by extension) is decoded with the sampling of
+the run that trained the checkpoint (its ``--video_framerate``, ``--max_frames`` and
+``--video_backend``), transformed as for evaluation, and encoded by the checkpoint's model (CLIP
+frames, then the temporal module), once. A rerun over the same folder encodes only new or
+changed files (size or modification time), drops deleted ones, and continues an interrupted
+build; a file that cannot be read is listed with the reason (:class:`BuildReport`), never
+dropped in silence. Decoding runs in ``workers`` loader processes; the progress bar shows
+videos/s.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from tvr.data.transforms import build_clip_transform
+from tvr.data.video import VideoReadError, open_video, read_clip
+from tvr.evaluation.engine import coarse_vectors
+from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
+                             thumbnail_dir, walk_videos, write_shard)
+from tvr.models.gare import GARE
+from tvr.options import build_model
+from tvr.training.checkpoint import code_version, load_weights_for_eval
+
+THUMBNAIL_SIDE = 160  # short side of the frame thumbnails, pixels
+
+
+def load_checkpoint_model(checkpoint: str | Path, device: torch.device | str = "cpu"
+                          ) -> tuple[GARE, argparse.Namespace, dict[str, Any]]:
+    """The model a checkpoint records (eval mode, weights loaded), the run's arguments and the
+    recorded model configuration.
+
+    The checkpoint must record its configuration (every checkpoint of this version does): an
+    index has no command line to trust instead."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(saved, dict) or not saved.get("config"):
+        raise IndexStoreError(f"{checkpoint} records no model configuration (written by an "
+                              f"older version, or not a checkpoint of this project): retrain, "
+                              f"or load it with main_retrieval.py and save it again")
+    args = argparse.Namespace(**saved.get("args", {}))
+    args.given, args.override_config = [], False
+    for name, default in (("video_framerate", 1), ("video_backend", "opencv")):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    model = build_model(args, str(checkpoint))
+    load_weights_for_eval(checkpoint, model)
+    return model.to(device).eval(), args, saved["config"]
+
+
+class Decoded(NamedTuple):
+    path: str
+    video: Optional[torch.Tensor]   # (F, 3, S, S) normalised, zero-padded; None if unreadable
+    mask: Optional[torch.Tensor]    # (F,)
+    times: list[float]
+    duration: float
+    error: str
+
+
+class VideoFiles(Dataset):
+    """Decodes ``paths`` (relative to ``root``) for the model and writes their thumbnails."""
+
+    def __init__(self, root: Path, paths: list[str], out: Path, sampling: dict[str, Any],
+                 image_size: int):
+        self.root, self.paths, self.out = root, paths, out
+        self.sampling = sampling
+        self.transform = build_clip_transform(image_size, False)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Decoded:
+        path = self.paths[i]
+        try:
+            with open_video(str(self.root / path), self.sampling["video_backend"]) as video:
+                frames, indices = read_clip(video, self.sampling["video_framerate"],
+                                            self.sampling["max_frames"])
+                fps = video.fps
+                count = video.header_frames or int(indices[-1]) + 1
+        except (VideoReadError, OSError, ValueError) as error:
+            return Decoded(path, None, None, [], 0.0, str(error))
+        self._thumbnails(path, frames)
+        clip = self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2))
+        padded = clip.new_zeros((self.sampling["max_frames"], *clip.shape[1:]))
+        padded[:len(clip)] = clip
+        mask = torch.zeros(self.sampling["max_frames"], dtype=torch.int64)
+        mask[:len(clip)] = 1
+        return Decoded(path, padded, mask, (indices / fps).round(3).tolist(), count / fps, "")
+
+    def _thumbnails(self, path: str, frames: np.ndarray) -> None:
+        folder = thumbnail_dir(self.out, path)
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, frame in enumerate(frames):
+            scale = THUMBNAIL_SIDE / min(frame.shape[:2])
+            small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(folder / f"{k}.jpg"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 85])
+
+
+@dataclass
+class BuildReport:
+    """What a build did: files encoded, dropped (deleted or changed), and unreadable."""
+
+    encoded: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)   # path -> reason (all, old and new)
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        rate = len(self.encoded) / self.seconds if self.seconds else 0.0
+        lines = [f"encoded {len(self.encoded)} videos ({rate:.1f} videos/s), removed "
+                 f"{len(self.removed)}, {len(self.failed)} unreadable"]
+        lines += [f"  unreadable: {path}: {reason}" for path, reason in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
+                workers: int = 2, batch_size: int = 16, shard_size: int = 256,
+                rebuild: bool = False, device: str = "cpu", progress: bool = True) -> BuildReport:
+    """Create or update the index ``out`` of the videos below ``videos`` (module docstring).
+
+    Raises :class:`IndexStoreError` when ``out`` was built from another checkpoint (by content
+    hash), another sampling or another videos folder, unless ``rebuild`` starts it over.
+    """
+    start = time.time()
+    root, out = Path(videos).resolve(), Path(out)
+    if not root.is_dir():
+        raise IndexStoreError(f"--videos {videos}: no such folder")
+    model, args, record = load_checkpoint_model(checkpoint, device)
+    identity = {"path": str(Path(checkpoint).resolve()), "sha256": file_sha256(checkpoint),
+                "code_version": code_version()}
+    sampling = {"video_framerate": args.video_framerate, "max_frames": args.max_frames,
+                "video_backend": args.video_backend}
+    if rebuild and out.exists():
+        shutil.rmtree(out)
+    manifest = _open_manifest(out, root, identity, record, sampling)
+    report = BuildReport()
+    files = {path: stat for path, stat in walk_videos(root)}
+
+    def unchanged(item: Entry | Failure, path: str) -> bool:
+        stat = files.get(path)
+        return stat is not None and (item.size, item.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    for path in [p for p, e in manifest.entries.items() if not unchanged(e, p)]:
+        del manifest.entries[path]
+        report.removed.append(path)
+        shutil.rmtree(thumbnail_dir(out, path), ignore_errors=True)
+    for path in [p for p, f in manifest.failed.items() if not unchanged(f, p)]:
+        del manifest.failed[path]
+    manifest.save(out)
+    todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
+
+    dataset = VideoFiles(root, todo, out, sampling, model.clip.config.image_size)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list)
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="index",
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    pending: list[tuple[Decoded, torch.Tensor]] = []
+    for batch in loader:
+        readable = [item for item in batch if item.video is not None]
+        for item in batch:
+            if item.video is None:
+                stat = files[item.path]
+                manifest.failed[item.path] = Failure(stat.st_size, stat.st_mtime_ns, item.error)
+        if readable:
+            features = _encode(model, readable, device).unbind(0)
+            pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
+        while len(pending) >= shard_size:
+            _flush(out, manifest, pending[:shard_size], files, report)
+            pending = pending[shard_size:]
+        bar.update(len(batch))
+        bar.set_postfix(failed=len(manifest.failed))
+    _flush(out, manifest, pending, files, report)
+    bar.close()
+    report.failed = {path: f.reason for path, f in manifest.failed.items()}
+    report.seconds = time.time() - start
+    return report
+
+
+def _open_manifest(out: Path, root: Path, identity: dict[str, Any], model_config: dict,
+                   sampling: dict[str, Any]) -> Manifest:
+    """The existing manifest of ``out`` if it was made alike, else a new one (see build)."""
+    if not (out / "manifest.json").exists():
+        return Manifest(str(root), identity, model_config, sampling)
+    manifest = Manifest.load(out)
+    for what, ours, theirs in (("checkpoint (sha256)", identity["sha256"],
+                                manifest.checkpoint["sha256"]),
+                               ("sampling", sampling, manifest.sampling),
+                               ("videos folder", str(root), manifest.videos_root)):
+        if ours != theirs:
+            raise IndexStoreError(f"index {out} was built with another {what} ({theirs}, now "
+                                  f"{ours}); choose another --out, or pass --rebuild to start "
+                                  f"it over")
+    return manifest
+
+
+@torch.no_grad()
+def _encode(model: GARE, items: list[Decoded], device: str) -> torch.Tensor:
+    video = torch.stack([item.video for item in items]).to(device)
+    mask = torch.stack([item.mask for item in items]).to(device)
+    return model.encode_video(video, mask).frames.cpu()
+
+
+def _flush(out: Path, manifest: Manifest, pending: list[tuple[Decoded, torch.Tensor]],
+           files: dict[str, Any], report: BuildReport) -> None:
+    """Write ``pending`` as the next shard, then the manifest that points into it."""
+    if pending:
+        shard = manifest.next_shard
+        frames = torch.stack([features for _, features in pending])
+        mask = torch.stack([item.mask for item, _ in pending])
+        write_shard(out, shard, frames, mask, coarse_vectors(frames, mask))
+        manifest.next_shard += 1
+        for row, (item, _) in enumerate(pending):
+            stat = files[item.path]
+            manifest.entries[item.path] = Entry(stat.st_size, stat.st_mtime_ns, shard, row,
+                                                round(item.duration, 3), item.times)
+            report.encoded.append(item.path)
+    manifest.save(out)

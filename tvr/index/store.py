@@ -1,0 +1,139 @@
+"""The on-disk layout of a video index, and its bookkeeping for incremental builds.
+
+An index is a folder::
+
+    manifest.json        what the index holds (:class:`Manifest`), rewritten atomically
+    shards/00000.pt ...  encoded videos, ``shard_size`` at most per file (:func:`write_shard`)
+    thumbs/<key>/<k>.jpg one small JPEG per sampled frame of each video (for the web page)
+
+A shard holds, for its n videos, ``frames`` (n, F, d) float32 (frame features after the
+temporal module: what the GARE similarity reads), ``mask`` (n, F) int64 and ``coarse`` (n, d)
+(the stage-1 vectors, :func:`~tvr.evaluation.engine.coarse_vectors`). The manifest maps each
+video file (path relative to the videos folder) to its shard and row, with the file's size and
+modification time (a changed file is encoded again), its duration and the time of each sampled
+frame. Files that could not be read are listed in ``failed`` with the reason; they are tried
+again only when they change. A build writes a shard, then the manifest that points into it, so
+an interrupted build keeps every shard the manifest names and a rerun encodes the rest.
+Deleted and changed files leave unreferenced rows in their shards; ``--rebuild`` starts over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+from tvr.training.checkpoint import atomic_save, atomic_write
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
+                              ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
+
+
+class IndexStoreError(ValueError):
+    """An index folder that cannot be used as asked (other checkpoint, sampling, format)."""
+
+
+@dataclass
+class Entry:
+    """One encoded video: where its features are and what the file was when encoded."""
+
+    size: int
+    mtime_ns: int
+    shard: int
+    row: int
+    duration: float
+    times: list[float]  # seconds of the sampled frames, in order
+
+
+@dataclass
+class Failure:
+    """A file that could not be read, with the reader's reason."""
+
+    size: int
+    mtime_ns: int
+    reason: str
+
+
+@dataclass
+class Manifest:
+    videos_root: str
+    checkpoint: dict[str, Any]   # {"path", "sha256", "code_version"} of the encoding model
+    config: dict[str, Any]       # the checkpoint's model record (tvr.options.model_record)
+    sampling: dict[str, Any]     # {"video_framerate", "max_frames", "video_backend"}
+    entries: dict[str, Entry] = field(default_factory=dict)
+    failed: dict[str, Failure] = field(default_factory=dict)
+    next_shard: int = 0
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Manifest:
+        path = Path(folder) / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise IndexStoreError(f"{path}: not a readable index manifest ({error})") from error
+        if data.get("format_version") != FORMAT_VERSION:
+            raise IndexStoreError(f"{path}: index format {data.get('format_version')}, this code "
+                             f"reads {FORMAT_VERSION}; rebuild the index with --rebuild")
+        return cls(data["videos_root"], data["checkpoint"], data["config"], data["sampling"],
+                   {k: Entry(**v) for k, v in data["entries"].items()},
+                   {k: Failure(**v) for k, v in data["failed"].items()}, data["next_shard"])
+
+    def save(self, folder: str | os.PathLike) -> None:
+        data = {"format_version": FORMAT_VERSION, **asdict(self)}
+        text = json.dumps(data, indent=1, sort_keys=True).encode()
+        atomic_write(Path(folder) / MANIFEST, lambda f: f.write(text))
+
+    def live_rows(self) -> dict[int, list[tuple[str, int]]]:
+        """Shard -> [(path, row)] of the videos the manifest lists, paths sorted."""
+        rows: dict[int, list[tuple[str, int]]] = {}
+        for path in sorted(self.entries):
+            entry = self.entries[path]
+            rows.setdefault(entry.shard, []).append((path, entry.row))
+        return rows
+
+
+def shard_path(folder: str | os.PathLike, shard: int) -> Path:
+    return Path(folder) / "shards" / f"{shard:05d}.pt"
+
+
+def write_shard(folder: str | os.PathLike, shard: int, frames: Tensor, mask: Tensor,
+                coarse: Tensor) -> None:
+    atomic_save({"frames": frames.float().contiguous(), "mask": mask.long().contiguous(),
+                 "coarse": coarse.float().contiguous()}, shard_path(folder, shard))
+
+
+def read_shard(folder: str | os.PathLike, shard: int) -> dict[str, Tensor]:
+    return torch.load(shard_path(folder, shard), map_location="cpu", weights_only=True,
+                      mmap=True)
+
+
+def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:
+    """The folder of a video's frame thumbnails (``<k>.jpg``), keyed by a hash of its path."""
+    return Path(folder) / "thumbs" / hashlib.sha1(path.encode()).hexdigest()[:16]
+
+
+def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
+    """(path relative to ``root`` in POSIX form, stat) of every video file below ``root``,
+    recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order."""
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+                full = Path(dirpath) / name
+                yield full.relative_to(root).as_posix(), full.stat()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
