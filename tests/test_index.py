@@ -171,3 +171,5 @@ def test_an_index_refuses_another_checkpoint(trained, tmp_path):
         build_index(other, folder, out, workers=0, progress=False)
     assert len(build_index(other, folder, out, workers=0, progress=False,
                            rebuild=True).encoded) == 2
+    with pytest.raises(IndexStoreError, match="not the checkpoint that built"):
+        VideoIndex.open(out, checkpoint=str(checkpoint))

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from tvr.evaluation.engine import SimilarityEngine, build_engine
 from tvr.index.build import load_checkpoint_model
-from tvr.index.store import IndexStoreError, Manifest, read_shard, thumbnail_dir
+from tvr.index.store import (IndexStoreError, Manifest, file_sha256, read_shard,
+                             thumbnail_dir)
 from tvr.models.gare import GARE
 from tvr.models.tokenizer import ClipTokenizer
 
@@ -109,6 +110,10 @@ class VideoIndex:
         if not Path(source).is_file():
             raise IndexStoreError(f"the index's checkpoint {source} is missing; pass the same "
                                   f"file with --checkpoint")
+        if file_sha256(source) != manifest.checkpoint["sha256"]:
+            raise IndexStoreError(f"{source} is not the checkpoint that built index {folder} "
+                                  f"(its content differs): its features would not match; "
+                                  f"rebuild the index with this checkpoint")
         model = load_checkpoint_model(source)[0]
         paths, frames, mask, coarse = [], [], [], []
         for shard, rows in sorted(manifest.live_rows().items()):
