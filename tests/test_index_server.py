@@ -1,0 +1,150 @@
+"""The search page of a video index (tvr/index/server.py) on a tiny index of toy videos.
+
+The routes are checked through Flask's test client; the page itself in a real headless
+Chromium, loading it from a live server, as a user would. The browser test needs a Chromium
+binary (Debian's ``chromium`` package, which .ci/run installs when it can) and is skipped, with
+the reason, without one. The model is untrained: the tests compare the page with what
+:meth:`VideoIndex.search` returns, not with what a trained model would find.
+"""
+import shutil
+import subprocess
+import threading
+from html.parser import HTMLParser
+from urllib.parse import urlencode
+
+import pytest
+from werkzeug.serving import make_server
+
+from tvr.data.toy import make_toy_dataset
+from tvr.index.build import build_index
+from tvr.index.search import VideoIndex
+from tvr.index.server import clock, create_app
+from tvr.options import build_model, model_record, parse_args
+from tvr.training import checkpoint as ckpt
+
+QUERY = "a red circle moves to the left"
+TOP = 6
+NESTED = "more clips/clip #1.mp4"  # a video in a subfolder, its name needing URL quoting
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Headless, as root in a container (no sandbox, no GPU), and with no connections of Chromium's
+# own (updates, sync, components, QUIC): test machines may reach package registries only.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory) -> VideoIndex:
+    """An index of 10 toy videos (one moved to :data:`NESTED`), by a tiny untrained model."""
+    root = tmp_path_factory.mktemp("index")
+    toy = make_toy_dataset(root / "toy", num_train=6, num_test=4, workers=1)
+    (toy.video_path / NESTED).parent.mkdir()
+    (toy.video_path / "video9.mp4").rename(toy.video_path / NESTED)
+    args = parse_args(["--base_encoder", "tiny", "--num_hidden_layers", "2", "--max_frames", "4",
+                       "--max_words", "16", "--video_framerate", "3", "--anno_path", "a",
+                       "--video_path", "v"])
+    model = build_model(args)
+    checkpoint = ckpt.save_model(root / "ckpt_best.pt", model, config=model_record(args, model),
+                                 epoch=0, global_step=0, metric=None, args=args)
+    report = build_index(checkpoint, toy.video_path, root / "index", workers=0, progress=False)
+    assert len(report.encoded) == 10 and not report.failed
+    return VideoIndex.open(root / "index")
+
+
+@pytest.fixture
+def client(index):
+    return create_app(index, top=TOP).test_client()
+
+
+@pytest.fixture(scope="module")
+def live_url(index):
+    """The page served by Werkzeug's threaded server on a free local port, in a thread."""
+    server = make_server("127.0.0.1", 0, create_app(index, top=TOP), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    thread.join()
+    server.server_close()
+
+
+class ResultCards(HTMLParser):
+    """The attributes of each result card (``<li class="hit">``) of a page, with the poster and
+    source of the card's player, in document order."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.cards: list[dict[str, str]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str]]) -> None:
+        attrs = dict(attrs)
+        if tag == "li" and attrs.get("class") == "hit":
+            self.cards.append(attrs)
+        elif tag == "video" and self.cards:
+            self.cards[-1].update(poster=attrs["poster"], src=attrs["src"])
+
+
+def check_cards(html: str, expected) -> None:
+    """The page lists the hits ``expected``, ranked 1, 2, ..., each player showing the hit's
+    best frame and starting at its time."""
+    cards = ResultCards(html).cards
+    assert [card["data-rank"] for card in cards] == [str(r) for r in range(1, len(expected) + 1)]
+    assert [card["data-path"] for card in cards] == [hit.path for hit in expected]
+    for card, hit in zip(cards, expected):
+        assert card["poster"].endswith(f"/{hit.frame}")
+        assert card["src"].endswith(f"#t={hit.time:.2f}")
+
+
+def test_clock():
+    assert [clock(s) for s in (0, 9.99, 75.5, 3599, 3725)] == \
+        ["0:00", "0:09", "1:15", "59:59", "1:02:05"]
+
+
+def test_page_lists_the_search_results(index, client):
+    page = client.get("/", query_string={"q": QUERY})
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    check_cards(html, index.search([QUERY], top=TOP)[0])
+    assert f"{TOP} best of 10 videos" in html
+    empty = client.get("/").get_data(as_text=True)
+    assert "10 videos indexed" in empty and not ResultCards(empty).cards
+
+
+def test_query_is_escaped(client):
+    html = client.get("/", query_string={"q": '<script>alert("x")</script>'}).get_data(True)
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+
+
+def test_thumbnails_and_videos_are_served(index, client):
+    hit = index.search([QUERY], top=1)[0][0]
+    thumb = client.get(f"/thumb/{hit.path}/{hit.frame}")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    assert thumb.data == index.thumbnail(hit.path, hit.frame).read_bytes()
+    data = (index.videos_root / NESTED).read_bytes()
+    whole = client.get("/video/more%20clips/clip%20%231.mp4")
+    assert whole.status_code == 200 and whole.mimetype == "video/mp4" and whole.data == data
+    part = client.get("/video/more%20clips/clip%20%231.mp4", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.data == data[100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+
+
+def test_only_indexed_files_are_served(index, client):
+    (index.videos_root / "added later.mp4").write_bytes(b"not indexed")
+    entry = next(iter(index.manifest.entries))
+    for url in ("/video/added%20later.mp4", "/video/missing.mp4", "/video/../toy_manifest.json",
+                "/video/%2E%2E/toy_manifest.json", "/video//etc/passwd", "/thumb/missing.mp4/0",
+                f"/thumb/{entry}/{len(index.manifest.entries[entry].times)}",
+                f"/thumb/{entry}/-1", "/thumb/../manifest.json"):
+        assert client.get(url, follow_redirects=True).status_code == 404, url
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser on PATH (Debian: "
+                                              "apt-get install chromium)")
+def test_chromium_shows_the_results(index, live_url, tmp_path):
+    url = f"{live_url}?{urlencode({'q': QUERY})}"
+    browser = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    check_cards(browser.stdout, index.search([QUERY], top=TOP)[0])

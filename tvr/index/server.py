@@ -1,0 +1,139 @@
+"""A small local web page to search a video index: ``python -m tvr.index serve INDEX``.
+
+:func:`create_app` builds a Flask application around an open
+:class:`~tvr.index.search.VideoIndex`; :func:`serve` opens an index folder and runs it on
+Werkzeug's server, on ``127.0.0.1`` by default (a local tool: nothing here authenticates). Routes:
+
+``/?q=<text>``
+    A search form and, for a query, the ``top`` best videos as a grid of cards: the rank, the
+    score, the time of the best-matching sampled frame (``m:ss``), the file path, and an HTML5
+    player showing the thumbnail of that frame; a click plays the video inline from that time
+    (a media fragment ``#t=<seconds>``). The results are rendered on the server, so a plain DOM
+    dump shows them, and without JavaScript the path links to the video at that time.
+``/thumb/<path>/<k>``
+    The JPEG thumbnail of sampled frame ``k`` of video ``path``.
+``/video/<path>``
+    The video file, with range requests (HTTP 206) so that the player can seek.
+
+Only videos listed in the index manifest are served, looked up by their path relative to the
+videos folder: any other path (``../``, absolute, not indexed) is a 404, so the server never
+reads outside the index and the videos it lists. Every value in the page goes through Jinja's
+autoescaping, the query included.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import flask
+
+from tvr.index.search import VideoIndex
+from tvr.index.store import Entry
+
+# The one page, a Jinja template (autoescaped: Flask escapes every value rendered into it).
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{{ query ~ " - " if query }}video search</title>
+<style>
+ body { font-family: sans-serif; margin: 1.5em; background: #fafafa; color: #222; }
+ form { display: flex; gap: .5em; margin-bottom: .5em; }
+ input[type=search] { flex: 1; max-width: 40em; font-size: 1.1em; padding: .3em; }
+ .summary { color: #666; margin-bottom: 1em; }
+ ol { list-style: none; padding: 0; display: grid; gap: 1em;
+      grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); }
+ li { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .5em; }
+ video { display: block; width: 100%; background: #000; border-radius: 4px; cursor: pointer; }
+ .meta { display: flex; justify-content: space-between; font-size: .9em; margin-top: .3em; }
+ .path { font-family: monospace; font-size: .85em; word-break: break-all; }
+</style>
+</head>
+<body>
+<form action="{{ url_for('page') }}" method="get" role="search">
+ <input type="search" name="q" value="{{ query }}" placeholder="describe a video" autofocus>
+ <button type="submit">Search</button>
+</form>
+<p class="summary">
+{%- if query %} {{ hits | length }} best of {{ count }} videos for <q>{{ query }}</q>
+{%- else %} {{ count }} videos indexed{% endif %}</p>
+{% if hits %}
+<ol id="results">
+{%- for hit in hits %}
+  {%- set src = url_for('video', path=hit.path) ~ '#t=%.2f' | format(hit.time) %}
+ <li class="hit" data-rank="{{ loop.index }}" data-path="{{ hit.path }}">
+  <video preload="none" src="{{ src }}" title="click to play from {{ hit.time | clock }}"
+         poster="{{ url_for('thumb', path=hit.path, k=hit.frame) }}"
+         onclick="if (!this.controls) { this.controls = true; this.play(); }"></video>
+  <div class="meta"><b>#{{ loop.index }}</b><span>score {{ '%.3f' | format(hit.score) }}</span>
+   <span title="time of the best-matching frame">at {{ hit.time | clock }}</span></div>
+  <a class="path" href="{{ src }}">{{ hit.path }}</a>
+ </li>
+{%- endfor %}
+</ol>
+{% endif %}
+</body>
+</html>
+"""
+
+
+def clock(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour on) of a time in seconds, rounded down, for the page."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
+    """The web application for ``index`` (see the module doc), showing ``top`` results a query.
+
+    Queries are answered one at a time (a lock around :meth:`VideoIndex.search`): the index
+    holds one model and builds its scoring engine on first use, and concurrent encodings on the
+    same CPU cores would only compete.
+    """
+    app = flask.Flask(__name__)
+    app.add_template_filter(clock)
+    search_lock = threading.Lock()
+
+    def indexed(path: str) -> Entry:
+        """The manifest entry of ``path``, or a 404 for any path the index does not list."""
+        entry = index.manifest.entries.get(path)
+        if entry is None:
+            flask.abort(404)
+        return entry
+
+    @app.get("/")
+    def page() -> str:
+        """The search form, with the results of the query ``q`` when there is one."""
+        query = flask.request.args.get("q", "").strip()
+        hits = []
+        if query:
+            with search_lock:
+                hits = index.search([query], top=top)[0]
+        return flask.render_template_string(PAGE, query=query, hits=hits, count=len(index))
+
+    @app.get("/thumb/<path:path>/<int:k>")
+    def thumb(path: str, k: int) -> flask.Response:
+        """The thumbnail of sampled frame ``k`` of an indexed video (404 past its last frame)."""
+        if k >= len(indexed(path).times):
+            flask.abort(404)
+        file = index.thumbnail(path, k)
+        return flask.send_from_directory(file.parent, file.name, mimetype="image/jpeg",
+                                         conditional=True)
+
+    @app.get("/video/<path:path>")
+    def video(path: str) -> flask.Response:
+        """An indexed video file; conditional, so that range requests get 206 and seeking works."""
+        indexed(path)
+        return flask.send_from_directory(index.videos_root, path, conditional=True)
+
+    return app
+
+
+def serve(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
+          top: int = 12) -> None:
+    """Open the index in ``folder`` and serve its search page at ``http://host:port/`` until
+    interrupted (Werkzeug's threaded server: meant for one user on a local machine)."""
+    app = create_app(VideoIndex.open(folder), top=top)
+    print(f"searching {folder}: open http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
+    app.run(host=host, port=port, threaded=True)
