@@ -478,7 +478,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--sizes", type=int, nargs="*", default=[10000, 100000, 1000000],
                         help="gallery sizes (none: skip the search benchmark)")
     parser.add_argument("--queries", type=int, default=20, help="sentences per batch")

@@ -188,7 +188,8 @@ class VideoIndex:
     def best_frames(self, text: Tensor, rows: Tensor) -> Tensor:
         """Per video row, the sampled frame with the largest pooling weight for ``text``."""
         temp = self.model.similarity.config.temp
-        weights = torch.softmax(self.frames[rows] @ text / temp, dim=1) * self.mask[rows]
+        frames = self.frames[rows].float()  # float16 galleries (bench_index) too
+        weights = torch.softmax(frames @ text.float() / temp, dim=1) * self.mask[rows]
         return weights.argmax(dim=1)
 
     def _hit(self, row: int, score: float, frame: int) -> Hit:
