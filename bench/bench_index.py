@@ -188,24 +188,20 @@ def unit_text(text: Tensor) -> Tensor:
     return text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-@torch.no_grad()
 def rescore(index: VideoIndex, text: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
     """GARE on the candidates (Q, K) as ``VideoIndex.search`` does it: the best TOP rows per
-    sentence, best first (ties in candidate order), and the scores (Q, K) of the candidates."""
-    union, local = torch.unique(candidates, sorted=True, return_inverse=True)
-    fine = index.scores(text, union).gather(1, local)
-    order = torch.sort(fine, dim=1, descending=True, stable=True).indices[:, :TOP]
-    return candidates.gather(1, order), fine
+    sentence, best first, and the scores (Q, K) of the candidates."""
+    return index.rescore(text, candidates, TOP)
 
 
 def two_stage(index: VideoIndex, text: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Stage 1 (the index's backend) for the top ``k``, then GARE on them."""
-    return rescore(index, text, index.stage1.top(unit_text(text), k)[1])
+    return rescore(index, text, index.candidates(text, k))
 
 
 def exhaustive(index: VideoIndex, text: Tensor) -> tuple[Tensor, Tensor]:
     """GARE on every video (``search(..., exhaustive=True)``); scores (Q, N) in row order."""
-    return rescore(index, text, torch.arange(len(index)).expand(len(text), -1))
+    return rescore(index, text, index.candidates(text, len(index), exhaustive=True))
 
 
 def timed(run: Callable[[int], object], repeats: int, budget: float) -> dict:
@@ -267,7 +263,7 @@ def measure_size(options: argparse.Namespace) -> dict:
 
     reset_peak()
     time_both("stage1_torch", lambda rows: index.stage1.top(unit_text(text[rows]), ks[-1]))
-    candidates = index.stage1.top(unit_text(text), ks[-1])[1]
+    candidates = index.candidates(text, ks[-1])
     result["union"] = {k: len(torch.unique(candidates[:, :k])) for k in ks}
     for k in ks:
         time_both(f"gare_on_{k}", lambda rows, k=k: rescore(index, text[rows],

@@ -164,25 +164,37 @@ class VideoIndex:
         return torch.cat(out, dim=1).float()
 
     @torch.no_grad()
+    def candidates(self, text: Tensor, k: int, exhaustive: bool = False) -> Tensor:
+        """(Q, K) rows to score with GARE for sentence embeddings ``text``: the stage-1 top
+        ``k`` of each, best first, or every row (``exhaustive``)."""
+        if exhaustive:
+            return torch.arange(len(self)).expand(len(text), -1)
+        unit = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return self.stage1.top(unit, k)[1]
+
+    @torch.no_grad()
+    def rescore(self, text: Tensor, candidates: Tensor, top: int) -> tuple[Tensor, Tensor]:
+        """GARE on ``candidates`` (Q, K), each distinct video prepared once: the ``top`` rows
+        of each sentence, best first (ties in candidate order), and all (Q, K) scores."""
+        union, local = torch.unique(candidates, sorted=True, return_inverse=True)
+        fine = self.scores(text, union).gather(1, local)
+        order = torch.sort(fine, dim=1, descending=True, stable=True).indices[:, :top]
+        return candidates.gather(1, order), fine
+
+    @torch.no_grad()
     def search(self, queries: list[str], top: int = 10, k: int = 100,
                exhaustive: bool = False) -> list[list[Hit]]:
         """The ``top`` videos of each query, best first (ties: in stage-1 order, which is row
         order when every video is scored)."""
         text = self.encode_queries(queries)
-        if exhaustive:
-            candidates = torch.arange(len(self)).expand(len(queries), -1)
-        else:
-            unit = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            candidates = self.stage1.top(unit, k)[1]
-        union, local = torch.unique(candidates, sorted=True, return_inverse=True)
-        fine = self.scores(text, union).gather(1, local)
-        order = torch.sort(fine, dim=1, descending=True, stable=True).indices[:, :top]
+        candidates = self.candidates(text, k, exhaustive)
+        rows, fine = self.rescore(text, candidates, top)
         results = []
-        for q in range(len(queries)):
-            rows = candidates[q].gather(0, order[q])
-            frames = self.best_frames(text[q], rows)
-            results.append([self._hit(int(row), float(fine[q, j]), int(frame))
-                            for row, j, frame in zip(rows, order[q], frames)])
+        for q, best in enumerate(rows):
+            score = dict(zip(candidates[q].tolist(), fine[q].tolist()))
+            frames = self.best_frames(text[q], best)
+            results.append([self._hit(int(row), score[int(row)], int(frame))
+                            for row, frame in zip(best, frames)])
         return results
 
     def best_frames(self, text: Tensor, rows: Tensor) -> Tensor:
