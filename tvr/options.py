@@ -103,6 +103,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="skip unreadable videos and list them at the end of each epoch "
                             "(default: stop with an error naming the file)")
     group.add_argument("--workers", type=int, default=4, help="data loading processes per rank")
+    group.add_argument("--frame_cache", default=None,
+                       help="read the sampled frames from this cache (written by "
+                            "preprocess/build_frame_cache.py with the same sampling flags) "
+                            "instead of decoding the videos")
+    group.add_argument("--frame_decode", default="auto", choices=["auto", "loader", "device"],
+                       help="with --frame_cache: decode and transform the frames in the loader "
+                            "workers, or batched on the run's device (JPEG decoding on the GPU); "
+                            "auto = device on CUDA, loader otherwise")
 
     group = parser.add_argument_group("optimisation (docs/behaviour.md §9)")
     group.add_argument("--epochs", type=int, default=5, help="training epochs")
@@ -115,6 +123,37 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--warmup_proportion", type=float, default=0.1,
                        help="linear warm-up share of training, then cosine decay")
     group.add_argument("--weight_decay", type=float, default=0.2, help="weight decay")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """Frozen-CLIP feature mode for fast ablations (docs/feature_mode.md)."""
+    group = parser.add_argument_group("feature mode: frozen CLIP, cached outputs "
+                                      "(docs/feature_mode.md)")
+    group.add_argument("--clip_features", default=None, metavar="DIR",
+                       help="train and evaluate on CLIP outputs cached in DIR, with the CLIP "
+                            "towers frozen: extracted on first use (resumable), then reused by "
+                            "every run with the same CLIP weights and data flags; a DIR made "
+                            "with others is refused. Differs from the recipe by CLIP's lr x "
+                            "coef_lr updates (see the docs)")
+    group.add_argument("--feature_views", type=_positive_int, default=1, metavar="E",
+                       help="augmented views per training video, drawn as training would "
+                            "(view e seeded by (seed, e, video index)); epoch e uses view e mod "
+                            "E. Forced to 1 with --train_augment none")
+    group.add_argument("--feature_dtype", default="float32", choices=["float32", "float16"],
+                       help="storage precision of the cached outputs (float16 halves the size; "
+                            "float32 keeps feature mode exact)")
+    group.add_argument("--augment_per", default="caption", choices=["caption", "video"],
+                       help="training augmentation seeded per caption (seed, epoch, caption "
+                            "index: the default) or per video (seed, epoch, video index: all "
+                            "captions of a video share the epoch's draw, as feature mode's "
+                            "views do)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Every flag of main_retrieval.py, with the parser's own (MSR-VTT recipe) defaults."""
     parser = argparse.ArgumentParser(description="Train and evaluate GARE text-video retrieval.")
     add_run_arguments(parser)
+    add_feature_arguments(parser)
     add_model_arguments(parser)
     return parser
 

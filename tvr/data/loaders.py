@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tvr.data.datasets import RetrievalDataset, build_dataset, collate_skipping
+from tvr.data.cached_clips import CachedClipLoader, CachedVideoFiles
+from tvr.data.frame_cache import FrameCacheError, open_frame_cache
 from tvr.data.transforms import build_clip_transform
 from tvr.data.video import VideoClipLoader
 from tvr.models.tokenizer import ClipTokenizer
@@ -24,28 +26,55 @@ from tvr.models.tokenizer import ClipTokenizer
 
 def build_split(args: argparse.Namespace, split: str, image_size: int,
                 train: bool = False) -> RetrievalDataset:
-    """The ``split`` of ``--datatype`` with the train (augmented) or eval frame transform."""
+    """The ``split`` of ``--datatype`` with the train (augmented) or eval frame transform,
+    its clips decoded from the videos or read from ``--frame_cache``."""
     augment = train and args.train_augment == "randaugment"
-    loader = VideoClipLoader(args.video_backend, args.video_framerate, args.max_frames,
-                             build_clip_transform(image_size, augment))
-    return build_dataset(args.datatype, split, args.anno_path, args.video_path, ClipTokenizer(),
-                         loader, args.max_words, args.skip_bad_videos)
+    if not args.frame_cache:
+        loader = VideoClipLoader(args.video_backend, args.video_framerate, args.max_frames,
+                                 build_clip_transform(image_size, augment))
+        return build_dataset(args.datatype, split, args.anno_path, args.video_path,
+                             ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
+    cache = open_frame_cache(args.frame_cache)
+    cache.require(image_size, video_framerate=args.video_framerate, max_frames=args.max_frames,
+                  video_backend=args.video_backend)
+    on_device = args.frame_decode == "device" or (
+        args.frame_decode == "auto" and args.device != "cpu" and torch.cuda.is_available())
+    loader = CachedClipLoader(cache, args.video_path, args.max_frames, image_size, augment,
+                              on_device)
+    dataset = build_dataset(args.datatype, split, args.anno_path, args.video_path,
+                            ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
+    dataset.video_files = CachedVideoFiles(dataset.video_files, cache)
+    missing = [] if args.skip_bad_videos else loader.uncached(dataset)
+    if missing:
+        raise FrameCacheError(f"frame cache {cache.root} lacks {len(missing)} of the "
+                              f"{len(dataset.video_ids)} videos of {dataset.name} (e.g. "
+                              f"{', '.join(missing[:3])}): build it for these annotations "
+                              f"(preprocess/build_frame_cache.py --splits {split}), or pass "
+                              f"--skip_bad_videos to skip them")
+    return dataset
 
 
 class SeededItems(Dataset):
-    """``dataset[i]`` drawn with torch's generator seeded from (seed, epoch, i)."""
+    """``dataset[i]`` drawn with torch's generator seeded from (seed, epoch, i).
 
-    def __init__(self, dataset: Dataset, seed: int):
+    ``per_video``: seed from (seed, epoch, ``dataset.caption_to_video[i]``) instead, so every
+    caption of a video sees the same augmentation draw in an epoch (``--augment_per video``),
+    the draw that feature mode's view of the video holds (tvr/training/feature_mode.py).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, per_video: bool = False):
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
+        self.per_video = per_video
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
+        key = self.dataset.caption_to_video[index] if self.per_video else index
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            torch.manual_seed(hash((self.seed, self.epoch, key)) % 2**63)
             return self.dataset[index]
 
 
@@ -75,7 +104,7 @@ def train_loader(dataset: RetrievalDataset, args: argparse.Namespace, rank: int,
                  local_batch: int) -> tuple[DataLoader, ResumableSampler, SeededItems]:
     """Loader of this process' share of each global batch; call ``set_epoch`` on the returned
     sampler and items before every epoch."""
-    items = SeededItems(dataset, args.seed)
+    items = SeededItems(dataset, args.seed, getattr(args, "augment_per", "caption") == "video")
     sampler = ResumableSampler(items, world_size, rank, args.seed, local_batch)
     if sampler.batches_per_epoch == 0:
         raise ValueError(f"{dataset!r} has fewer pairs per process ({sampler.num_samples}) than "

@@ -334,13 +334,23 @@ class VideoClipLoader:
                  end: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with open_video(path, self.backend, self.threads) as video:
             frames, _ = read_clip(video, self.framerate, self.max_frames, start, end)
-        clip = self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2))
-        count = clip.shape[0]
-        padded = clip.new_zeros((self.max_frames, *clip.shape[1:]))
-        padded[:count] = clip
-        mask = torch.zeros(self.max_frames, dtype=torch.int64)
-        mask[:count] = 1
-        return padded, mask
+        return pad_clip(self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2)),
+                        self.max_frames)
+
+
+def pad_clip(clip: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (T, ...) clip zero-padded to (max_frames, ...) and its int64 (max_frames,) frame mask
+    (1 on the T real frames)."""
+    padded = clip.new_zeros((max_frames, *clip.shape[1:]))
+    padded[:clip.shape[0]] = clip
+    return padded, frame_mask(clip.shape[0], max_frames)
+
+
+def frame_mask(count: int, max_frames: int) -> torch.Tensor:
+    """int64 (max_frames,): 1 on the first ``count`` frames, 0 on the padding."""
+    mask = torch.zeros(max_frames, dtype=torch.int64)
+    mask[:count] = 1
+    return mask
 
 
 def _av():  # -> the av module, imported on first use (PyAV is an optional dependency)

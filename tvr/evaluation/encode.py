@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from tvr.data.cached_clips import to_device
 from tvr.data.datasets import RetrievalDataset, collate_skipping
 from tvr.models.gare import GARE, TextFeatures, VideoFeatures
 
@@ -95,7 +96,7 @@ def encode_split(model: GARE, dataset: RetrievalDataset, batch_size: int, worker
             continue
         video, video_mask, video_index = batch.data
         with autocast():
-            features = model.encode_video(video.to(device, non_blocking=True),
+            features = model.encode_video(to_device(video, device),
                                           video_mask.to(device, non_blocking=True))
         frames.append(features.frames)
         frame_masks.append(features.mask)

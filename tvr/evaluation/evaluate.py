@@ -56,7 +56,8 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
              bank_size: int = 0, qb_beta: float = 20.0, qb_k: int = 1,
              ncl_tau: Optional[float] = None,
              memory_budget_bytes: int = 512 * 2**20, engine: EngineMode = "auto",
-             log: Optional[Callable[[str], None]] = None) -> Optional[dict[str, Any]]:
+             log: Optional[Callable[[str], None]] = None,
+             encode: Callable[..., EncodedSplit] = encode_split) -> Optional[dict[str, Any]]:
     """Metrics of ``dataset`` (on rank 0; other ranks return None after encoding their share).
 
     Raw scores always; DSL with ``dsl_temp``; QB-Norm and NCL's test-time normalisation when a
@@ -68,16 +69,19 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
     chooses the scoring path; it is self-checked on the first texts and videos of the split,
     and a fallback to the naive path is reported to ``log`` (or warned).
 
+    ``encode``: how a split becomes features, with :func:`encode_split`'s signature (feature
+    mode passes one that reads cached CLIP outputs, tvr/training/feature_mode.py).
+
     Returns ``{"raw": {"t2v": {...}, "v2t": {...}}, ...normalised variants...,
     "engine": {"method": "folded" or "naive", "reason": why naive (only then)},
     "skipped_videos": [...]}``; :func:`metric_variants` keeps the variants only.
     """
     if engine not in ENGINE_MODES:  # before the encoding, which takes a while
         raise ValueError(f"engine must be one of {ENGINE_MODES}, got {engine!r}")
-    split = encode_split(model, dataset, batch_size, workers, device, autocast)
+    split = encode(model, dataset, batch_size, workers, device, autocast)
     bank_split = None
     if bank is not None and bank_size > 0:
-        bank_split = encode_split(model, bank, batch_size, workers, device, autocast, bank_size)
+        bank_split = encode(model, bank, batch_size, workers, device, autocast, bank_size)
     if not is_main:
         return None
     scorer = build_engine(model.similarity, engine, text=split.texts.sentence,

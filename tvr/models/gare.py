@@ -6,7 +6,8 @@ Public surface (everything a trainer, an evaluator or a forked ablation needs):
 - :meth:`GARE.encode_video` — frames and frame mask -> :class:`VideoFeatures`;
 - :meth:`GARE.score` — a block of texts against a block of videos -> scores (and Δ);
 - :meth:`GARE.loss` / :meth:`GARE.forward` — the training loss of a batch (docs/behaviour.md §7,
-§8).
+§8); ``forward(clip_outputs=...)`` starts from cached CLIP outputs (:class:`ClipOutputs`,
+:meth:`GARE.frame_embeddings`, :meth:`GARE.aggregate`; feature mode, docs/feature_mode.md).
 
 Precision: the CLIP encoders run under whatever autocast the caller set up; their outputs are
 cast to fp32 and the similarity and losses always run in fp32 (as the reference does with
@@ -41,6 +42,24 @@ class VideoFeatures(NamedTuple):
 
     frames: Tensor
     mask: Tensor
+
+
+class ClipOutputs(NamedTuple):
+    """What the CLIP towers give for a batch of pairs, as feature mode caches it
+    (tvr/training/feature_mode.py): the fp32 caption ``sentence`` (B, d) and ``words`` (B, L, d)
+    (None when the similarity does not use them), the caption ``text_mask`` (B, L), the
+    per-frame image embeddings ``frames`` (B, F, d) of every frame slot (padded ones included),
+    before the temporal module, and ``video_mask`` (B, F)."""
+
+    sentence: Tensor
+    words: Optional[Tensor]
+    text_mask: Tensor
+    frames: Tensor
+    video_mask: Tensor
+
+    def to(self, device: torch.device) -> "ClipOutputs":
+        return ClipOutputs(*(None if t is None else t.to(device, non_blocking=True)
+                             for t in self))
 
 
 @dataclass(frozen=True)
@@ -123,11 +142,20 @@ class GARE(nn.Module):
         pooling softmax, the gap mean and Psi's context (reference behaviour, docs/behaviour.md §6,
         §12).
         """
+        return self.aggregate(self.frame_embeddings(video), video_mask)
+
+    def frame_embeddings(self, video: Tensor) -> Tensor:
+        """(B, F, 3, H, W) frames -> (B, F, d) fp32 CLIP image embeddings of every slot (the
+        first half of :meth:`encode_video`; what feature mode caches)."""
         batch, frames = video.shape[:2]
         embeddings = self.clip.encode_image(video.flatten(0, 1)).float()
-        embeddings = embeddings.view(batch, frames, -1)
-        with _fp32(video.device):
-            return VideoFeatures(self.temporal(embeddings, video_mask), video_mask)
+        return embeddings.view(batch, frames, -1)
+
+    def aggregate(self, embeddings: Tensor, video_mask: Tensor) -> VideoFeatures:
+        """(B, F, d) per-frame CLIP embeddings and (B, F) mask -> fp32 features after the
+        temporal module (the second half of :meth:`encode_video`)."""
+        with _fp32(embeddings.device):
+            return VideoFeatures(self.temporal(embeddings.float(), video_mask), video_mask)
 
     def score(self, text: TextFeatures, video: VideoFeatures) -> SimilarityOutput:
         """GARE scores of B_t texts against B_v videos: (B_t, B_v), with Δ (B_t, B_v, d)."""
@@ -158,16 +186,27 @@ class GARE(nn.Module):
         with _fp32(scores.device):
             return gare_loss(scores, delta, self.clip.logit_scale, self.config.loss, biases)
 
-    def forward(self, text_ids: Tensor, text_mask: Tensor, video: Tensor, video_mask: Tensor,
-                gather: Callable[[Tensor], Tensor] = _identity) -> dict[str, Tensor]:
+    def forward(self, text_ids: Optional[Tensor] = None, text_mask: Optional[Tensor] = None,
+                video: Optional[Tensor] = None, video_mask: Optional[Tensor] = None,
+                gather: Callable[[Tensor], Tensor] = _identity,
+                clip_outputs: Optional[ClipOutputs] = None) -> dict[str, Tensor]:
         """Encode a (local) batch, ``gather`` the features across processes, return the loss.
 
         ``gather`` must be autograd-aware (each rank's features keep their gradient path), e.g.
         ``torch.distributed.nn.functional.all_gather`` concatenated along dim 0.
+
+        Feature mode passes ``clip_outputs`` (cached CLIP outputs of the batch) instead of the
+        four input tensors: the CLIP towers are skipped, everything after them is the same.
         """
-        text = self.encode_text(text_ids, text_mask)
-        video_features = self.encode_video(video, video_mask)
-        text = TextFeatures(*(gather(t) for t in text))
+        if clip_outputs is None:
+            text = self.encode_text(text_ids, text_mask)
+            video_features = self.encode_video(video, video_mask)
+        else:
+            words = clip_outputs.words
+            text = TextFeatures(clip_outputs.sentence.float(),
+                                None if words is None else words.float(), clip_outputs.text_mask)
+            video_features = self.aggregate(clip_outputs.frames, clip_outputs.video_mask)
+        text = TextFeatures(*(None if t is None else gather(t) for t in text))
         video_features = VideoFeatures(*(gather(v) for v in video_features))
         return self.loss(text, video_features)
 

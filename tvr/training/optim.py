@@ -176,6 +176,20 @@ def param_groups(model: nn.Module, lr: float, coef_lr: float,
     ]
 
 
+def freeze_clip_towers(model: nn.Module) -> int:
+    """Stop gradients into CLIP's image and text towers (every ``clip.`` parameter except
+    ``logit_scale``, which keeps training at ``lr * coef_lr``); returns how many tensors were
+    frozen. Used by feature mode, and by the trainer when ``--coef_lr 0``: a zero-lr parameter
+    never moves under BertAdam (the decay is scaled by the lr too), so freezing only skips the
+    backward through CLIP and leaves these gradients out of the global ``clip_grad_norm_``."""
+    frozen = 0
+    for name, param in unwrap_model(model).clip.named_parameters():
+        if name != "logit_scale" and param.requires_grad:
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 def build_optimizer(model: nn.Module, lr: float, coef_lr: float, weight_decay: float,
                     warmup: float, steps_per_epoch: int, epochs: int) -> BertAdam:
     """BertAdam over :func:`param_groups` with ``t_total = steps_per_epoch * epochs``."""

@@ -26,16 +26,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from tvr.data.cached_clips import to_device
 from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.loaders import build_split, train_loader
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
+from tvr.models.gare import ClipOutputs
 from tvr.options import build_model, model_record
 from tvr.training import checkpoint
 from tvr.training.distributed import (DistContext, barrier, check_batch_size, cleanup,
                                       gather_rows, init_distributed, share_sizes, unwrap_model)
 from tvr.training.monitor import RunMonitor
-from tvr.training.optim import build_optimizer, clamp_logit_scale
+from tvr.training.feature_mode import FeatureMode
+from tvr.training.optim import build_optimizer, clamp_logit_scale, freeze_clip_towers
 
 
 def seed_everything(seed: int) -> None:
@@ -79,18 +82,41 @@ class Trainer:
         self.log(f"process {self.ctx.rank}/{self.ctx.world_size} on {self.ctx.device}; "
                  f"precision {self.precision}; code {checkpoint.code_version()}; arguments: "
                  f"{json.dumps(checkpoint.plain_args(args), sort_keys=True)}")
+        self.features = self.setup_feature_mode() if args.clip_features else None
+        if args.coef_lr == 0 and not args.clip_features:
+            freeze_clip_towers(self.model)
+            self.log("--coef_lr 0: CLIP's towers are frozen (no backward through them)")
+
+    def setup_feature_mode(self) -> FeatureMode:
+        """--clip_features: freeze the CLIP towers, open (or create) the store; the CLIP
+        weights must be the run's final ones already (a resumed run's are read here)."""
+        args = self.args
+        if self.resume_from:
+            checkpoint.load_weights_for_eval(self.resume_from, self.model)
+        frozen = freeze_clip_towers(self.model)
+        features = FeatureMode(args, self.model, self.ctx.device, self.autocast, self.precision,
+                               self.ctx.world_size, self.log)
+        self.log(f"feature mode: CLIP outputs cached in {features.store.root}; {frozen} CLIP "
+                 f"tower tensors frozen (the recipe would train them at lr x coef_lr = "
+                 f"{args.lr * args.coef_lr:g}); logit_scale trains; docs/feature_mode.md")
+        return features
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, dataset: RetrievalDataset, name: str, step: int,
                  bank: Optional[RetrievalDataset] = None) -> Optional[dict]:
         args = self.args
-        results = evaluate(unwrap_model(self.model), dataset, batch_size=args.batch_size_val,
-                           workers=args.workers, device=self.ctx.device,
-                           is_main=self.ctx.is_main, autocast=self.autocast,
-                           dsl_temp=args.eval_dsl_temp, bank=bank,
-                           bank_size=args.eval_bank_size, qb_beta=args.qb_beta,
-                           qb_k=args.qb_k, ncl_tau=args.ncl_tau, engine=args.eval_engine,
-                           log=self.monitor.log.warning)
+        encode = {} if self.features is None else {"encode": self.features.encode}
+        # Evaluation draws nothing from the training generators (its DataLoaders would take a
+        # seed from torch's): training is then independent of when and how it validates,
+        # e.g. from cached features (feature mode) or not.
+        with torch.random.fork_rng(devices=[]):
+            results = evaluate(unwrap_model(self.model), dataset,
+                               batch_size=args.batch_size_val, workers=args.workers,
+                               device=self.ctx.device, is_main=self.ctx.is_main,
+                               autocast=self.autocast, dsl_temp=args.eval_dsl_temp, bank=bank,
+                               bank_size=args.eval_bank_size, qb_beta=args.qb_beta,
+                               qb_k=args.qb_k, ncl_tau=args.ncl_tau, engine=args.eval_engine,
+                               log=self.monitor.log.warning, **encode)
         barrier()
         if results is None:
             return None
@@ -116,8 +142,12 @@ class Trainer:
     def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
         args, ctx = self.args, self.ctx
         local_batch = check_batch_size(args.batch_size, ctx.world_size)
-        loader, sampler, items = train_loader(train_set, args, ctx.rank, ctx.world_size,
-                                              local_batch)
+        if self.features is not None:
+            loader, sampler, items = self.features.train_loader(train_set, ctx.rank,
+                                                                ctx.world_size, local_batch)
+        else:
+            loader, sampler, items = train_loader(train_set, args, ctx.rank, ctx.world_size,
+                                                  local_batch)
         steps_per_epoch = sampler.batches_per_epoch
         optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay,
                                     args.warmup_proportion, steps_per_epoch, args.epochs)
@@ -180,10 +210,16 @@ class Trainer:
     def train_step(self, model, optimizer, scaler, data, gather) -> dict[str, float]:
         """One update on this process' share of a global batch; returns the logged values.
         With --skip_bad_videos the shares may differ in size: ``gather`` joins them."""
-        ids, mask, video, video_mask, _, _ = (t.to(self.ctx.device, non_blocking=True)
-                                              for t in data)
+        device = self.ctx.device
+        if isinstance(data, ClipOutputs):  # feature mode: cached CLIP outputs
+            inputs = {"clip_outputs": data.to(device)}
+        else:
+            ids, mask, video_mask = (t.to(device, non_blocking=True) for t in
+                                     (data.text_ids, data.text_mask, data.video_mask))
+            video = to_device(data.video, device)  # frames pending decoding are decoded there
+            inputs = {"text_ids": ids, "text_mask": mask, "video": video, "video_mask": video_mask}
         with self.autocast():
-            out = model(ids, mask, video, video_mask, gather=gather)
+            out = model(**inputs, gather=gather)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(out["loss"]).backward()
         scaler.unscale_(optimizer)

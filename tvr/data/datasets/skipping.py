@@ -44,11 +44,26 @@ class Batch(NamedTuple):
     skipped: list[SkippedVideo]
 
 
+class Uncollated:
+    """Base of item fields that :func:`collate_skipping` keeps as a list instead of stacking
+    (e.g. a clip's stored frames, decoded later on the GPU)."""
+
+
+def _collate(items: list[Any]) -> Any:
+    first = items[0]
+    if isinstance(first, tuple) and hasattr(first, "_fields") \
+            and any(isinstance(value, Uncollated) for value in first):
+        return type(first)(*(list(column) if isinstance(column[0], Uncollated)
+                             else default_collate(list(column)) for column in zip(*items)))
+    return default_collate(items)
+
+
 def collate_skipping(samples: list[Any]) -> Batch:
-    """Collate ``samples``, dropping :class:`SkippedVideo` markers into ``Batch.skipped``."""
+    """Collate ``samples``, dropping :class:`SkippedVideo` markers into ``Batch.skipped``;
+    :class:`Uncollated` fields become lists."""
     kept = [s for s in samples if not isinstance(s, SkippedVideo)]
     skipped = [s for s in samples if isinstance(s, SkippedVideo)]
-    return Batch(default_collate(kept) if kept else None, skipped)
+    return Batch(_collate(kept) if kept else None, skipped)
 
 
 class SkipReport:

@@ -1,0 +1,140 @@
+"""Decode every video of a dataset once into a frame cache for ``--frame_cache``.
+
+The cache's format and guarantees: tvr/data/frame_cache.py.
+
+It takes main_retrieval.py's own data flags, so the cache holds exactly the frames that a run
+with the same flags samples: the clips of every caption window of the ``--splits`` of
+``--datatype`` (train, val and test by default), at ``--video_framerate``, ``--max_frames``, with
+``--video_backend``; then the short side is brought down to ``--short_side`` px and the frames
+are stored as JPEG (``--format jpeg``, quality ``--quality``, 4:4:4) or raw RGB (``--format raw``,
+~5x larger, exact) in ~1 GiB shard files::
+
+    python preprocess/build_frame_cache.py --recipe msrvtt --anno_path data/MSR-VTT/anns \\
+        --video_path data/MSR-VTT/videos --output data/MSR-VTT/frames_1fps --workers 8
+    python main_retrieval.py --do_train 1 --recipe msrvtt ... --frame_cache data/MSR-VTT/frames_1fps
+
+Resumable: rerun the same command after an interruption and it continues where the last complete
+shard ended (a folder built with other parameters is refused). Videos that cannot be read are
+listed at the end with their reason and recorded in the cache (a run then stops on them, or skips
+them with ``--skip_bad_videos``); they make the exit status 1. Decoding runs in ``--workers``
+threads (OpenCV and PyAV decode without holding the GIL).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's tvr package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from tvr.data.datasets import build_dataset  # noqa: E402
+from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCacheWriter, cache_key,  # noqa: E402
+                                  resize_short_side)
+from tvr.data.video import VideoReadError, open_video, read_clip  # noqa: E402
+from tvr.options import parse_args  # noqa: E402
+
+SPLITS = ("train", "val", "test")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Decode a dataset's videos once into a frame cache. Also takes "
+                    "main_retrieval.py's data flags (--recipe, --datatype, --anno_path, "
+                    "--video_path, --video_framerate, --max_frames, --video_backend).")
+    parser.add_argument("--output", required=True, help="the cache folder (then --frame_cache)")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser.add_argument("--format", default="jpeg", choices=FORMATS)
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (1-100)")
+    parser.add_argument("--short_side", type=int, default=224,
+                        help="frames are shrunk (never enlarged) to this short side in px")
+    parser.add_argument("--workers", type=int, default=4, help="decoding threads")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def dataset_clips(args: argparse.Namespace,
+                  splits: list[str]) -> list[tuple[str, str, float | None, float | None]]:
+    """``(key, path, start, end)`` of every distinct clip of ``splits``, in split order."""
+    clips: dict[str, tuple[str, str, float | None, float | None]] = {}
+    for split in splits:
+        dataset = build_dataset(args.datatype, split, args.anno_path, args.video_path, None, None,
+                                args.max_words)
+        for video_id, (start, end) in zip(dataset.video_ids, dataset.video_bounds):
+            try:
+                path = dataset.video_files(video_id)
+            except VideoReadError:  # recorded as bad by the build, named by its preferred file
+                path = dataset.video_files.candidates(video_id)[0]
+            key = cache_key(str(path.relative_to(args.video_path)), start, end)
+            clips.setdefault(key, (key, str(path), start, end))
+    return list(clips.values())
+
+
+def decode(path: str, start: float | None, end: float | None,
+           params: CacheParams) -> tuple[np.ndarray, np.ndarray] | str:
+    """The clip's frames (resized) and indices, or the reason it cannot be read."""
+    try:
+        with open_video(path, params.video_backend) as video:
+            frames, indices = read_clip(video, params.video_framerate, params.max_frames,
+                                        start, end)
+    except VideoReadError as error:
+        return error.reason or str(error)
+    return resize_short_side(frames, params.short_side), indices
+
+
+def build_cache(clips: list[tuple[str, str, float | None, float | None]], output: str | Path,
+                params: CacheParams, workers: int = 4,
+                progress: bool = False) -> dict[str, str]:
+    """Add the clips the cache at ``output`` lacks; returns ``{path: reason}`` of the bad ones
+    (including those recorded by an earlier, resumed build)."""
+    writer = FrameCacheWriter(output, params)
+    todo = [clip for clip in clips if clip[0] not in writer.done]
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        def decoded() -> Iterator:  # results in order, at most 4 x workers in flight
+            window = 4 * max(1, workers)
+            futures = [pool.submit(decode, *clip[1:], params) for clip in todo[:window]]
+            for i in range(len(todo)):
+                if i + window < len(todo):
+                    futures.append(pool.submit(decode, *todo[i + window][1:], params))
+                yield todo[i], futures[i].result()
+                futures[i] = None
+        try:
+            for (key, path, _, _), result in tqdm(decoded(), total=len(todo), disable=not progress,
+                                                  desc="frame cache", unit="video"):
+                if isinstance(result, str):
+                    writer.add_bad(key, result)
+                    bad[path] = result
+                else:
+                    writer.add(key, *result)
+        finally:
+            writer.close()
+    from tvr.data.frame_cache import FrameCache
+    cache = FrameCache(output)
+    return {path: cache.bad[key] for key, path, _, _ in clips if key in cache.bad}
+
+
+def main(argv: list[str] | None = None) -> int:
+    own, rest = build_parser().parse_known_args(argv)
+    args = parse_args(rest)
+    params = CacheParams(float(args.video_framerate), args.max_frames, args.video_backend,
+                         own.short_side, own.format, own.quality)
+    clips = dataset_clips(args, own.splits)
+    tic = time.time()
+    bad = build_cache(clips, own.output, params, own.workers, progress=not own.no_progress)
+    print(f"frame cache {own.output}: {len(clips) - len(bad)} of {len(clips)} clips of "
+          f"{args.datatype} {'/'.join(own.splits)} cached in {time.time() - tic:.0f} s",
+          file=sys.stderr)
+    for path, reason in sorted(bad.items()):
+        print(f"  unreadable: {path}: {reason}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The frame cache (tvr/data/frame_cache.py, tvr/data/cached_clips.py,
+preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise, resumable, bad videos reported."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tvr.data.cached_clips import CachedClipLoader, to_device
+from tvr.data.datasets import SkippedVideo, collate_skipping
+from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, FrameCacheWriter,
+                                  cache_key, resize_short_side)
+from tvr.data.loaders import SeededItems, build_split
+from tvr.data.toy import make_toy_dataset
+from tvr.data.transforms import build_clip_transform
+from tvr.data.video import VideoClipLoader, VideoReadError, open_video, read_clip
+from tvr.options import parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "preprocess"))
+import build_frame_cache  # noqa: E402  (a script folder, not a package)
+
+SAMPLING = dict(video_framerate=3.0, max_frames=4, video_backend="opencv")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), num_train=10, num_test=6,
+                            captions_per_video=2, workers=2)
+
+
+def clips_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
+    """(key, path, start, end) for every toy video, with a few caption windows."""
+    paths = sorted(Path(toy.video_path).glob("*.mp4"))
+    return [(cache_key(path.name, start, end), str(path), start, end)
+            for path in paths for start, end in windows]
+
+
+def decoded(path, start, end, params):
+    with open_video(path, params.video_backend) as video:
+        frames, indices = read_clip(video, params.video_framerate, params.max_frames, start, end)
+    return resize_short_side(frames, params.short_side), indices
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+@pytest.mark.parametrize("fmt, short_side", [("raw", 224), ("raw", 48), ("jpeg", 224)])
+def test_cached_frames_are_the_decoded_frames(toy, tmp_path, fmt, short_side):
+    params = CacheParams(**SAMPLING, short_side=short_side, format=fmt)
+    clips = clips_of(toy)
+    assert build_frame_cache.build_cache(clips, tmp_path, params, workers=2) == {}
+    cache = FrameCache(tmp_path)
+    assert sorted(cache.clips) == sorted(key for key, *_ in clips)
+    worst = float("inf")
+    for key, path, start, end in clips:
+        frames, indices = cache.frames(key)
+        want, want_indices = decoded(path, start, end, params)
+        np.testing.assert_array_equal(indices, want_indices)
+        assert frames.shape == want.shape and min(frames.shape[1:3]) == min(64, short_side)
+        if fmt == "raw":
+            np.testing.assert_array_equal(frames, want)
+        else:
+            worst = min(worst, psnr(frames, want))
+    if fmt == "jpeg":
+        assert 40 <= worst < float("inf")
+
+
+def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
+    params = CacheParams(**SAMPLING, format="raw")
+    clips = clips_of(toy)
+    build_frame_cache.build_cache(clips, tmp_path, params)
+    cached = CachedClipLoader(FrameCache(tmp_path), str(toy.video_path), 4, 32, augment=False)
+    video = VideoClipLoader("opencv", 3, 4, build_clip_transform(32, train=False))
+    for _, path, start, end in clips:
+        got, got_mask = cached(path, start, end)
+        want, want_mask = video(path, start, end)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert torch.equal(got_mask, want_mask)
+
+
+def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_path):
+    params = CacheParams(**SAMPLING)
+    clips = clips_of(toy, windows=((None, None),))
+    build_frame_cache.build_cache(clips, tmp_path, params)
+    cache = FrameCache(tmp_path)
+    paths = [path for _, path, _, _ in clips]
+
+    class Clips(torch.utils.data.Dataset):
+        def __init__(self, on_device):
+            self.load = CachedClipLoader(cache, str(toy.video_path), 4, 32, augment=True,
+                                         on_device=on_device)
+
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            from tvr.data.datasets import VideoItem
+            return VideoItem(*self.load(paths[i]), i)
+
+    def batches(on_device):
+        items = SeededItems(Clips(on_device), seed=3)
+        loader = DataLoader(items, batch_size=4, collate_fn=collate_skipping)
+        return [(to_device(b.data.video, torch.device("cpu")), b.data.video_mask) for b in loader]
+
+    in_loader, on_device = batches(False), batches(True)
+    assert len(in_loader) == len(on_device) == 4
+    for (a, a_mask), (b, b_mask) in zip(in_loader, on_device):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert torch.equal(a_mask, b_mask)
+    assert not torch.equal(in_loader[0][0][0], batches(False)[0][0][1])  # augmentation is on
+
+
+def test_other_sampling_parameters_are_refused(toy, tmp_path):
+    params = CacheParams(**SAMPLING)
+    build_frame_cache.build_cache(clips_of(toy), tmp_path, params)
+    with pytest.raises(FrameCacheError, match="other parameters"):
+        FrameCacheWriter(tmp_path, CacheParams(**{**SAMPLING, "max_frames": 6}))
+    args = parse_args(["--anno_path", str(toy.root), "--video_path", str(toy.video_path),
+                       "--recipe", "demo", "--max_frames", "4", "--video_framerate", "1",
+                       "--frame_cache", str(tmp_path)])
+    with pytest.raises(FrameCacheError, match=r"--video_framerate 3.0 \(this run: 1\)"):
+        build_split(args, "test", 32)
+    args.video_framerate, args.max_frames = 3, 6
+    with pytest.raises(FrameCacheError, match=r"--max_frames 4 \(this run: 6\)"):
+        build_split(args, "test", 32)
+    args.max_frames = 4
+    with pytest.raises(FrameCacheError, match="short side 224 px"):
+        build_split(args, "test", 336)
+
+
+def test_an_interrupted_build_resumes_without_redoing_complete_shards(toy, tmp_path,
+                                                                      monkeypatch):
+    params = CacheParams(**SAMPLING, format="raw")
+    clips = clips_of(toy)
+    first = FrameCacheWriter(tmp_path, params, shard_bytes=1)  # one clip per shard
+    for key, path, start, end in clips[:5]:
+        first.add(key, *decoded(path, start, end, params))
+    # killed while the sixth clip was being written: its shard has no index
+    (tmp_path / "shard_00005.bin").write_bytes(b"partial")
+    calls = []
+    real = build_frame_cache.decode
+    monkeypatch.setattr(build_frame_cache, "decode",
+                        lambda path, *rest: calls.append(path) or real(path, *rest))
+    assert build_frame_cache.build_cache(clips, tmp_path, params) == {}
+    assert len(calls) == len(clips) - 5
+    cache = FrameCache(tmp_path)
+    assert sorted(cache.clips) == sorted(key for key, *_ in clips)
+    for key, path, start, end in clips:
+        np.testing.assert_array_equal(cache.frames(key)[0], decoded(path, start, end, params)[0])
+
+
+def test_unreadable_videos_are_reported_and_fail_or_skip_at_load(toy, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = Path(toy.video_path) / "video0.mp4"
+    (videos / "good.mp4").write_bytes(good.read_bytes())
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    clips = [(cache_key(name, None, None), str(videos / name), None, None)
+             for name in ("good.mp4", "broken.mp4", "absent.mp4")]
+    bad = build_frame_cache.build_cache(clips, tmp_path / "cache", CacheParams(**SAMPLING))
+    assert sorted(Path(p).name for p in bad) == ["absent.mp4", "broken.mp4"]
+    loader = CachedClipLoader(FrameCache(tmp_path / "cache"), str(videos), 4, 32, augment=False)
+    assert loader(str(videos / "good.mp4"))[1].sum() >= 1
+    with pytest.raises(VideoReadError, match="broken.mp4.*records it as unreadable"):
+        loader(str(videos / "broken.mp4"))
+
+
+def test_runs_read_the_cache_and_train_as_from_the_videos(toy, tmp_path):
+    """The CLI builds the cache from main_retrieval.py's flags; training on it (decoded in the
+    loader, or batched on the run's device) gives the losses of training on the videos."""
+    from test_main_retrieval import SMALL, data_flags, run_main, train_losses
+    flags = ["--do_train", "1", "--epochs", "2", *SMALL, *data_flags(toy)]
+    cache = tmp_path / "cache"
+    assert build_frame_cache.main(["--output", str(cache), "--format", "raw", "--no_progress",
+                                   *SMALL, *data_flags(toy)]) == 0
+    run_main([*flags, "--output_dir", str(tmp_path / "videos")])
+    run_main([*flags, "--frame_cache", str(cache), "--output_dir", str(tmp_path / "cached")])
+    run_main([*flags, "--frame_cache", str(cache), "--frame_decode", "device",
+              "--output_dir", str(tmp_path / "device")])
+    want = train_losses(tmp_path / "videos")
+    assert len(want) >= 3
+    assert train_losses(tmp_path / "cached") == pytest.approx(want, rel=1e-6)
+    assert train_losses(tmp_path / "device") == pytest.approx(want, rel=1e-6)
+    missing = run_main([*flags, "--frame_cache", str(tmp_path / "nowhere"), "--output_dir",
+                        str(tmp_path / "missing")], check=False)
+    assert missing.returncode != 0 and "nowhere" in missing.stderr

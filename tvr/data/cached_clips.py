@@ -1,0 +1,175 @@
+"""Clips from a frame cache (``--frame_cache``), transformed in the loader or on the GPU.
+
+:class:`CachedClipLoader` is a drop-in for :class:`tvr.data.video.VideoClipLoader`: same call,
+same output, frames read from a :class:`tvr.data.frame_cache.FrameCache` instead of decoded from
+the video.
+
+Two places to turn stored frames into model input:
+
+- ``on_device=False`` (the CPU path): the loader (a DataLoader worker) decodes the JPEGs and
+  applies the CLIP transform, as the video path does;
+- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingClip`;
+  the collate keeps these as a list, and :func:`to_device` (called by the trainer and the
+  evaluator on every batch) decodes all JPEGs of the batch in one ``torchvision.io.decode_jpeg``
+  call on the GPU and applies the transform there. ``--frame_decode auto`` picks this when the
+  run is on CUDA.
+
+Both paths draw the clip's augmentation from the same seed: the loader takes one number from
+torch's generator (seeded per item by :class:`tvr.data.loaders.SeededItems`), and the transform
+runs under a generator seeded with it, wherever it runs. So a batch gets the same augmentation on
+either path (and the same frames bit for bit on the CPU).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+from torchvision.io import decode_jpeg
+
+from tvr.data.datasets.skipping import Uncollated
+from tvr.data.frame_cache import FrameCache, cache_key
+from tvr.data.transforms import ClipEvalTransform, build_clip_transform
+from tvr.data.video import VideoReadError, frame_mask, pad_clip
+
+
+@dataclass
+class PendingClip(Uncollated):
+    """A clip's stored frames, to be decoded and transformed by :func:`to_device`.
+
+    ``data``: the JPEG files of the frames back to back (uint8 1-D, one tensor so that a worker
+    hands over one shared-memory block per clip) with each frame's byte count in ``lengths``,
+    or, for a raw cache, the uint8 (T, H, W, 3) pixels with ``lengths`` None; ``seed``: the
+    augmentation seed; ``image_size``, ``augment``: which transform.
+    """
+
+    data: Tensor
+    lengths: list[int] | None
+    seed: int
+    image_size: int
+    augment: bool
+    max_frames: int
+
+    def __len__(self) -> int:
+        return self.data.shape[0] if self.lengths is None else len(self.lengths)
+
+
+@lru_cache(maxsize=None)
+def clip_transform(image_size: int, augment: bool) -> ClipEvalTransform:
+    """The (stateless) train or eval transform, built once per process."""
+    return build_clip_transform(image_size, augment)
+
+
+def seeded_transform(clip: Tensor, seed: int, image_size: int, augment: bool) -> Tensor:
+    """The transform of a uint8 (T, 3, H, W) clip with torch's generator seeded by ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return clip_transform(image_size, augment)(clip)
+
+
+class CachedClipLoader:
+    """``loader(path, start=None, end=None) -> (video, video_mask)`` from a frame cache.
+
+    ``path`` is the video file the dataset resolved under ``video_root``; the cache is looked up
+    by its relative path and the window. With ``on_device`` the ``video`` is a
+    :class:`PendingClip` instead of a float tensor. A video the cache recorded as unreadable, or
+    does not hold, raises :class:`VideoReadError` (so ``--skip_bad_videos`` works as usual).
+    """
+
+    def __init__(self, cache: FrameCache, video_root: str, max_frames: int, image_size: int,
+                 augment: bool, on_device: bool = False) -> None:
+        self.cache = cache
+        self.video_root = video_root
+        self.max_frames = max_frames
+        self.image_size = image_size
+        self.augment = augment
+        self.on_device = on_device
+
+    def key(self, path: str, start: float | None = None, end: float | None = None) -> str:
+        return cache_key(os.path.relpath(path, self.video_root), start, end)
+
+    def uncached(self, dataset) -> list[str]:
+        """The ids of ``dataset``'s videos that the cache neither holds nor records as bad."""
+        missing = []
+        for video_id, (start, end) in zip(dataset.video_ids, dataset.video_bounds):
+            try:
+                key = self.key(str(dataset.video_files(video_id)), start, end)
+            except VideoReadError:
+                key = None
+            if key is None or self.cache.missing([key]):
+                missing.append(video_id)
+        return missing
+
+    def __call__(self, path: str, start: float | None = None,
+                 end: float | None = None) -> tuple[Tensor | PendingClip, Tensor]:
+        key = self.key(path, start, end)
+        if key in self.cache.bad:
+            raise VideoReadError.for_file(path, f"the frame cache {self.cache.root} records it "
+                                                f"as unreadable: {self.cache.bad[key]}")
+        if key not in self.cache.clips:
+            raise VideoReadError(f"video {path} (window {start}, {end}) is not in the frame cache "
+                                 f"{self.cache.root}: rebuild the cache for these annotations",
+                                 path=path, reason="not in the frame cache")
+        seed = int(torch.randint(2**62, ()))
+        if self.on_device:
+            if self.cache.params.format == "raw":
+                pending = PendingClip(torch.from_numpy(self.cache.frames(key)[0]), None, seed,
+                                      self.image_size, self.augment, self.max_frames)
+            else:
+                pending = PendingClip(*self.cache.stored(key), seed, self.image_size,
+                                      self.augment, self.max_frames)
+            return pending, frame_mask(len(pending), self.max_frames)
+        frames, _ = self.cache.frames(key)
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        return pad_clip(seeded_transform(clip, seed, self.image_size, self.augment),
+                        self.max_frames)
+
+
+class CachedVideoFiles:
+    """Stands in for a dataset's :class:`tvr.data.datasets.base.VideoFiles` under
+    ``--frame_cache``: a video id maps to the first accepted name the cache holds, so the video
+    files themselves need not be present."""
+
+    def __init__(self, files, cache: FrameCache) -> None:
+        self.files = files
+        self.root = files.root
+        self.names = {key.split("@", 1)[0] for key in (*cache.clips, *cache.bad)}
+
+    def candidates(self, video_id: str) -> list:
+        return self.files.candidates(video_id)
+
+    def __call__(self, video_id: str):
+        candidates = self.candidates(video_id)
+        for path in candidates:
+            if os.path.relpath(path, self.root).replace(os.sep, "/") in self.names:
+                return path
+        raise VideoReadError(f"video {video_id!r} is not in the frame cache (looked for "
+                             f"{', '.join(str(p) for p in candidates)}): rebuild the cache for "
+                             "these annotations and --video_path, or pass --skip_bad_videos",
+                             path=str(candidates[0]), reason="not in the frame cache")
+
+
+def decode_pending(clips: list[PendingClip], device: torch.device) -> Tensor:
+    """A batch of :class:`PendingClip` as float (B, F, 3, S, S) on ``device``: every JPEG of
+    the batch decoded in one call on ``device``, then each clip's seeded transform there."""
+    jpegs = [frame for clip in clips if clip.lengths is not None
+             for frame in clip.data.split(clip.lengths)]
+    decoded = iter(decode_jpeg(jpegs, device=device) if jpegs else [])
+    videos = []
+    for clip in clips:
+        if clip.lengths is not None:
+            frames = torch.stack([next(decoded) for _ in clip.lengths])
+        else:
+            frames = clip.data.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        video = seeded_transform(frames, clip.seed, clip.image_size, clip.augment)
+        videos.append(pad_clip(video, clip.max_frames)[0])
+    return torch.stack(videos)
+
+
+def to_device(video: Tensor | list[PendingClip], device: torch.device) -> Tensor:
+    """A collated batch's ``video`` field on ``device``, decoding pending clips there."""
+    if isinstance(video, list):
+        return decode_pending(video, device)
+    return video.to(device, non_blocking=True)
