@@ -301,6 +301,14 @@ MALFORMED = {
     "didemo invalid json": ("didemo", "val",
                             _raw("val_data.json", '[\n{"video": ]'),
                             "val_data.json:2: invalid JSON"),
+    "msrvtt binary csv": ("msrvtt", "test",
+                          lambda a: (a.mkdir(), (a / "MSRVTT_JSFUSION_test.csv").write_bytes(
+                              b"\x89PNG\r\n\x1a\n\xff\xd8")),
+                          "MSRVTT_JSFUSION_test.csv: not UTF-8 text"),
+    "lsmdc binary file": ("lsmdc", "val",
+                          lambda a: (a.mkdir(), (a / "LSMDC16_annos_val.csv").write_bytes(
+                              b"c_1\t\xff\xfe")),
+                          "LSMDC16_annos_val.csv: not UTF-8 text"),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -20,6 +21,7 @@ from tvr.models.similarity import SimilarityConfig
 from tvr.models.temporal import AGG_MODULES
 from tvr.recipes import DEMO_DATA, RECIPES, RecipeError, load_recipe
 from tvr.training.checkpoint import read_model_record
+from tvr.validation import UsageError, check_run, check_values, debug_requested
 
 
 COMPATIBILITY_FLAGS = {  # reference flags that this implementation accepts and ignores
@@ -79,6 +81,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="autocast of the CLIP encoders with fp32 master weights; auto = bf16 "
                             "on GPUs that support it, fp32 otherwise")
+    group.add_argument("--debug", action="store_true",
+                       help="show the Python traceback of an expected error (a bad file, a "
+                            "malformed annotation, an unreadable video) under its one-line "
+                            "message; also TVR_DEBUG=1 in the environment")
     group.add_argument("--local_rank", "--local-rank", type=int, default=0,
                        help="set by the legacy `python -m torch.distributed.launch`")
     for flag, (kind, note) in COMPATIBILITY_FLAGS.items():
@@ -254,14 +260,19 @@ def given_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
     return set(vars(probe.parse_args(argv)))
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None, for_run: bool = False
+               ) -> argparse.Namespace:
     """Parse ``argv`` over the defaults of its recipe (tvr/recipes.py).
 
     Adds ``args.recipe`` (the recipe's name), ``args.given`` (sorted destinations of the flags
     the command line gave: they win over a checkpoint's recorded configuration only with
     ``--override_config``) and ``args.demo`` (the run uses the built-in toy data).
+    Values are checked (:func:`tvr.validation.check_values`), and with ``for_run`` what a run
+    needs (:func:`tvr.validation.check_run`: input files, a writable output folder, the
+    launch): a problem is argparse's one ``error:`` line and exit status 2.
     """
     parser = build_parser()
+    parser.prog, parser.usage = "main_retrieval.py", "%(prog)s [flags] (--help lists them)"
     given = given_flags(parser, argv)
     first = parser.parse_args(argv)
     recipe = first.recipe or ("demo" if first.anno_path is None else first.datatype)
@@ -279,6 +290,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      f"--anno_path the demo runs on its built-in toy data)")
     if args.demo:
         args.anno_path, args.video_path = str(DEMO_DATA), str(DEMO_DATA / "videos")
+    try:
+        check_values(args, {a.dest: a.choices for a in parser._actions if a.choices})
+        if for_run:
+            check_run(args)
+    except UsageError as error:
+        if debug_requested(args):
+            traceback.print_exc()
+        parser.error(str(error))
     return args
 
 

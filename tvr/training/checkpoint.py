@@ -27,6 +27,10 @@ current GPU's generator). The RNG states are those of the rank that wrote the fi
 every rank restores them: the ranks' generators are alike anyway when every rank is seeded with
 the same ``--seed`` and draws alike, as in the recipe.
 
+A file that cannot serve (not a torch.save file, damaged, of another kind, not matching the
+model) raises :class:`CheckpointError`, saying what the file is and what it should be;
+:func:`check_checkpoint` finds this out cheaply, before any model is built.
+
 Writes are atomic: the file is written under a temporary name in the same folder, flushed and
 fsync'ed, then renamed over the final name (``os.replace``), and the folder is fsync'ed. A crash
 at any point leaves either the previous file or the new one under the final name, never a
@@ -37,8 +41,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pickle
 import random
 import subprocess
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -55,6 +62,17 @@ LAST = "ckpt_last.pt"
 BEST = "ckpt_best.pt"
 FORMAT_VERSION = 1
 PathLike = Union[str, os.PathLike]
+EXPECTED = f"expected a file written by main_retrieval.py, e.g. outputs/<recipe>/{BEST}"
+
+
+class CheckpointError(ValueError):
+    """A file that cannot serve as a checkpoint here; the message says what the file is and
+    what it should be."""
+
+
+def not_a_checkpoint(path: PathLike, why: str) -> CheckpointError:
+    """The error for ``path``, which is not a checkpoint of this project because of ``why``."""
+    return CheckpointError(f"{path} is not a checkpoint of this project: {why} ({EXPECTED})")
 
 
 @dataclass(frozen=True)
@@ -207,9 +225,7 @@ def load_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[Optimi
     training loop, so that nothing draws from the restored generators before training does.
     """
     checkpoint = _read(path)
-    if checkpoint.get("kind") != "training":
-        raise ValueError(f"{path} is not a training checkpoint of this project (it holds no "
-                         f"optimiser and RNG state); resume from a {LAST} file")
+    _require_training(path, checkpoint)
     _load_model(path, unwrap_model(model), checkpoint["model"])
     if optimizer is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -228,13 +244,12 @@ def load_weights_for_eval(path: PathLike, model: nn.Module) -> dict[str, Any]:
     weights for every key that does not match: a mismatch is an error listing the keys.
     """
     checkpoint = _read(path)
+    _require_weights(path, checkpoint)
     if "format_version" in checkpoint:
         state_dict = checkpoint["model"]
         meta = {k: checkpoint.get(k) for k in ("kind", "epoch", "global_step", "best_metric",
                                                "args", "config", "code_version")}
     else:
-        if not all(isinstance(v, Tensor) for v in checkpoint.values()):
-            raise ValueError(f"{path} is neither a checkpoint of this project nor a state dict")
         state_dict = {k.removeprefix("module."): v for k, v in checkpoint.items()}
         meta = {"kind": "state_dict"}
     _load_model(path, unwrap_model(model), state_dict)
@@ -260,20 +275,87 @@ def resume_path(resume: PathLike, output_dir: PathLike) -> Path:
     return path
 
 
+def check_checkpoint(path: PathLike, training: bool = False) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a file that
+    :func:`load_weights_for_eval` accepts (``training``: that :func:`load_checkpoint` accepts).
+    Cheap: the file is memory-mapped and its tensors are not read."""
+    checkpoint = _read(path, mmap=True)
+    _require_weights(path, checkpoint)
+    if training:
+        _require_training(path, checkpoint)
+
+
+def _require_weights(path: PathLike, checkpoint: dict[str, Any]) -> None:
+    if "format_version" in checkpoint:
+        if not isinstance(checkpoint.get("model"), dict):
+            raise not_a_checkpoint(path, "it records no model weights")
+    elif not checkpoint or not all(isinstance(v, Tensor) or str(k).endswith("_extra_state")
+                                   for k, v in checkpoint.items()):  # a module's extra state
+        raise not_a_checkpoint(path, "it holds a dict that is neither a checkpoint nor a state "
+                                     "dict of tensors")
+
+
+def _require_training(path: PathLike, checkpoint: dict[str, Any]) -> None:
+    if checkpoint.get("kind") != "training":
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (it holds no "
+                              f"optimiser and RNG state); resume from a {LAST} file")
+
+
 def _read(path: PathLike, mmap: bool = False) -> dict[str, Any]:
-    if not Path(path).is_file():
+    """The dict in checkpoint ``path``; :class:`CheckpointError` says why a file is unusable.
+    ``mmap`` maps the tensors of a zip-format file (the only kind that can be mapped)."""
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6
+    try:
+        with warnings.catch_warnings():  # a TorchScript file is refused below, with the reason
+            warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True,
+                                    mmap=mmap and is_zip)
+    except OSError as error:
+        raise not_a_checkpoint(path, f"it cannot be read ({error})") from error
+    except Exception as error:  # torch.load fails in many ways on a file it cannot parse
+        raise not_a_checkpoint(path, _unreadable(path, is_zip, error)) from error
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} does not hold a dict (found {type(checkpoint).__name__})")
+        raise not_a_checkpoint(path, f"it holds a {type(checkpoint).__name__}, not a dict")
     return checkpoint
 
 
+def _unreadable(path: Path, is_zip: bool, error: Exception) -> str:
+    """What a file that torch.load (weights_only) rejects appears to be."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if is_zip:
+        with contextlib.suppress(zipfile.BadZipFile, OSError):
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith("constants.pkl") for name in archive.namelist()):
+                    return ("it is a TorchScript archive (an OpenAI CLIP release file goes to "
+                            "--clip_path)")
+        return "it is a damaged zip archive (truncated or corrupt)"
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if all(c.isprintable() or c.isspace() for c in head.decode("utf-8", errors="replace")):
+        return "it is a text file"
+    if isinstance(error, pickle.UnpicklingError):
+        return ("torch.load refuses it: not a torch.save file, or it holds objects other "
+                "than tensors and plain values (loading never runs pickled code)")
+    return f"torch.load cannot parse it ({type(error).__name__})"
+
+
 def _load_model(path: PathLike, model: nn.Module, state_dict: dict[str, Tensor]) -> None:
-    expected, found = set(model.state_dict()), set(state_dict)
+    own = model.state_dict()
+    expected, found = set(own), set(state_dict)
     if expected != found:
         missing, unexpected = sorted(expected - found), sorted(found - expected)
-        raise ValueError(f"{path} does not match the model: {len(missing)} missing keys "
-                         f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]} "
-                         f"(first five of each shown)")
+        raise CheckpointError(f"{path} does not match the model: {len(missing)} missing keys "
+                              f"{missing[:5]}, {len(unexpected)} unexpected keys "
+                              f"{unexpected[:5]} (first five of each shown)")
+    shapes = [f"{k} {tuple(v.shape)} (the model's: {tuple(own[k].shape)})"
+              for k, v in state_dict.items()
+              if isinstance(v, Tensor) and isinstance(own[k], Tensor) and v.shape != own[k].shape]
+    if shapes:
+        raise CheckpointError(f"{path} does not match the model: {len(shapes)} tensors of "
+                              f"another shape, e.g. {'; '.join(shapes[:3])}")
     model.load_state_dict(state_dict)

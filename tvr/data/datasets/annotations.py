@@ -6,12 +6,13 @@ not parseable, a missing column or key, an empty caption, a duplicated id) raise
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import pickle
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 class AnnotationError(ValueError):
@@ -47,10 +48,22 @@ def annotation_file(anno_path: Path, name: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def text_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """``path`` opened as UTF-8 text; a file that is not (e.g. a binary file given in place of
+    an annotation file) raises :class:`AnnotationError`."""
+    try:
+        with open(path, encoding="utf-8", newline=newline) as f:
+            yield f
+    except UnicodeDecodeError as err:
+        raise AnnotationError(path, f"not UTF-8 text ({err.reason}): is it the right "
+                                    "file?") from err
+
+
 def read_json(path: Path) -> Any:
     """The parsed JSON content of ``path``."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with text_file(path) as f:
             return json.load(f)
     except json.JSONDecodeError as err:
         raise AnnotationError(path, f"invalid JSON: {err.msg}", line=err.lineno) from err
@@ -68,7 +81,7 @@ def read_pickle(path: Path) -> Any:
 def read_id_list(path: Path) -> list[tuple[int, str]]:
     """``(line, id)`` for every non-blank line of a one-id-per-line file; ids must be unique."""
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    with text_file(path) as f:
         for line_no, line in enumerate(f, start=1):
             video_id = line.strip()
             if not video_id:
@@ -85,7 +98,7 @@ def read_csv(path: Path, columns: Iterable[str]) -> Iterator[tuple[int, dict[str
 
     ``line`` is the 1-based line on which the row ends (the header is line 1).
     """
-    with open(path, encoding="utf-8", newline="") as f:
+    with text_file(path, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in columns if c not in header]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           split_file)
+                                           split_file, text_file)
 from tvr.data.datasets.base import Annotations, Pair
 
 FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
@@ -45,7 +45,7 @@ def load(split: str, anno_path: Path) -> Annotations:
     """The caption pairs and clips of ``split`` (train, val or test)."""
     path = annotation_file(anno_path, split_file("lsmdc", split, FILES))
     pairs = []
-    with open(path, encoding="utf-8") as f:
+    with text_file(path) as f:
         for line_no, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():

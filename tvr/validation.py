@@ -1,0 +1,293 @@
+"""Checks of main_retrieval.py's flags and inputs, so that a bad one stops the run at once.
+
+- :func:`check_values`: every numeric flag within its range (:data:`RANGES`) and flags that
+  contradict each other; no file is touched.
+- :func:`check_run`: what a run needs: existing input folders and files, checkpoints that load,
+  a writable ``--output_dir``, a ``--batch_size`` the launch can split, a usable ``--device``.
+- :func:`check_data`: reads the annotations of the splits a run uses (no video is decoded) and
+  checks that one training batch fits in the training split.
+
+All three run before any model is built. A flag problem is a :class:`UsageError`, which
+:func:`tvr.options.parse_args` prints as argparse does (``main_retrieval.py: error: argument
+--lr: ...``, exit status 2). Failures expected at run time (:func:`expected_errors`: a
+malformed annotation file, an unreadable video, an unusable checkpoint) are printed by
+main_retrieval.py as one line (:func:`describe`), exit status 1; ``--debug`` or
+``TVR_DEBUG=1`` adds their traceback (:func:`debug_requested`). Other errors keep theirs.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from tvr.data.datasets.annotations import AnnotationError
+from tvr.data.video import VideoReadError
+from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.pretrained import CheckpointNotFoundError, find_checkpoint
+from tvr.training.checkpoint import CheckpointError, check_checkpoint, resume_path
+from tvr.training.distributed import check_batch_size
+
+DEBUG_ENV = "TVR_DEBUG"
+CONTEXT_LENGTH = min(config.context_length for config in CLIP_CONFIGS.values())
+
+
+class UsageError(ValueError):
+    """A flag value the run cannot use; the message names the flag."""
+
+
+class Bounds:
+    """The values a numeric flag accepts: an integer or a finite number between optional
+    bounds (each included unless ``*_open``), or None when ``optional``."""
+
+    def __init__(self, low: Optional[float] = None, high: Optional[float] = None, *,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False,
+                 optional: bool = False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+        self.integer, self.optional = integer, optional
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            if self.integer and self.high - self.low == 1 and not (self.low_open or
+                                                                    self.high_open):
+                return f"{self.low} or {self.high}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"{kind} in {left}{self.low}, {self.high}{right}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {self.high}"
+        else:
+            text = kind
+        return text + (" (or unset)" if self.optional else "")
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else
+                                     value <= self.high)
+
+
+def integer(low: Optional[int] = None, high: Optional[int] = None) -> Bounds:
+    return Bounds(low, high, integer=True)
+
+
+POSITIVE = Bounds(0, low_open=True)
+NON_NEGATIVE = Bounds(0)
+FRACTION = Bounds(0, 1, high_open=True)  # a proportion or a dropout rate: 1 is excluded
+
+# Every numeric flag of tvr/options.py: name (without --) -> accepted values. A flag missing
+# from the parsed arguments is skipped; a new numeric flag gets a line here.
+RANGES: dict[str, Bounds] = {
+    "do_train": integer(0, 1), "do_eval": integer(0, 1),
+    "seed": integer(0, 2**32 - 1),  # numpy's seed range
+    "n_display": integer(1), "eval_every_steps": integer(0), "save_every_steps": integer(0),
+    "eval_dsl_temp": Bounds(0, low_open=True, optional=True), "eval_bank_size": integer(0),
+    "qb_beta": POSITIVE, "qb_k": integer(1), "local_rank": integer(0),
+    "max_words": integer(3, CONTEXT_LENGTH),  # SOT, at least one token, EOT
+    "max_frames": integer(1), "video_framerate": POSITIVE, "workers": integer(0),
+    "epochs": integer(1), "batch_size": integer(1), "batch_size_val": integer(1),
+    "lr": POSITIVE, "coef_lr": NON_NEGATIVE, "warmup_proportion": FRACTION,
+    "weight_decay": NON_NEGATIVE,
+    "num_hidden_layers": integer(1), "temp": POSITIVE, "psi_dropout": FRACTION,
+    "beta": NON_NEGATIVE, "kl_prior_std": POSITIVE, "lambda_epsilon": NON_NEGATIVE,
+    "lambda_lower": Bounds(), "lambda_dir": NON_NEGATIVE, "alpha": POSITIVE,
+    "ncl_tau": Bounds(0, low_open=True, optional=True), "ncl_iters": integer(1),
+    "ncl_queue": integer(1), "feature_views": integer(1),
+}
+
+
+def flag_error(args: argparse.Namespace, name: str, problem: str) -> UsageError:
+    """``argument --name: problem``, saying so when the value came from the recipe."""
+    source = "" if name in getattr(args, "given", (name,)) else \
+        f" (set by --recipe {getattr(args, 'recipe', '?')})"
+    return UsageError(f"argument --{name}: {problem}{source}")
+
+
+def check_values(args: argparse.Namespace,
+                 choices: Optional[dict[str, Sequence[Any]]] = None) -> None:
+    """Raise :class:`UsageError` for the first flag out of its range (:data:`RANGES`), not one
+    of its ``choices`` (flag name -> accepted values; argparse checks the command line, not a
+    recipe's values) or contradicting another; reads no file."""
+    for name, bounds in RANGES.items():
+        if hasattr(args, name) and not bounds.accepts(getattr(args, name)):
+            raise flag_error(args, name, f"must be {bounds}, got {getattr(args, name)!r}")
+    for name, accepted in (choices or {}).items():
+        if hasattr(args, name) and getattr(args, name) not in accepted:
+            raise flag_error(args, name, f"invalid choice: {getattr(args, name)!r} (choose "
+                                         f"from {', '.join(map(repr, accepted))})")
+    if args.agg_module == "seqTransf":
+        if args.max_frames > CONTEXT_LENGTH:
+            raise flag_error(args, "max_frames", f"seqTransf embeds at most {CONTEXT_LENGTH} "
+                                                 f"frame positions, got {args.max_frames}")
+        clip = CLIP_CONFIGS.get(args.base_encoder)
+        if clip is not None and args.num_hidden_layers > clip.text_layers:
+            raise flag_error(args, "num_hidden_layers",
+                             f"seqTransf starts from the first CLIP text blocks and "
+                             f"{args.base_encoder} has {clip.text_layers}, got "
+                             f"{args.num_hidden_layers}")
+
+
+def world_size() -> int:
+    """The number of processes of this launch (``WORLD_SIZE``, set by torchrun), else 1."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UsageError(f"the environment variable WORLD_SIZE={value!r} is not a process "
+                         f"count (the launcher sets it; unset it for a single process)")
+    return size
+
+
+def check_run(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError` unless the run can start: something to do, existing inputs,
+    loadable checkpoints, a writable ``--output_dir``, a batch the launch can split, and the
+    ``--device``. Cheap: checkpoints are memory-mapped, no model is built."""
+    if not args.do_train and not args.do_eval:
+        raise UsageError("nothing to do: pass --do_train 1 (train, then test the best "
+                         "checkpoint) or --do_eval 1 (evaluate, e.g. an --init_model)")
+    if args.resume and not args.do_train:
+        raise flag_error(args, "resume", "continues training and needs --do_train 1 (to "
+                                         "evaluate a checkpoint, pass it as --init_model)")
+    try:
+        check_batch_size(args.batch_size, world_size())
+    except ValueError as error:  # its message starts with "--batch_size N"
+        raise UsageError(str(error)) from error
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise flag_error(args, "device", f"this torch build (torch {torch.__version__}) sees no "
+                                         f"CUDA device for --device cuda; use --device cpu or "
+                                         f"auto")
+    if not args.demo:  # the demo writes its data when it starts
+        _folder(args, "anno_path", "the annotation folder")
+        if args.video_path is None:
+            raise flag_error(args, "video_path", "required with --anno_path (the folder of "
+                                                 "the videos)")
+        _folder(args, "video_path", "the video folder")
+    _writable(args, "output_dir")
+    if getattr(args, "frame_cache", None):
+        _exists(args, "frame_cache")
+    if args.clip_path:
+        _exists(args, "clip_path")
+    if not (args.init_model or args.resume) and args.base_encoder != "tiny":
+        try:
+            find_checkpoint(args.base_encoder, args.clip_path)
+        except CheckpointNotFoundError as error:
+            raise UsageError(str(error)) from error
+    if args.init_model:
+        _exists(args, "init_model", file=True)
+        _loads(args, "init_model", args.init_model)
+    if args.resume:
+        try:
+            path = resume_path(args.resume, args.output_dir)
+        except FileNotFoundError as error:
+            raise UsageError(f"argument {error}") from error
+        _loads(args, "resume", path, training=True)
+
+
+def _exists(args: argparse.Namespace, name: str, file: bool = False) -> Path:
+    path = Path(getattr(args, name))
+    if not path.exists():
+        raise flag_error(args, name, f"{path} does not exist")
+    if file and not path.is_file():
+        raise flag_error(args, name, f"{path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise flag_error(args, name, f"{path} is not readable (permission denied)")
+    return path
+
+
+def _folder(args: argparse.Namespace, name: str, what: str) -> None:
+    path = _exists(args, name)
+    if not path.is_dir():
+        raise flag_error(args, name, f"{path} is a file; expected {what}")
+    if not os.access(path, os.X_OK):
+        raise flag_error(args, name, f"{path} cannot be listed (permission denied)")
+
+
+def _writable(args: argparse.Namespace, name: str) -> None:
+    """The folder exists and is writable, or its nearest existing parent is (nothing is
+    created here)."""
+    target = Path(getattr(args, name)).absolute()
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise flag_error(args, name, f"cannot create {target}: {existing} is a file, not a "
+                                     f"folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == target else f" (the nearest existing folder of {target})"
+        raise flag_error(args, name, f"{existing}{where} is not writable")
+
+
+def _loads(args: argparse.Namespace, name: str, path: Path | str, training: bool = False
+           ) -> None:
+    try:
+        check_checkpoint(path, training=training)
+    except CheckpointError as error:
+        raise flag_error(args, name, str(error)) from error
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """Read the annotations of the splits the run uses (a malformed file raises
+    :class:`AnnotationError`), and raise :class:`UsageError` when one global ``--batch_size``
+    does not fit in the training split. No video is opened."""
+    from tvr.data.datasets.registry import DATASETS
+    load = DATASETS[args.datatype].load
+    splits = ["test"] + (["train", "val"] if args.do_train else []) + \
+        (["train"] if args.eval_bank_size else [])
+    read = {split: load(split, Path(args.anno_path)) for split in dict.fromkeys(splits)}
+    if args.do_train:
+        pairs, world = len(read["train"].pairs), world_size()
+        most = pairs // world * world
+        if args.batch_size > most:
+            raise flag_error(args, "batch_size",
+                             f"the global batch {args.batch_size} is larger than the {pairs} "
+                             f"caption pairs of {args.datatype}/train in {args.anno_path}"
+                             + (f" split over {world} processes" if world > 1 else "")
+                             + f"; use at most {most}")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The failures that main_retrieval.py reports in one line, without a traceback."""
+    errors: tuple[type[BaseException], ...] = (
+        UsageError, AnnotationError, VideoReadError, CheckpointError, CheckpointNotFoundError)
+    try:  # the frame cache is optional
+        from tvr.data.frame_cache import FrameCacheError
+    except ImportError:
+        return errors
+    return (*errors, FrameCacheError)
+
+
+def describe(error: BaseException, args: Optional[argparse.Namespace] = None) -> str:
+    """The one-line message of an expected error. An error re-raised from a DataLoader worker
+    carries the worker's traceback in its message: its last line, the original message, is
+    kept."""
+    text = str(error)
+    marker = f"{type(error).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text[text.rfind(marker) + len(marker):]
+    text = re.sub(r"\s*\n\s*", " ", text.strip())
+    if isinstance(error, AnnotationError) and args is not None:
+        text += (f" (the {args.datatype} annotation files that --anno_path holds, and their "
+                 f"format, are described in tvr/data/datasets/{args.datatype}.py)")
+    return text
+
+
+def debug_requested(args: Optional[argparse.Namespace] = None) -> bool:
+    """``--debug``, or ``TVR_DEBUG`` set to anything but empty or 0."""
+    return bool(getattr(args, "debug", False)) or \
+        os.environ.get(DEBUG_ENV, "") not in ("", "0")
