@@ -57,11 +57,14 @@ SHAPES = ("circle", "triangle", "bar")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image x, y
 # One phrase per direction: with three each ("left", "to the left", "leftward", ...) the tiny
 # text tower, trained from scratch, never told the directions apart within the demo's budget.
-# The bare words ("moves left", "moves up") were worse still: the axis was never learned.
-# Left/right is still what the demo learns last: in some runs the text embeddings of "... to
-# the left" and "... to the right" stay at cosine 0.999 and half the horizontal queries fail
-# (demo t2v R@1 77 / 83 / 98 / 98 % with seeds 3 / 42 / 1 / 2); "leftward"/"rightward" did
-# the same (in-memory: 74 / 98 / 98 % with seeds 3 / 42 / 1).
+# The bare words ("moves left", "moves up") were worse still: the axis was never learned
+# (in-memory demo run at the former lr 1e-3, seed 1: t2v R@1 40 %).
+# The sense of motion (left/right, up/down) is what the demo learns last. Runs in which the text
+# embeddings of "... to the left" and "... to the right" (or of upward / downward) stayed at
+# cosine 0.999 and half of that axis' queries failed were caused by the demo's former lr, not by
+# these phrases (issue 14, tvr/recipes.py): at lr 1e-3 "leftward"/"rightward" failed as often
+# (in-memory: 74 / 98 / 98 % with seeds 3 / 42 / 1), and so did "to the left / right / top /
+# bottom" for all four (98 / 77 / 94 % with seeds 1 / 3 / 42, seed 3 losing left/right).
 DIRECTION_PHRASE = {"left": "to the left", "right": "to the right", "up": "upward",
                     "down": "downward"}
 CLAUSES = ("a {colour} {shape} moves {way}", "the {colour} {shape} slides {way}",
