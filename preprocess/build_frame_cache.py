@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from tvr.data.datasets import build_dataset  # noqa: E402
-from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCacheWriter, cache_key,  # noqa: E402
-                                  resize_short_side)
+from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
+                                  FrameCacheWriter, cache_key, resize_short_side)
 from tvr.data.video import VideoReadError, open_video, read_clip  # noqa: E402
 from tvr.options import parse_args  # noqa: E402
 
@@ -115,7 +115,6 @@ def build_cache(clips: list[tuple[str, str, float | None, float | None]], output
                     writer.add(key, *result)
         finally:
             writer.close()
-    from tvr.data.frame_cache import FrameCache
     cache = FrameCache(output)
     return {path: cache.bad[key] for key, path, _, _ in clips if key in cache.bad}
 
