@@ -38,7 +38,7 @@ from tvr.data.datasets import build_dataset  # noqa: E402
 from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
                                   FrameCacheWriter, cache_key, resize_short_side)
 from tvr.data.video import VideoReadError, open_video, read_clip  # noqa: E402
-from tvr.options import parse_args  # noqa: E402
+from tvr.cli.retrieval import parse_args  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 

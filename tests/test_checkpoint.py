@@ -10,7 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tvr.options import ConfigMismatchError, build_model, model_record, parse_args
+from tvr.cli.retrieval import parse_args, resolve
+from tvr.models.factory import create_model
+from tvr.storage import ConfigMismatchError
 from tvr.training import checkpoint as ckpt
 from tvr.training.optim import BertAdam, param_groups
 
@@ -170,36 +172,50 @@ def test_resume_path(tmp_path):
     assert ckpt.resume_path(path, "elsewhere") == path
 
 
+def built(argv, source=None, warn=print):
+    """The model, flags and configuration that main_retrieval.py builds for ``argv`` (with
+    ``--init_model source``)."""
+    args = parse_args([*argv, *(["--init_model", str(source)] if source else [])])
+    config = resolve(args, warn)
+    model = ckpt.load_model(source, config.model)[0] if source else create_model(config.model)
+    return model, args, config
+
+
 def test_build_model_follows_the_record_and_warns_for_an_old_file(tmp_path):
     data = ["--anno_path", "anns", "--video_path", "videos"]
-    args = parse_args(["--base_encoder", "tiny", "--temp", "1.5", "--agg_module", "meanP",
-                       "--num_hidden_layers", "2", *data])
-    model = build_model(args)
-    path = ckpt.save_model(tmp_path / ckpt.BEST, model, config=model_record(args, model),
+    model, _, config = built(["--base_encoder", "tiny", "--temp", "1.5", "--agg_module", "meanP",
+                              "--num_hidden_layers", "2", "--video_framerate", "2", *data])
+    record = ckpt.model_record(config.model, config.data.sampling, model)
+    path = ckpt.save_model(tmp_path / ckpt.BEST, model, config=record,
                            epoch=0, global_step=0, metric=None)
 
-    plain = parse_args(data)  # parser defaults: ViT-B/32 (no file here), temp 3, seqTransf
-    notes = []
-    rebuilt = build_model(plain, str(path), warn=notes.append)
+    notes = []  # parser defaults: ViT-B/32 (no file here), temp 3, seqTransf, 1 frame/s
+    rebuilt, plain, config = built(data, path, warn=notes.append)
     assert rebuilt.config == model.config and rebuilt.clip.config == model.clip.config
     assert (plain.base_encoder, plain.temp, plain.agg_module) == ("tiny", 1.5, "meanP")
+    assert config.data.sampling.video_framerate == 2  # the sampling travels with the model
     assert notes == []
-    ckpt.load_weights_for_eval(path, rebuilt)  # the record's model takes the weights
+    weights = rebuilt.state_dict()  # the record's model took the weights
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, weights[name]) if torch.is_tensor(tensor) else \
+            tensor == weights[name], name
+    assert ckpt.load_model(path)[0].config == model.config  # the record alone suffices
 
-    clashing = parse_args([*data, "--temp", "3", "--no_delta"])
     with pytest.raises(ConfigMismatchError, match=r"--temp 3.0 \(the checkpoint's: 1.5\); "
                                                   r"--no_delta True \(the checkpoint's: False\)"):
-        build_model(clashing, str(path))
-    overriding = parse_args([*data, "--temp", "3", "--override_config"])
-    assert build_model(overriding, str(path), warn=notes.append).config.similarity.temp == 3.0
+        built([*data, "--temp", "3", "--no_delta"], path)
+    overriding = built([*data, "--temp", "3", "--override_config"], path, warn=notes.append)[0]
+    assert overriding.config.similarity.temp == 3.0
     assert notes == ["overriding the checkpoint's configuration: --temp 3.0 (the checkpoint's: "
                      "1.5)"]
 
     old = tmp_path / "old.pt"  # written before checkpoints recorded their configuration
     torch.save({k: v for k, v in torch.load(path, weights_only=True).items() if k != "config"},
                old)
-    flags = parse_args(["--base_encoder", "tiny", "--num_hidden_layers", "2", *data])
     notes = []
-    legacy = build_model(flags, str(old), warn=notes.append)
+    legacy = built(["--base_encoder", "tiny", "--agg_module", "meanP", *data], old,
+                   warn=notes.append)[0]
     assert len(notes) == 1 and "records no model configuration" in notes[0]
     assert legacy.config.similarity.temp == 3.0  # the flags are trusted
+    with pytest.raises(ckpt.CheckpointError, match="records no model configuration"):
+        ckpt.load_model(old)

@@ -17,7 +17,7 @@ from torch import nn
 
 import main_retrieval
 import tvr.data.loaders
-import tvr.options
+import tvr.training.checkpoint
 import tvr.training.trainer
 from fixtures_annotations import write_csv, write_msrvtt
 from tvr.training import checkpoint as ckpt
@@ -48,7 +48,9 @@ def nothing_built(monkeypatch):
     """Tripwires on everything that builds a model or reads videos."""
     def tripwire(*args, **kwargs):
         raise AssertionError("built something before the error")
-    for module, name in [(tvr.training.trainer, "Trainer"), (tvr.options, "build_model"),
+    for module, name in [(tvr.training.trainer, "Trainer"),
+                         (tvr.training.trainer, "create_model"),
+                         (tvr.training.checkpoint, "load_model"),
                          (tvr.data.loaders, "build_split")]:
         monkeypatch.setattr(module, name, tripwire)
     monkeypatch.delenv("TVR_DEBUG", raising=False)

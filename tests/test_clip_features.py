@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ import pytest
 import torch
 
 from tvr.data.clip_features import FeatureStore, FeatureStoreMismatch
+from tvr.cli.flags import run_config
+from tvr.cli.retrieval import parse_args
 from tvr.data.loaders import build_split
 from tvr.data.toy import make_toy_dataset
-from tvr.options import build_model, parse_args
+from tvr.models.factory import create_model
 from tvr.training.feature_mode import FeatureMode, store_key
 from tvr.training.trainer import Trainer
 
@@ -41,6 +44,15 @@ def flags(toy, out, *extra) -> list[str]:
             "--output_dir", str(out), *extra]
 
 
+def configure(argv: list[str]):
+    return run_config(parse_args(argv))
+
+
+def split_of(config, model, split="train"):
+    return build_split(config.data, split, model.clip.config.image_size, config.model.max_words,
+                       train=True)
+
+
 def train_losses(output_dir: Path) -> dict[int, float]:
     lines = (output_dir / "scalars.jsonl").read_text().splitlines()
     return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["prefix"] == "train"}
@@ -48,11 +60,9 @@ def train_losses(output_dir: Path) -> dict[int, float]:
 
 def train_in_process(toy, out: Path, *extra: str) -> dict[int, float]:
     """Trainer.train (training and per-epoch validation, no final test) -> step: loss."""
-    args = parse_args(["--do_train", "1", *flags(toy, out, *extra)])
-    trainer = Trainer(args)
+    trainer = Trainer(configure(["--do_train", "1", *flags(toy, out, *extra)]))
     try:
-        trainer.train(build_split(args, "train", trainer.image_size, train=True),
-                      build_split(args, "val", trainer.image_size))
+        trainer.train(trainer.split("train", train=True), trainer.split("val"))
     finally:
         trainer.monitor.close()
     return train_losses(out)
@@ -92,52 +102,52 @@ def test_feature_mode_trains_with_the_full_models_losses(toy, tmp_path):
 
 
 def test_a_store_of_other_weights_or_flags_is_refused(toy, tmp_path):
-    args = parse_args(flags(toy, tmp_path / "out", "--clip_features", str(tmp_path / "store")))
+    config = configure(flags(toy, tmp_path / "out", "--clip_features", str(tmp_path / "store")))
     torch.manual_seed(0)
-    model = build_model(args)
-    key = store_key(args, model, "fp32")
+    model = create_model(config.model)
+    key = store_key(config, model, "fp32")
     FeatureStore(tmp_path / "store", key)
     FeatureStore(tmp_path / "store", key)  # the same key opens it again
 
     with torch.no_grad():
         model.clip.visual.proj.add_(1e-3)
     with pytest.raises(FeatureStoreMismatch, match=r"clip\.sha256: stored"):
-        FeatureStore(tmp_path / "store", store_key(args, model, "fp32"))
+        FeatureStore(tmp_path / "store", store_key(config, model, "fp32"))
 
-    other = parse_args(flags(toy, tmp_path / "out", "--max_frames", "3", "--feature_views", "2"))
+    other = configure(flags(toy, tmp_path / "out", "--max_frames", "3", "--feature_views", "2"))
     with pytest.raises(FeatureStoreMismatch) as error:
         FeatureStore(tmp_path / "store", store_key(other, model, "fp32"))
     message = str(error.value)
     assert "video.max_frames: stored 4, this run 3" in message
     assert "train_views.views: stored 1, this run 2" in message
 
-    words = parse_args(flags(toy, tmp_path / "out", "--psi_context", "words"))
+    words = configure(flags(toy, tmp_path / "out", "--psi_context", "words"))
     with pytest.raises(FeatureStoreMismatch, match="words: stored False, this run True"):
-        FeatureStore(tmp_path / "store", store_key(words, build_model(words), "fp32"))
+        FeatureStore(tmp_path / "store", store_key(words, create_model(words.model), "fp32"))
 
 
 def test_a_store_with_word_states_serves_a_run_without_them(toy, tmp_path):
-    words = parse_args(flags(toy, tmp_path / "out", "--psi_context", "words"))
+    words = configure(flags(toy, tmp_path / "out", "--psi_context", "words"))
     torch.manual_seed(0)
-    model = build_model(words)
+    model = create_model(words.model)
     FeatureStore(tmp_path / "store", store_key(words, model, "fp32"))
-    plain = parse_args(flags(toy, tmp_path / "out"))
+    plain = configure(flags(toy, tmp_path / "out"))
     assert FeatureStore(tmp_path / "store", store_key(plain, model, "fp32")).has_words
 
 
 def test_an_interrupted_extraction_resumes_to_the_same_arrays(toy, tmp_path, monkeypatch):
-    args = parse_args(flags(toy, tmp_path / "out", "--clip_features", str(tmp_path / "a"),
+    config = configure(flags(toy, tmp_path / "out", "--clip_features", str(tmp_path / "a"),
                             "--feature_views", "2", "--batch_size_val", "5"))
     torch.manual_seed(0)
-    model = build_model(args)
-    dataset = build_split(args, "train", model.clip.config.image_size, train=True)
+    model = create_model(config.model)
+    dataset = split_of(config, model)
     logs = []
-    whole = FeatureMode(args, model, torch.device("cpu"), contextlib.nullcontext, "fp32", 1,
+    whole = FeatureMode(config, model, torch.device("cpu"), contextlib.nullcontext, "fp32", 1,
                         logs.append)
     reference = whole.stored(dataset, train=True)
 
-    args.clip_features = str(tmp_path / "b")
-    interrupted = FeatureMode(args, model, torch.device("cpu"), whole.autocast, "fp32", 1,
+    config = replace(config, features=replace(config.features, clip_features=str(tmp_path / "b")))
+    interrupted = FeatureMode(config, model, torch.device("cpu"), whole.autocast, "fp32", 1,
                               logs.append)
     calls = {"n": 0}
     original = model.frame_embeddings
@@ -156,7 +166,7 @@ def test_an_interrupted_extraction_resumes_to_the_same_arrays(toy, tmp_path, mon
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["splits"] == {}
 
     monkeypatch.setattr(model, "frame_embeddings", original)
-    resumed = FeatureMode(args, model, torch.device("cpu"), whole.autocast, "fp32", 1,
+    resumed = FeatureMode(config, model, torch.device("cpu"), whole.autocast, "fp32", 1,
                           logs.append).stored(dataset, train=True)
     assert any("resuming train.augmented" in line for line in logs)
     for name in ("sentence", "text_mask", "frames", "video_mask"):
@@ -170,14 +180,14 @@ def test_unreadable_videos_are_left_out_of_the_store_and_reported(toy, tmp_path)
     train_ids = (data / "MSRVTT_train.9k.csv").read_text().split()[1:]
     corrupt = data / "videos" / f"{train_ids[3]}.mp4"
     corrupt.write_bytes(b"not a video at all")
-    args = parse_args([*SMALL, "--anno_path", str(data), "--video_path", str(data / "videos"),
+    config = configure([*SMALL, "--anno_path", str(data), "--video_path", str(data / "videos"),
                        "--train_augment", "none", "--skip_bad_videos",
                        "--clip_features", str(tmp_path / "store")])
     torch.manual_seed(0)
-    model = build_model(args)
-    dataset = build_split(args, "train", model.clip.config.image_size, train=True)
+    model = create_model(config.model)
+    dataset = split_of(config, model)
     logs = []
-    features = FeatureMode(args, model, torch.device("cpu"), contextlib.nullcontext, "fp32", 1,
+    features = FeatureMode(config, model, torch.device("cpu"), contextlib.nullcontext, "fp32", 1,
                            logs.append)
     batches, sampler, _ = features.train_loader(dataset, 0, 1, 8)
     stored = features.opened["train"]

@@ -16,7 +16,8 @@ from tvr.data.loaders import SeededItems, build_split
 from tvr.data.toy import make_toy_dataset
 from tvr.data.transforms import build_clip_transform
 from tvr.data.video import VideoClipLoader, VideoReadError, open_video, read_clip
-from tvr.options import parse_args
+from tvr.cli.flags import run_config
+from tvr.cli.retrieval import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "preprocess"))
@@ -120,17 +121,18 @@ def test_other_sampling_parameters_are_refused(toy, tmp_path):
     build_frame_cache.build_cache(clips_of(toy), tmp_path, params)
     with pytest.raises(FrameCacheError, match="other parameters"):
         FrameCacheWriter(tmp_path, CacheParams(**{**SAMPLING, "max_frames": 6}))
-    args = parse_args(["--anno_path", str(toy.root), "--video_path", str(toy.video_path),
-                       "--recipe", "demo", "--max_frames", "4", "--video_framerate", "1",
-                       "--frame_cache", str(tmp_path)])
+    def data(framerate: int, frames: int):
+        return run_config(parse_args([
+            "--anno_path", str(toy.root), "--video_path", str(toy.video_path), "--recipe",
+            "demo", "--max_frames", str(frames), "--video_framerate", str(framerate),
+            "--frame_cache", str(tmp_path)])).data
+
     with pytest.raises(FrameCacheError, match=r"--video_framerate 3.0 \(this run: 1\)"):
-        build_split(args, "test", 32)
-    args.video_framerate, args.max_frames = 3, 6
+        build_split(data(1, 4), "test", 32, 16)
     with pytest.raises(FrameCacheError, match=r"--max_frames 4 \(this run: 6\)"):
-        build_split(args, "test", 32)
-    args.max_frames = 4
+        build_split(data(3, 6), "test", 32, 16)
     with pytest.raises(FrameCacheError, match="short side 224 px"):
-        build_split(args, "test", 336)
+        build_split(data(3, 4), "test", 336, 16)
 
 
 def test_an_interrupted_build_resumes_without_redoing_complete_shards(toy, tmp_path,

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from tvr.models.clip import CLIP, CLIP_CONFIGS, CLIPConfig
 from tvr.models.gare import GARE, TextFeatures, VideoFeatures
 from tvr.models.temporal import SeqLSTM, SeqTransf, build_temporal
-from tvr.options import build_parser, gare_config, parse_args
+from tvr.cli.flags import build_parser, run_config
+from tvr.cli.retrieval import parse_args
 
 SCORE_FLAGS = [
     ["--agg_module", "seqLSTM"], ["--agg_module", "meanP"], ["--num_hidden_layers", "2"],
@@ -21,7 +22,12 @@ LOSS_FLAGS = [
 
 def make_model(flags=(), clip_config=CLIP_CONFIGS["tiny"], seed=0) -> GARE:
     torch.manual_seed(seed)
-    return GARE(CLIP(clip_config), gare_config(build_parser().parse_args(list(flags))))
+    return GARE(CLIP(clip_config), gare_config([*flags, "--anno_path", "a", "--video_path", "v"]))
+
+
+def gare_config(argv):
+    """The GAREConfig that main_retrieval.py builds for ``argv``."""
+    return run_config(parse_args(list(argv))).model.gare
 
 
 def make_batch(batch=8, frames=4, length=12, image_size=32, seed=1):
@@ -199,11 +205,11 @@ def test_ablations_run_at_real_widths(width):
 
 def test_msvd_skips_aggregation_by_default():
     data = ["--anno_path", "anns", "--video_path", "videos"]
-    assert gare_config(parse_args(["--datatype", "msvd", *data])).agg_module == "None"
-    assert gare_config(parse_args(["--recipe", "msvd", *data])).agg_module == "None"
+    assert gare_config(["--datatype", "msvd", *data]).agg_module == "None"
+    assert gare_config(["--recipe", "msvd", *data]).agg_module == "None"
     flags = ["--datatype", "msvd", "--agg_module", "seqLSTM", *data]
-    assert gare_config(parse_args(flags)).agg_module == "seqLSTM"
-    assert gare_config(parse_args(data)).agg_module == "seqTransf"
+    assert gare_config(flags).agg_module == "seqLSTM"
+    assert gare_config(data).agg_module == "seqTransf"
 
 
 def test_help_documents_every_switch():

@@ -22,6 +22,7 @@ from tvr.index.__main__ import main as index_main
 from tvr.index.build import build_index, load_checkpoint_model
 from tvr.index.search import Stage1Search, VideoIndex, faiss_available
 from tvr.index.store import IndexStoreError, Manifest
+from tvr.training.checkpoint import sampling_of
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = ["a red circle moves to the left", "a blue bar moves upward", "a green triangle"]
@@ -119,10 +120,11 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
     out = tmp_path / "index"
     build_index(checkpoint, folder, out, workers=2, progress=False)
     index = VideoIndex.open(out)
-    model, args, _ = load_checkpoint_model(checkpoint)
+    model, info = load_checkpoint_model(checkpoint)
+    sampling = sampling_of(info)
 
     # The index holds what evaluation computes: the dataset's clip loader, then the model.
-    loader = VideoClipLoader(args.video_backend, args.video_framerate, args.max_frames,
+    loader = VideoClipLoader(sampling.video_backend, sampling.video_framerate, sampling.max_frames,
                              build_clip_transform(model.clip.config.image_size, False))
     video, mask = loader(str(folder / index.paths[3]))
     with torch.no_grad():

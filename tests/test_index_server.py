@@ -19,7 +19,9 @@ from tvr.data.toy import make_toy_dataset
 from tvr.index.build import build_index
 from tvr.index.search import VideoIndex
 from tvr.index.server import clock, create_app
-from tvr.options import build_model, model_record, parse_args
+from tvr.cli.flags import run_config
+from tvr.cli.retrieval import parse_args
+from tvr.models.factory import create_model
 from tvr.training import checkpoint as ckpt
 
 QUERY = "a red circle moves to the left"
@@ -43,9 +45,11 @@ def index(tmp_path_factory) -> VideoIndex:
     args = parse_args(["--base_encoder", "tiny", "--num_hidden_layers", "2", "--max_frames", "4",
                        "--max_words", "16", "--video_framerate", "3", "--anno_path", "a",
                        "--video_path", "v"])
-    model = build_model(args)
-    checkpoint = ckpt.save_model(root / "ckpt_best.pt", model, config=model_record(args, model),
-                                 epoch=0, global_step=0, metric=None, args=args)
+    config = run_config(args)
+    model = create_model(config.model)
+    record = ckpt.model_record(config.model, config.data.sampling, model)
+    checkpoint = ckpt.save_model(root / "ckpt_best.pt", model, config=record,
+                                 epoch=0, global_step=0, metric=None, args=config.arguments)
     report = build_index(checkpoint, toy.video_path, root / "index", workers=0, progress=False)
     assert len(report.encoded) == 10 and not report.failed
     return VideoIndex.open(root / "index")

@@ -1,4 +1,4 @@
-"""From command-line flags to datasets and data loaders (docs/behaviour.md §3-4, §10).
+"""From the data configuration to datasets and data loaders (docs/behaviour.md §3-4, §10).
 
 Training order and augmentation are functions of (seed, epoch, position) only, so that a run
 resumed mid-epoch sees exactly the batches and augmentations of an uninterrupted one:
@@ -10,12 +10,12 @@ resumed mid-epoch sees exactly the batches and augmentations of an uninterrupted
 """
 from __future__ import annotations
 
-import argparse
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from tvr.data.config import DataConfig
 from tvr.data.datasets import RetrievalDataset, build_dataset, collate_skipping
 from tvr.data.cached_clips import CachedClipLoader, CachedVideoFiles
 from tvr.data.frame_cache import FrameCacheError, open_frame_cache
@@ -24,27 +24,28 @@ from tvr.data.video import VideoClipLoader
 from tvr.models.tokenizer import ClipTokenizer
 
 
-def build_split(args: argparse.Namespace, split: str, image_size: int,
-                train: bool = False) -> RetrievalDataset:
-    """The ``split`` of ``--datatype`` with the train (augmented) or eval frame transform,
-    its clips decoded from the videos or read from ``--frame_cache``."""
-    augment = train and args.train_augment == "randaugment"
-    if not args.frame_cache:
-        loader = VideoClipLoader(args.video_backend, args.video_framerate, args.max_frames,
-                                 build_clip_transform(image_size, augment))
-        return build_dataset(args.datatype, split, args.anno_path, args.video_path,
-                             ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
-    cache = open_frame_cache(args.frame_cache)
-    cache.require(image_size, video_framerate=args.video_framerate, max_frames=args.max_frames,
-                  video_backend=args.video_backend)
-    on_device = args.frame_decode == "device" or (
-        args.frame_decode == "auto" and args.device != "cpu" and torch.cuda.is_available())
-    loader = CachedClipLoader(cache, args.video_path, args.max_frames, image_size, augment,
+def build_split(data: DataConfig, split: str, image_size: int, max_words: int, *,
+                on_device: bool = False, train: bool = False) -> RetrievalDataset:
+    """The ``split`` of ``data.datatype`` for a model of input ``image_size`` and caption
+    length ``max_words``, with the train (augmented) or eval frame transform, its clips decoded
+    from the videos or read from ``data.frame_cache`` (then, ``on_device``, left for the run's
+    device to decode)."""
+    augment = train and data.augment
+    sampling = data.sampling
+    if not data.frame_cache:
+        loader = VideoClipLoader(sampling.video_backend, sampling.video_framerate,
+                                 sampling.max_frames, build_clip_transform(image_size, augment))
+        return build_dataset(data.datatype, split, data.anno_path, data.video_path,
+                             ClipTokenizer(), loader, max_words, data.skip_bad_videos)
+    cache = open_frame_cache(data.frame_cache)
+    cache.require(image_size, video_framerate=sampling.video_framerate,
+                  max_frames=sampling.max_frames, video_backend=sampling.video_backend)
+    loader = CachedClipLoader(cache, data.video_path, sampling.max_frames, image_size, augment,
                               on_device)
-    dataset = build_dataset(args.datatype, split, args.anno_path, args.video_path,
-                            ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
+    dataset = build_dataset(data.datatype, split, data.anno_path, data.video_path,
+                            ClipTokenizer(), loader, max_words, data.skip_bad_videos)
     dataset.video_files = CachedVideoFiles(dataset.video_files, cache)
-    missing = [] if args.skip_bad_videos else loader.uncached(dataset)
+    missing = [] if data.skip_bad_videos else loader.uncached(dataset)
     if missing:
         raise FrameCacheError(f"frame cache {cache.root} lacks {len(missing)} of the "
                               f"{len(dataset.video_ids)} videos of {dataset.name} (e.g. "
@@ -100,17 +101,18 @@ class ResumableSampler(DistributedSampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
-def train_loader(dataset: RetrievalDataset, args: argparse.Namespace, rank: int, world_size: int,
-                 local_batch: int) -> tuple[DataLoader, ResumableSampler, SeededItems]:
+def train_loader(dataset: RetrievalDataset, rank: int, world_size: int, local_batch: int, *,
+                 seed: int, workers: int, per_video: bool = False
+                 ) -> tuple[DataLoader, ResumableSampler, SeededItems]:
     """Loader of this process' share of each global batch; call ``set_epoch`` on the returned
-    sampler and items before every epoch."""
-    items = SeededItems(dataset, args.seed, getattr(args, "augment_per", "caption") == "video")
-    sampler = ResumableSampler(items, world_size, rank, args.seed, local_batch)
+    sampler and items before every epoch. ``per_video``: :class:`SeededItems`'."""
+    items = SeededItems(dataset, seed, per_video)
+    sampler = ResumableSampler(items, world_size, rank, seed, local_batch)
     if sampler.batches_per_epoch == 0:
         raise ValueError(f"{dataset!r} has fewer pairs per process ({sampler.num_samples}) than "
                          f"one batch ({local_batch}); lower --batch_size")
-    loader = DataLoader(items, batch_size=local_batch, sampler=sampler, num_workers=args.workers,
+    loader = DataLoader(items, batch_size=local_batch, sampler=sampler, num_workers=workers,
                         collate_fn=collate_skipping, pin_memory=torch.cuda.is_available(),
-                        drop_last=True, generator=torch.Generator().manual_seed(args.seed),
+                        drop_last=True, generator=torch.Generator().manual_seed(seed),
                         persistent_workers=False)
     return loader, sampler, items

@@ -14,11 +14,10 @@ videos/s.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -34,32 +33,21 @@ from tvr.evaluation.engine import coarse_vectors
 from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
                              thumbnail_dir, walk_videos, write_shard)
 from tvr.models.gare import GARE
-from tvr.options import build_model
-from tvr.training.checkpoint import code_version, load_weights_for_eval
+from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
 
 THUMBNAIL_SIDE = 160  # short side of the frame thumbnails, pixels
 
 
 def load_checkpoint_model(checkpoint: str | Path, device: torch.device | str = "cpu"
-                          ) -> tuple[GARE, argparse.Namespace, dict[str, Any]]:
-    """The model a checkpoint records (eval mode, weights loaded), the run's arguments and the
-    recorded model configuration.
-
-    The checkpoint must record its configuration (every checkpoint of this version does): an
-    index has no command line to trust instead."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(saved, dict) or not saved.get("config"):
-        raise IndexStoreError(f"{checkpoint} records no model configuration (written by an "
-                              f"older version, or not a checkpoint of this project): retrain, "
-                              f"or load it with main_retrieval.py and save it again")
-    args = argparse.Namespace(**saved.get("args", {}))
-    args.given, args.override_config = [], False
-    for name, default in (("video_framerate", 1), ("video_backend", "opencv")):
-        if not hasattr(args, name):
-            setattr(args, name, default)
-    model = build_model(args, str(checkpoint))
-    load_weights_for_eval(checkpoint, model)
-    return model.to(device).eval(), args, saved["config"]
+                          ) -> tuple[GARE, dict[str, Any]]:
+    """The model a checkpoint records (eval mode, weights loaded) and the file's metadata
+    (:func:`tvr.training.checkpoint.load_model`). The checkpoint must record its configuration
+    (every checkpoint of this version does): an index has no command line to trust instead."""
+    try:
+        model, info = load_model(checkpoint)
+    except CheckpointError as error:
+        raise IndexStoreError(str(error)) from error
+    return model.to(device).eval(), info
 
 
 class Decoded(NamedTuple):
@@ -140,11 +128,11 @@ def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
     root, out = Path(videos).resolve(), Path(out)
     if not root.is_dir():
         raise IndexStoreError(f"--videos {videos}: no such folder")
-    model, args, record = load_checkpoint_model(checkpoint, device)
+    model, info = load_checkpoint_model(checkpoint, device)
+    record = info["config"]
     identity = {"path": str(Path(checkpoint).resolve()), "sha256": file_sha256(checkpoint),
                 "code_version": code_version()}
-    sampling = {"video_framerate": args.video_framerate, "max_frames": args.max_frames,
-                "video_backend": args.video_backend}
+    sampling = asdict(sampling_of(info))
     if rebuild and out.exists():
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, identity, record, sampling)

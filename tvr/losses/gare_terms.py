@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tvr.losses.contrastive import symmetric_info_nce
+from tvr.settings import NON_NEGATIVE, POSITIVE, check_settings, setting
 
 __all__ = [
     "GARELossWeights",
@@ -111,22 +112,22 @@ class GARELossWeights:
     paper's β = 0.07 belonged to an older per-dimension KL and is not comparable.
     """
 
-    beta: float = 1e-4
-    lambda_dir: float = 0.01
-    alpha: float = 2.0
-    lambda_epsilon: float = 0.01
-    lambda_lower: float = 0.5
-    prior_std: float = 1.0
-    kl_anchor: str = "video"
+    beta: float = setting(1e-4, "weight of the relaxed-VIB KL, summed over d (the released "
+                                "code's 1e-4; the paper's 0.07 was for an older per-dimension "
+                                "KL)", NON_NEGATIVE)
+    lambda_dir: float = setting(0.01, "weight of the direction-diversity term", NON_NEGATIVE)
+    alpha: float = setting(2.0, "sharpness of the direction-diversity kernel", POSITIVE)
+    lambda_epsilon: float = setting(0.01, "weight of the trust-region (norm variance) term",
+                                    NON_NEGATIVE)
+    lambda_lower: float = setting(0.5, "floor of the trust-region term: it is 0 below "
+                                       "-lambda_lower", NON_NEGATIVE)
+    prior_std: float = setting(1.0, "σ of the KL's prior N(0, σ² I)", POSITIVE,
+                               flag="kl_prior_std")
+    kl_anchor: str = setting("video", "KL statistics of Δ per video over its texts, or per text",
+                             choices=("video", "text"))
 
     def __post_init__(self) -> None:
-        for name in ("beta", "lambda_dir", "lambda_epsilon", "lambda_lower"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.prior_std <= 0:
-            raise ValueError(f"prior_std must be > 0, got {self.prior_std}")
-        if self.kl_anchor not in ("video", "text"):
-            raise ValueError(f"kl_anchor must be 'video' or 'text', got {self.kl_anchor!r}")
+        check_settings(self)
 
 
 def gare_loss(

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tvr.settings import FRACTION, POSITIVE, check_settings, setting
+
 
 @dataclass(frozen=True)
 class SimilarityConfig:
@@ -50,29 +52,27 @@ class SimilarityConfig:
     """
 
     dim: int = 512
-    temp: float = 3.0
-    dropout: float = 0.3
-    delta_side: Literal["text", "video"] = "text"
-    psi_query: Literal["gap", "text"] = "gap"
-    gap_sign: int = 1
-    psi_context: Literal["frames", "words"] = "frames"
-    no_delta: bool = False
+    temp: float = setting(3.0, "temperature of the text-conditioned frame pooling softmax",
+                          POSITIVE)
+    dropout: float = setting(0.3, "dropout inside Psi, on W_1 x + b_1", FRACTION,
+                             flag="psi_dropout")
+    delta_side: Literal["text", "video"] = setting(
+        "text", "apply Δ to the text (s = cos(t + Δ, v); MSR-VTT) or to the pooled video "
+                "(s = cos(t, v + Δ); ActivityNet)", choices=("text", "video"))
+    psi_query: Literal["gap", "text"] = setting(
+        "gap", "Psi's query: the semantic gap g_ab, or the text embedding alone",
+        choices=("gap", "text"))
+    gap_sign: int = setting(1, "η in g = η (mean frame - text): +1 video minus text, "
+                               "-1 reversed", choices=(1, -1))
+    psi_context: Literal["frames", "words"] = setting(
+        "frames", "Psi's keys/values: the video's frames, or the caption's words",
+        choices=("frames", "words"))
+    no_delta: bool = setting(False, "the paper's Baseline: no Psi, s = cos(t, pooled video)")
 
     def __post_init__(self) -> None:
         if self.dim <= 0:
             raise ValueError(f"dim must be positive, got {self.dim}")
-        if self.temp <= 0:
-            raise ValueError(f"temp must be positive, got {self.temp}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.delta_side not in ("text", "video"):
-            raise ValueError(f"delta_side must be 'text' or 'video', got {self.delta_side!r}")
-        if self.psi_query not in ("gap", "text"):
-            raise ValueError(f"psi_query must be 'gap' or 'text', got {self.psi_query!r}")
-        if self.gap_sign not in (1, -1):
-            raise ValueError(f"gap_sign must be +1 or -1, got {self.gap_sign}")
-        if self.psi_context not in ("frames", "words"):
-            raise ValueError(f"psi_context must be 'frames' or 'words', got {self.psi_context!r}")
+        check_settings(self)
 
 
 class SimilarityOutput(NamedTuple):

@@ -7,11 +7,11 @@ Files in ``--output_dir`` (rank 0 alone writes them, docs/behaviour.md §10):
 - ``ckpt_best.pt`` (:data:`BEST`): the model weights of the best validation text-to-video R@1
   so far, with their epoch, step, metric and args (no optimiser, no RNG: a third of the size).
 
-Every file records ``config``, the model's configuration (:func:`tvr.options.model_record`:
-the CLIP architecture, the whole GAREConfig, max_words and max_frames as trained), and
+Every file records ``config``, the model's configuration (:func:`model_record`: the CLIP
+architecture, the whole GAREConfig, max_words and the sampling as trained), and
 ``code_version`` (``git describe --always --dirty`` of this repository, None outside a git
-checkout). ``--init_model`` and ``--resume`` rebuild the model from ``config``
-(:func:`tvr.options.build_model`); files written before it existed hold no ``config``.
+checkout). :func:`load_model` rebuilds the model from ``config``; files written before it
+existed hold no ``config``.
 
 Both are dicts of tensors and plain Python values (str, int, float, bool, None, lists, dicts):
 RNG states are stored as tensors and ints, the args as a dict of plain values, so every file of
@@ -46,7 +46,7 @@ import random
 import subprocess
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional, Union
@@ -56,6 +56,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from tvr.data.config import SamplingConfig
+from tvr.models.factory import ModelConfig, config_from_record, create_model, record_of
+from tvr.models.gare import GARE
 from tvr.training.distributed import unwrap_model
 
 LAST = "ckpt_last.pt"
@@ -236,7 +239,7 @@ def load_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[Optimi
 
 
 def load_weights_for_eval(path: PathLike, model: nn.Module) -> dict[str, Any]:
-    """Load model weights for ``--init_model`` / evaluation; returns the file's metadata.
+    """Load model weights for evaluation into a built ``model``; returns the file's metadata.
 
     Accepts this project's ``ckpt_last.pt`` and ``ckpt_best.pt`` files and a bare state dict of
     this model (``torch.save(model.state_dict())``, a ``module.`` prefix from DDP is removed).
@@ -245,6 +248,11 @@ def load_weights_for_eval(path: PathLike, model: nn.Module) -> dict[str, Any]:
     """
     checkpoint = _read(path)
     _require_weights(path, checkpoint)
+    return _load_weights(path, checkpoint, model)
+
+
+def _load_weights(path: PathLike, checkpoint: dict[str, Any], model: nn.Module
+                  ) -> dict[str, Any]:
     if "format_version" in checkpoint:
         state_dict = checkpoint["model"]
         meta = {k: checkpoint.get(k) for k in ("kind", "epoch", "global_step", "best_metric",
@@ -261,6 +269,57 @@ def read_model_record(path: PathLike) -> Optional[dict[str, Any]]:
     bare state dict). The file is memory-mapped: its tensors are not read."""
     checkpoint = _read(path, mmap=True)
     return checkpoint.get("config") if "format_version" in checkpoint else None
+
+
+def model_record(config: ModelConfig, sampling: SamplingConfig, model: GARE) -> dict[str, Any]:
+    """The configuration a checkpoint records: enough to rebuild ``model`` without any flag
+    (:func:`tvr.models.factory.record_of`: the CLIP architecture, the whole GAREConfig,
+    base_encoder and max_words) and the sampling it was trained with."""
+    return {**record_of(config, model), "sampling": asdict(sampling)}
+
+
+def recorded_sampling(record: dict[str, Any]) -> dict[str, Any]:
+    """The sampling settings a record holds; a record of an older version holds only
+    ``max_frames``."""
+    return dict(record["sampling"]) if "sampling" in record else {"max_frames":
+                                                                  record["max_frames"]}
+
+
+def sampling_of(info: dict[str, Any]) -> SamplingConfig:
+    """The sampling a checkpoint's model was trained with (``info``: what :func:`load_model`
+    returns beside the model); the settings an older record lacks come from the run's
+    recorded arguments, else the defaults."""
+    args = info.get("args") or {}
+    defaults = {name: args[name] for name in ("video_framerate", "video_backend") if name in args}
+    return SamplingConfig(**{**defaults, **recorded_sampling(info["config"])})
+
+
+def load_model(path: PathLike, config: Optional[ModelConfig] = None
+               ) -> tuple[GARE, dict[str, Any]]:
+    """The model checkpoint ``path`` holds, with its weights, and the file's metadata (kind,
+    epoch, global_step, best_metric, args, config (the record), code_version): the one way
+    from a file to a model. The file is read once.
+
+    Without ``config`` the model is the one the record describes (a file without a record is
+    an error); with it (flags reconciled with the record by the command line), that model is
+    built: with the recorded CLIP architecture when there is a record (no CLIP release file
+    needed), else from ``config.base_encoder``'s release file."""
+    checkpoint = _read(path)
+    _require_weights(path, checkpoint)
+    record = checkpoint.get("config") if "format_version" in checkpoint else None
+    if record is None and config is None:
+        raise CheckpointError(f"{path} records no model configuration (written by an older "
+                              f"version of this project, or a bare state dict): evaluate it "
+                              f"with main_retrieval.py --init_model and the flags it was "
+                              f"trained with")
+    clip = None
+    if record is not None:
+        recorded, clip = config_from_record(record, None if config is None else
+                                            config.clip_path)
+        config = config or recorded
+    model = create_model(config, clip)
+    meta = _load_weights(path, checkpoint, model)
+    return model, meta
 
 
 def resume_path(resume: PathLike, output_dir: PathLike) -> Path:

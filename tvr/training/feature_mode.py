@@ -24,7 +24,6 @@ in the same order, resumable mid-epoch.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -46,6 +45,7 @@ from tvr.data.video import VideoReadError
 from tvr.evaluation.encode import EncodedSplit, encode_split
 from tvr.models.clip import CLIP
 from tvr.models.gare import GARE, ClipOutputs, TextFeatures, VideoFeatures
+from tvr.training.config import RunConfig
 
 AUGMENTED = ".augmented"  # store name suffix of a training split extracted with augmentation
 
@@ -75,22 +75,22 @@ def dataset_fingerprint(dataset: RetrievalDataset) -> str:
     return digest.hexdigest()
 
 
-def store_key(args: argparse.Namespace, model: GARE, precision: str) -> dict[str, Any]:
+def store_key(config: RunConfig, model: GARE, precision: str) -> dict[str, Any]:
     """Everything the cached outputs depend on besides the split's own data."""
-    augment = args.train_augment == "randaugment"
+    data, sampling, seed = config.data, config.data.sampling, config.train.seed
     return {
-        "clip": {"sha256": clip_fingerprint(model.clip), "base_encoder": args.base_encoder,
-                 "config": asdict(model.clip.config)},
-        "text": {"max_words": args.max_words},
+        "clip": {"sha256": clip_fingerprint(model.clip),
+                 "base_encoder": config.model.base_encoder, "config": asdict(model.clip.config)},
+        "text": {"max_words": config.model.max_words},
         "words": model.uses_words,
-        "video": {"max_frames": args.max_frames, "video_framerate": args.video_framerate,
-                  "video_backend": args.video_backend,
-                  "frame_cache": getattr(args, "frame_cache", None)},
-        "datatype": args.datatype,
-        "train_views": {"train_augment": args.train_augment,
-                        "views": args.feature_views if augment else 1,
-                        "seed": args.seed if augment else None},
-        "dtype": args.feature_dtype,
+        "video": {"max_frames": sampling.max_frames,
+                  "video_framerate": sampling.video_framerate,
+                  "video_backend": sampling.video_backend, "frame_cache": data.frame_cache},
+        "datatype": data.datatype,
+        "train_views": {"train_augment": data.train_augment,
+                        "views": config.features.feature_views if data.augment else 1,
+                        "seed": seed if data.augment else None},
+        "dtype": config.features.feature_dtype,
         "precision": precision,
     }
 
@@ -189,19 +189,20 @@ class FeatureMode:
     """A trainer's feature mode: the store, its splits, the training batches and the
     evaluation encoder (a drop-in for :func:`tvr.evaluation.encode.encode_split`)."""
 
-    def __init__(self, args: argparse.Namespace, model: GARE, device: torch.device,
+    def __init__(self, config: RunConfig, model: GARE, device: torch.device,
                  autocast: Callable[[], contextlib.AbstractContextManager], precision: str,
                  world_size: int, log: Callable[[str], None]):
-        self.args, self.model, self.device, self.autocast = args, model, device, autocast
+        self.config, self.model, self.device, self.autocast = config, model, device, autocast
         self.world_size, self.log = world_size, log
-        self.augment = args.train_augment == "randaugment"
-        self.views = args.feature_views if self.augment else 1
-        if args.feature_views > 1 and not self.augment:
-            log(f"feature mode: --feature_views {args.feature_views} ignored with "
+        folder, views = config.features.clip_features, config.features.feature_views
+        self.augment = config.data.augment
+        self.views = views if self.augment else 1
+        if views > 1 and not self.augment:
+            log(f"feature mode: --feature_views {views} ignored with "
                 f"--train_augment none (every view would be the same)")
-        if world_size > 1 and not (Path(args.clip_features) / MANIFEST).is_file():
-            raise RuntimeError(single_process(args.clip_features, "does not exist yet"))
-        self.store = FeatureStore(args.clip_features, store_key(args, model, precision))
+        if world_size > 1 and not (Path(folder) / MANIFEST).is_file():
+            raise RuntimeError(single_process(folder, "does not exist yet"))
+        self.store = FeatureStore(folder, store_key(config, model, precision))
         self.opened: dict[str, StoredSplit] = {}
 
     def stored(self, dataset: RetrievalDataset, train: bool) -> StoredSplit:
@@ -235,13 +236,15 @@ class FeatureMode:
             raise RuntimeError(single_process(self.store.root, f"lacks {name}"))
         words = self.store.has_words
         captions, videos = len(dataset.pairs), len(dataset.video_ids)
-        dim, dtype = self.model.clip.config.embed_dim, self.args.feature_dtype
+        config = self.config
+        dim, dtype = self.model.clip.config.embed_dim, config.features.feature_dtype
+        words_len, frames = config.model.max_words, config.data.sampling.max_frames
         arrays = {"text_sentence": ((captions, dim), dtype),
-                  "text_mask": ((captions, self.args.max_words), "uint8"),
-                  "video_frames": ((spec["views"], videos, self.args.max_frames, dim), dtype),
-                  "video_mask": ((videos, self.args.max_frames), "uint8")}
+                  "text_mask": ((captions, words_len), "uint8"),
+                  "video_frames": ((spec["views"], videos, frames, dim), dtype),
+                  "video_mask": ((videos, frames), "uint8")}
         if words:
-            arrays["text_words"] = ((captions, self.args.max_words, dim), dtype)
+            arrays["text_words"] = ((captions, words_len, dim), dtype)
         writer = self.store.writer(name, spec, arrays)
         size = sum(np.prod(shape) * np.dtype(t).itemsize for shape, t in arrays.values())
         self.log(f"feature mode: {'resuming' if writer.resumed else 'extracting'} {name} "
@@ -250,13 +253,14 @@ class FeatureMode:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         was_training = self.model.training
         with torch.random.fork_rng(devices=devices):
-            extract_split(self.model, dataset, writer, views=spec["views"], seed=self.args.seed,
-                          batch_size=self.args.batch_size_val, workers=self.args.workers,
+            extract_split(self.model, dataset, writer, views=spec["views"],
+                          seed=config.train.seed, batch_size=config.eval.batch_size_val,
+                          workers=config.data.workers,
                           device=self.device, autocast=self.autocast, words=words)
         self.model.train(was_training)
         return writer.finish({"split": dataset.name, "captions": captions, "videos": videos,
-                              "anno_path": str(self.args.anno_path),
-                              "video_path": str(self.args.video_path)})
+                              "anno_path": str(config.data.anno_path),
+                              "video_path": str(config.data.video_path)})
 
     def train_loader(self, dataset: RetrievalDataset, rank: int, world_size: int,
                      local_batch: int) -> tuple[FeatureBatches, ResumableSampler, FeatureBatches]:
@@ -265,14 +269,16 @@ class FeatureMode:
         bad = {s["video_index"] for s in stored.skipped}
         captions = np.array([i for i, v in enumerate(dataset.caption_to_video) if v not in bad],
                             dtype=np.int64)
-        sampler = ResumableSampler(captions, world_size, rank, self.args.seed, local_batch)
+        sampler = ResumableSampler(captions, world_size, rank, self.config.train.seed,
+                                   local_batch)
         if sampler.batches_per_epoch == 0:
             raise ValueError(f"{dataset!r} has fewer pairs per process ({sampler.num_samples}) "
                              f"than one batch ({local_batch}); lower --batch_size")
         batches = FeatureBatches(stored, captions, np.asarray(dataset.caption_to_video),
                                  sampler, local_batch, self.model.uses_words)
-        if self.augment and stored.views < self.args.epochs:
-            self.log(f"feature mode: {stored.views} augmented view(s) for {self.args.epochs} "
+        epochs = self.config.train.epochs
+        if self.augment and stored.views < epochs:
+            self.log(f"feature mode: {stored.views} augmented view(s) for {epochs} "
                      f"epochs: epoch k reads view k mod {stored.views} (views repeat)")
         return batches, sampler, batches
 

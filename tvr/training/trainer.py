@@ -11,7 +11,6 @@ and ``.md`` tables, ``curves.png``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import random
@@ -32,8 +31,9 @@ from tvr.data.loaders import build_split, train_loader
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
 from tvr.models.gare import ClipOutputs
-from tvr.options import build_model, model_record
+from tvr.models.factory import create_model
 from tvr.training import checkpoint
+from tvr.training.config import RunConfig
 from tvr.training.distributed import (DistContext, barrier, check_batch_size, cleanup,
                                       gather_rows, init_distributed, share_sizes, unwrap_model)
 from tvr.training.monitor import RunMonitor
@@ -59,64 +59,66 @@ def autocast_for(precision: str, device: torch.device):
 
 
 class Trainer:
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
+    def __init__(self, config: RunConfig):
+        self.config = config
+        train = config.train
         self.ctx: DistContext = init_distributed(
-            args.local_rank, None if args.device == "auto" else args.device)
-        seed_everything(args.seed)
-        self.output_dir = Path(args.output_dir or f"outputs/{args.datatype}")
+            config.local_rank, None if train.device == "auto" else train.device)
+        seed_everything(train.seed)
+        self.output_dir = Path(config.output_dir)
         self.monitor = RunMonitor(self.output_dir, enabled=self.ctx.is_main)
         self.log = self.monitor.log.info
-        self.precision, self.autocast = autocast_for(args.precision, self.ctx.device)
-        self.resume_from = (checkpoint.resume_path(args.resume, self.output_dir)
-                            if args.resume else None)
-        source = self.resume_from or args.init_model
-        self.model = build_model(args, source, warn=self.monitor.log.warning)
+        self.precision, self.autocast = autocast_for(train.precision, self.ctx.device)
+        self.resume_from = Path(config.resume) if config.resume else None
+        source = config.resume or config.init_model
+        if source:
+            self.model, meta = checkpoint.load_model(source, config.model)
+        else:
+            self.model = create_model(config.model)
         self.model.to(self.ctx.device)
-        self.record = model_record(args, self.model)
+        self.record = checkpoint.model_record(config.model, config.data.sampling, self.model)
         self.image_size = self.model.clip.config.image_size
-        if args.init_model and not self.resume_from:
-            meta = checkpoint.load_weights_for_eval(args.init_model, self.model)
-            self.log(f"weights from {args.init_model} ({meta.get('kind')}, step "
+        if config.init_model and not self.resume_from:
+            self.log(f"weights from {config.init_model} ({meta.get('kind')}, step "
                      f"{meta.get('global_step')}, code {meta.get('code_version')})")
         self.log(f"process {self.ctx.rank}/{self.ctx.world_size} on {self.ctx.device}; "
                  f"precision {self.precision}; code {checkpoint.code_version()}; arguments: "
-                 f"{json.dumps(checkpoint.plain_args(args), sort_keys=True)}")
-        self.features = self.setup_feature_mode() if args.clip_features else None
-        if args.coef_lr == 0 and not args.clip_features:
+                 f"{json.dumps(config.arguments, sort_keys=True)}")
+        self.features = self.setup_feature_mode() if config.features.clip_features else None
+        if train.coef_lr == 0 and not self.features:
             freeze_clip_towers(self.model)
             self.log("--coef_lr 0: CLIP's towers are frozen (no backward through them)")
 
     def setup_feature_mode(self) -> FeatureMode:
         """--clip_features: freeze the CLIP towers, open (or create) the store; the CLIP
         weights must be the run's final ones already (a resumed run's are read here)."""
-        args = self.args
-        if self.resume_from:
-            checkpoint.load_weights_for_eval(self.resume_from, self.model)
+        train = self.config.train
         frozen = freeze_clip_towers(self.model)
-        features = FeatureMode(args, self.model, self.ctx.device, self.autocast, self.precision,
-                               self.ctx.world_size, self.log)
+        features = FeatureMode(self.config, self.model, self.ctx.device, self.autocast,
+                               self.precision, self.ctx.world_size, self.log)
         self.log(f"feature mode: CLIP outputs cached in {features.store.root}; {frozen} CLIP "
                  f"tower tensors frozen (the recipe would train them at lr x coef_lr = "
-                 f"{args.lr * args.coef_lr:g}); logit_scale trains; docs/feature_mode.md")
+                 f"{train.lr * train.coef_lr:g}); logit_scale trains; docs/feature_mode.md")
         return features
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, dataset: RetrievalDataset, name: str, step: int,
                  bank: Optional[RetrievalDataset] = None) -> Optional[dict]:
-        args = self.args
+        evaluation, ncl_tau = self.config.eval, self.config.model.gare.ncl.tau
         encode = {} if self.features is None else {"encode": self.features.encode}
         # Evaluation draws nothing from the training generators (its DataLoaders would take a
         # seed from torch's): training is then independent of when and how it validates,
         # e.g. from cached features (feature mode) or not.
         with torch.random.fork_rng(devices=[]):
             results = evaluate(unwrap_model(self.model), dataset,
-                               batch_size=args.batch_size_val, workers=args.workers,
-                               device=self.ctx.device, is_main=self.ctx.is_main,
-                               autocast=self.autocast, dsl_temp=args.eval_dsl_temp, bank=bank,
-                               bank_size=args.eval_bank_size, qb_beta=args.qb_beta,
-                               qb_k=args.qb_k, ncl_tau=args.ncl_tau, engine=args.eval_engine,
-                               log=self.monitor.log.warning, **encode)
+                               batch_size=evaluation.batch_size_val,
+                               workers=self.config.data.workers, device=self.ctx.device,
+                               is_main=self.ctx.is_main, autocast=self.autocast,
+                               dsl_temp=evaluation.eval_dsl_temp, bank=bank,
+                               bank_size=evaluation.eval_bank_size, qb_beta=evaluation.qb_beta,
+                               qb_k=evaluation.qb_k, ncl_tau=ncl_tau,
+                               engine=evaluation.eval_engine, log=self.monitor.log.warning,
+                               **encode)
         barrier()
         if results is None:
             return None
@@ -140,17 +142,18 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
-        args, ctx = self.args, self.ctx
-        local_batch = check_batch_size(args.batch_size, ctx.world_size)
+        cfg, ctx, data = self.config.train, self.ctx, self.config.data
+        local_batch = check_batch_size(cfg.batch_size, ctx.world_size)
         if self.features is not None:
             loader, sampler, items = self.features.train_loader(train_set, ctx.rank,
                                                                 ctx.world_size, local_batch)
         else:
-            loader, sampler, items = train_loader(train_set, args, ctx.rank, ctx.world_size,
-                                                  local_batch)
+            loader, sampler, items = train_loader(
+                train_set, ctx.rank, ctx.world_size, local_batch, seed=cfg.seed,
+                workers=data.workers, per_video=data.augment_per == "video")
         steps_per_epoch = sampler.batches_per_epoch
-        optimizer = build_optimizer(self.model, args.lr, args.coef_lr, args.weight_decay,
-                                    args.warmup_proportion, steps_per_epoch, args.epochs)
+        optimizer = build_optimizer(self.model, cfg.lr, cfg.coef_lr, cfg.weight_decay,
+                                    cfg.warmup_proportion, steps_per_epoch, cfg.epochs)
         scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
         model = self.model
         if ctx.distributed:
@@ -162,14 +165,14 @@ class Trainer:
             global_step, best = state.global_step, state.best_metric
             epoch = global_step // steps_per_epoch
             self.log(f"resumed from {self.resume_from} at step {global_step} (epoch {epoch})")
-        total_steps = steps_per_epoch * args.epochs
+        total_steps = steps_per_epoch * cfg.epochs
         skipped = SkipReport()
-        while epoch < args.epochs:
+        while epoch < cfg.epochs:
             sampler.set_epoch(epoch)
             items.epoch = epoch
             sampler.start_batch = global_step - epoch * steps_per_epoch
             model.train()
-            progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}",
+            progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                             disable=not ctx.is_main, initial=sampler.start_batch,
                             total=steps_per_epoch,
                             mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -180,26 +183,26 @@ class Trainer:
                 sizes = share_sizes(0 if batch.data is None else len(batch.data[0]), ctx.device)
                 if min(sizes) == 0 or sum(sizes) < 2:
                     self.log(f"step {global_step}: no update, too few readable videos in the "
-                             f"batch ({sum(sizes)} of {args.batch_size}; see the epoch's "
+                             f"batch ({sum(sizes)} of {cfg.batch_size}; see the epoch's "
                              f"skip report)")
                 else:
                     values = self.train_step(model, optimizer, scaler, batch.data,
                                              partial(gather_rows, sizes=sizes))
                     self.monitor.scalars(global_step, values, prefix="train")
                     progress.set_postfix(loss=f"{values['loss']:.4f}")
-                    if global_step % args.n_display == 0 or global_step == 1:
+                    if global_step % cfg.n_display == 0 or global_step == 1:
                         done = global_step - epoch * steps_per_epoch - sampler.start_batch
                         self.log(f"step {global_step}/{total_steps} epoch {epoch + 1} "
                                  + " ".join(f"{k} {v:.5g}" for k, v in values.items())
                                  + f" ({(time.time() - tic) / max(1, done):.2f} s/step)")
                 end_of_epoch = global_step % steps_per_epoch == 0
-                if args.eval_every_steps and global_step % args.eval_every_steps == 0 \
+                if cfg.eval_every_steps and global_step % cfg.eval_every_steps == 0 \
                         and not end_of_epoch:
                     best = self.validate(val_set, model, epoch, global_step, best)
                     model.train()
                 if end_of_epoch:
                     break
-                if args.save_every_steps and global_step % args.save_every_steps == 0:
+                if cfg.save_every_steps and global_step % cfg.save_every_steps == 0:
                     self.save_last(model, optimizer, epoch, global_step, best)
             self.report_skipped(skipped, epoch)
             best = self.validate(val_set, model, epoch, global_step, best)
@@ -241,7 +244,7 @@ class Trainer:
                 best = r1
                 checkpoint.save_model(self.output_dir / checkpoint.BEST, model,
                                       epoch=epoch, global_step=global_step, metric=r1,
-                                      config=self.record, args=self.args)
+                                      config=self.record, args=self.config.arguments)
                 self.log(f"new best validation t2v R@1 {r1:.2f} at step {global_step}")
         return best
 
@@ -249,7 +252,7 @@ class Trainer:
         if self.ctx.is_main:
             checkpoint.save_checkpoint(self.output_dir / checkpoint.LAST, model, optimizer,
                                        epoch=epoch, global_step=global_step, best_metric=best,
-                                       config=self.record, args=self.args)
+                                       config=self.record, args=self.config.arguments)
         barrier()
 
     def report_skipped(self, skipped: SkipReport, epoch: int) -> None:
@@ -259,21 +262,30 @@ class Trainer:
             skipped.clear()
 
     # ---------------------------------------------------------------- the program
+    def split(self, name: str, train: bool = False) -> RetrievalDataset:
+        """The dataset split ``name`` as the model reads it (its input size and caption
+        length), with the training augmentation when ``train``."""
+        data = self.config.data
+        on_device = data.frame_decode == "device" or (
+            data.frame_decode == "auto" and self.ctx.device.type == "cuda")
+        return build_split(data, name, self.image_size, self.config.model.max_words,
+                           on_device=on_device, train=train)
+
     def run(self) -> Optional[dict]:
-        args = self.args
-        test_set = build_split(args, "test", self.image_size)
+        config = self.config
+        test_set = self.split("test")
         results = None
-        if args.do_train:
-            train_set = build_split(args, "train", self.image_size, train=True)
-            val_set = build_split(args, "val", self.image_size)
+        if config.do_train:
+            train_set = self.split("train", train=True)
+            val_set = self.split("val")
             self.log(f"train {train_set!r}; val {val_set!r}; test {test_set!r}")
             self.train(train_set, val_set)
             best = self.output_dir / checkpoint.BEST
             barrier()
             checkpoint.load_weights_for_eval(best, self.model)
             self.log(f"testing the best checkpoint {best}")
-        if args.do_train or args.do_eval:
-            bank = build_split(args, "train", self.image_size) if args.eval_bank_size else None
+        if config.do_train or config.do_eval:
+            bank = self.split("train") if config.eval.eval_bank_size else None
             results = self.evaluate(test_set, "test", step=0, bank=bank)
             if results is not None:
                 self.write_results(results, "test")

@@ -1,14 +1,14 @@
 """Checks of main_retrieval.py's flags and inputs, so that a bad one stops the run at once.
 
-- :func:`check_values`: every numeric flag within its range (:data:`RANGES`) and flags that
-  contradict each other; no file is touched.
+- :func:`check_values`: every flag within what its declaration accepts (tvr/cli/flags.py) and
+  flags that contradict each other; no file is touched.
 - :func:`check_run`: what a run needs: existing input folders and files, checkpoints that load,
   a writable ``--output_dir``, a ``--batch_size`` the launch can split, a usable ``--device``.
 - :func:`check_data`: reads the annotations of the splits a run uses (no video is decoded) and
   checks that one training batch fits in the training split.
 
 All three run before any model is built. A flag problem is a :class:`UsageError`, which
-:func:`tvr.options.parse_args` prints as argparse does (``main_retrieval.py: error: argument
+:func:`tvr.cli.retrieval.parse_args` prints as argparse does (``main_retrieval.py: error: argument
 --lr: ...``, exit status 2). Failures expected at run time (:func:`expected_errors`: a
 malformed annotation file, an unreadable video, an unusable checkpoint) are printed by
 main_retrieval.py as one line (:func:`describe`), exit status 1; ``--debug`` or
@@ -17,97 +17,27 @@ main_retrieval.py as one line (:func:`describe`), exit status 1; ``--debug`` or
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 import torch
 
 from tvr.data.datasets.annotations import AnnotationError
 from tvr.data.video import VideoReadError
+from tvr.cli.flags import FLAGS
 from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.factory import CONTEXT_LENGTH
 from tvr.models.pretrained import CheckpointNotFoundError, find_checkpoint
 from tvr.training.checkpoint import CheckpointError, check_checkpoint, resume_path
 from tvr.training.distributed import check_batch_size
 
 DEBUG_ENV = "TVR_DEBUG"
-CONTEXT_LENGTH = min(config.context_length for config in CLIP_CONFIGS.values())
 
 
 class UsageError(ValueError):
     """A flag value the run cannot use; the message names the flag."""
-
-
-class Bounds:
-    """The values a numeric flag accepts: an integer or a finite number between optional
-    bounds (each included unless ``*_open``), or None when ``optional``."""
-
-    def __init__(self, low: Optional[float] = None, high: Optional[float] = None, *,
-                 low_open: bool = False, high_open: bool = False, integer: bool = False,
-                 optional: bool = False):
-        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
-        self.integer, self.optional = integer, optional
-
-    def __str__(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        if self.low is not None and self.high is not None:
-            if self.integer and self.high - self.low == 1 and not (self.low_open or
-                                                                    self.high_open):
-                return f"{self.low} or {self.high}"
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            text = f"{kind} in {left}{self.low}, {self.high}{right}"
-        elif self.low is not None:
-            text = f"{kind} {'>' if self.low_open else '>='} {self.low}"
-        elif self.high is not None:
-            text = f"{kind} {'<' if self.high_open else '<='} {self.high}"
-        else:
-            text = kind
-        return text + (" (or unset)" if self.optional else "")
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.optional
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.integer and not isinstance(value, int):
-            return False
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else
-                                     value <= self.high)
-
-
-def integer(low: Optional[int] = None, high: Optional[int] = None) -> Bounds:
-    return Bounds(low, high, integer=True)
-
-
-POSITIVE = Bounds(0, low_open=True)
-NON_NEGATIVE = Bounds(0)
-FRACTION = Bounds(0, 1, high_open=True)  # a proportion or a dropout rate: 1 is excluded
-
-# Every numeric flag of tvr/options.py: name (without --) -> accepted values. A flag missing
-# from the parsed arguments is skipped; a new numeric flag gets a line here.
-RANGES: dict[str, Bounds] = {
-    "do_train": integer(0, 1), "do_eval": integer(0, 1),
-    "seed": integer(0, 2**32 - 1),  # numpy's seed range
-    "n_display": integer(1), "eval_every_steps": integer(0), "save_every_steps": integer(0),
-    "eval_dsl_temp": Bounds(0, low_open=True, optional=True), "eval_bank_size": integer(0),
-    "qb_beta": POSITIVE, "qb_k": integer(1), "local_rank": integer(0),
-    "max_words": integer(3, CONTEXT_LENGTH),  # SOT, at least one token, EOT
-    "max_frames": integer(1), "video_framerate": POSITIVE, "workers": integer(0),
-    "epochs": integer(1), "batch_size": integer(1), "batch_size_val": integer(1),
-    "lr": POSITIVE, "coef_lr": NON_NEGATIVE, "warmup_proportion": FRACTION,
-    "weight_decay": NON_NEGATIVE,
-    "num_hidden_layers": integer(1), "temp": POSITIVE, "psi_dropout": FRACTION,
-    "beta": NON_NEGATIVE, "kl_prior_std": POSITIVE, "lambda_epsilon": NON_NEGATIVE,
-    "lambda_lower": Bounds(), "lambda_dir": NON_NEGATIVE, "alpha": POSITIVE,
-    "ncl_tau": Bounds(0, low_open=True, optional=True), "ncl_iters": integer(1),
-    "ncl_queue": integer(1), "feature_views": integer(1),
-}
 
 
 def flag_error(args: argparse.Namespace, name: str, problem: str) -> UsageError:
@@ -117,18 +47,14 @@ def flag_error(args: argparse.Namespace, name: str, problem: str) -> UsageError:
     return UsageError(f"argument --{name}: {problem}{source}")
 
 
-def check_values(args: argparse.Namespace,
-                 choices: Optional[dict[str, Sequence[Any]]] = None) -> None:
-    """Raise :class:`UsageError` for the first flag out of its range (:data:`RANGES`), not one
-    of its ``choices`` (flag name -> accepted values; argparse checks the command line, not a
-    recipe's values) or contradicting another; reads no file."""
-    for name, bounds in RANGES.items():
-        if hasattr(args, name) and not bounds.accepts(getattr(args, name)):
-            raise flag_error(args, name, f"must be {bounds}, got {getattr(args, name)!r}")
-    for name, accepted in (choices or {}).items():
-        if hasattr(args, name) and getattr(args, name) not in accepted:
-            raise flag_error(args, name, f"invalid choice: {getattr(args, name)!r} (choose "
-                                         f"from {', '.join(map(repr, accepted))})")
+def check_values(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError` for the first flag that its declaration refuses (out of its
+    bounds or not one of its choices: argparse checks the command line, this also a recipe's
+    values) or that contradicts another; reads no file."""
+    for name, flag in FLAGS.items():
+        problem = flag.setting.problem(getattr(args, name))
+        if problem is not None:
+            raise flag_error(args, name, problem)
     if args.agg_module == "seqTransf":
         if args.max_frames > CONTEXT_LENGTH:
             raise flag_error(args, "max_frames", f"seqTransf embeds at most {CONTEXT_LENGTH} "

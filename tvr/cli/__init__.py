@@ -1,0 +1,1 @@
+"""The command-line programs: the only modules that see flags."""

@@ -1,0 +1,162 @@
+"""The flags of main_retrieval.py, generated from the configurations they fill.
+
+Every flag that sets a configuration is declared once, on its field (tvr/settings.py): name,
+type, default, bounds or choices, help, and by its place in :class:`RunConfig` the
+configuration it fills. :data:`FLAGS` collects them; the parser, the range checks, the keys a
+recipe may set (tvr/recipes.py) and the model flags a checkpoint records all come from it.
+Defaults reproduce the published MSR-VTT recipe; every paper ablation is a flag
+(docs/behaviour.md §5-8). Only this package sees flags: everything below takes the frozen
+configurations that :func:`run_config` builds.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from tvr.data.config import DataConfig, SamplingConfig
+from tvr.evaluation.config import EvalConfig
+from tvr.losses.gare_terms import GARELossWeights
+from tvr.models.factory import ModelConfig, config_from_dict
+from tvr.models.gare import GAREConfig, NCLConfig
+from tvr.models.similarity import SimilarityConfig
+from tvr.settings import Setting, settings_of
+from tvr.training.checkpoint import plain_args
+from tvr.training.config import FeatureConfig, RunConfig, TrainConfig
+
+GROUPS: dict[str, str] = {  # help groups, in the order --help lists them
+    "run": "run",
+    "data": "data (docs/behaviour.md §3-4)",
+    "optimisation": "optimisation (docs/behaviour.md §9)",
+    "features": "feature mode: frozen CLIP, cached outputs (docs/feature_mode.md)",
+    "backbone": "backbone",
+    "temporal": "temporal aggregation (docs/behaviour.md §5)",
+    "similarity": "GARE similarity and its ablations (docs/behaviour.md §6)",
+    "losses": "losses (docs/behaviour.md §7); a weight of 0 turns its term off",
+    "ncl": "NCL: Sinkhorn-normalised contrastive learning (docs/behaviour.md §8)",
+}
+CONFIG_GROUPS: dict[type, str] = {
+    RunConfig: "run", DataConfig: "data", SamplingConfig: "data", TrainConfig: "optimisation",
+    EvalConfig: "run", FeatureConfig: "features", ModelConfig: "backbone",
+    GAREConfig: "temporal", SimilarityConfig: "similarity", GARELossWeights: "losses",
+    NCLConfig: "ncl",
+}
+COMPATIBILITY_FLAGS = {  # reference flags that this implementation accepts and ignores
+    "--world_size": (int, "taken from the launcher's environment"),
+    "--distributed": (int, "taken from the launcher's environment"),
+    "--interaction": (str, "DRL's interaction type; GARE has one similarity"),
+    "--center": (int, "width divisor of an unused reference module"),
+}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A declared flag: where it lives in :class:`RunConfig` and what it accepts."""
+
+    path: tuple[str, ...]   # field names from RunConfig, e.g. ("model", "gare", "temp")
+    setting: Setting
+    default: Any
+    group: str
+
+    @property
+    def kind(self) -> type:
+        return self.setting.kind or type(self.default)
+
+
+def _declared(config_type: type, path: tuple[str, ...] = ()) -> Iterator[Flag]:
+    hints = typing.get_type_hints(config_type)
+    declared = dict((item.name, setting) for item, setting in settings_of(config_type))
+    for item in dataclasses.fields(config_type):
+        kind = hints[item.name]
+        if dataclasses.is_dataclass(kind):
+            yield from _declared(kind, (*path, item.name))
+        elif item.name in declared:
+            setting = declared[item.name]
+            yield Flag((*path, item.name), setting, item.default,
+                       setting.group or CONFIG_GROUPS[config_type])
+
+
+FLAGS: dict[str, Flag] = {flag.setting.flag: flag for flag in _declared(RunConfig)}
+
+
+def add_declared_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
+    """One argparse argument per entry of :data:`FLAGS`."""
+    for name, flag in FLAGS.items():
+        group, setting = groups[flag.group], flag.setting
+        if flag.kind is bool:
+            group.add_argument(f"--{name}", action="store_true", help=setting.help)
+            continue
+        extra: dict[str, Any] = {"type": flag.kind}
+        if setting.choices is not None:
+            extra["choices"] = list(setting.choices)
+        if setting.const is not None:
+            extra.update(nargs="?", const=setting.const)
+        group.add_argument(f"--{name}", default=flag.default, help=setting.help, **extra)
+
+
+def add_cli_flags(group: argparse._ArgumentGroup, recipes: Sequence[str]) -> None:
+    """The flags that steer the command line itself (no configuration holds them)."""
+    group.add_argument("--recipe", default=None,
+                       help=f"flag defaults of a dataset's published run: one of "
+                            f"{', '.join(recipes)}, or a .json file of flag values (default: the "
+                            f"--datatype's recipe; 'demo' without --anno_path); flags given on "
+                            f"the command line win")
+    group.add_argument("--override_config", action="store_true",
+                       help="let model flags given on the command line differ from those "
+                            "recorded in the --init_model / --resume checkpoint (otherwise a "
+                            "contradiction is an error)")
+    group.add_argument("--debug", action="store_true",
+                       help="show the Python traceback of an expected error (a bad file, a "
+                            "malformed annotation, an unreadable video) under its one-line "
+                            "message; also TVR_DEBUG=1 in the environment")
+    group.add_argument("--local_rank", "--local-rank", type=int, default=0,
+                       help="set by the legacy `python -m torch.distributed.launch`")
+    for flag, (kind, note) in COMPATIBILITY_FLAGS.items():
+        group.add_argument(flag, type=kind, default=None, help=f"accepted and ignored: {note}")
+
+
+def build_parser(recipes: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Every flag of main_retrieval.py, with the declared (MSR-VTT recipe) defaults."""
+    parser = argparse.ArgumentParser(description="Train and evaluate GARE text-video retrieval.")
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
+    add_cli_flags(groups["run"], recipes)
+    add_declared_flags(groups)
+    return parser
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> set[str]:
+    """The destinations of the flags that ``argv`` itself gives (not defaults, not recipes)."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def flag_values(config: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    """(flag name, value) of every declared flag that ``config`` (at ``path`` in a
+    :class:`RunConfig`) holds."""
+    for name, flag in FLAGS.items():
+        if flag.path[:len(path)] == path:
+            value = config
+            for key in flag.path[len(path):]:
+                value = getattr(value, key)
+            yield name, value
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The frozen configuration of parsed flags (the only way from flags to configurations).
+    ``args.resume`` must already be a file (:func:`tvr.cli.checks.resolved_resume`)."""
+    nested: dict[str, Any] = {}
+    for name, flag in FLAGS.items():
+        level = nested
+        for key in flag.path[:-1]:
+            level = level.setdefault(key, {})
+        level[flag.path[-1]] = getattr(args, name)
+    nested["arguments"], nested["local_rank"] = plain_args(args), args.local_rank
+    if nested["output_dir"] is None:
+        nested["output_dir"] = str(Path("outputs") / args.datatype)
+    return config_from_dict(RunConfig, nested)
