@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from tvr.options import ConfigMismatchError
+from tvr.storage import atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,16 +45,6 @@ PARTIAL = ".partial"
 
 class FeatureStoreMismatch(ConfigMismatchError):
     """``--clip_features DIR`` was made with other CLIP weights, data or flags."""
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def differences(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
@@ -122,7 +113,7 @@ class FeatureStore:
                     f"(no {MANIFEST}); give an empty or new folder")
             self.root.mkdir(parents=True, exist_ok=True)
             self.manifest = {"format": FORMAT_VERSION, "key": key, "splits": {}}
-            write_json(path, self.manifest)
+            atomic_write_json(path, self.manifest, pretty=True)
 
     def _check(self, manifest: dict[str, Any]) -> None:
         if manifest.get("format") != FORMAT_VERSION:
@@ -171,7 +162,7 @@ class FeatureStore:
 
     def _add_split(self, name: str, info: dict[str, Any]) -> None:
         self.manifest["splits"][name] = info
-        write_json(self.root / MANIFEST, self.manifest)
+        atomic_write_json(self.root / MANIFEST, self.manifest, pretty=True)
 
 
 class SplitWriter:
@@ -206,7 +197,7 @@ class SplitWriter:
             self.arrays = {k: np.lib.format.open_memmap(self._path(k), mode="w+",
                                                         dtype=np.dtype(dtype), shape=shape)
                            for k, (shape, dtype) in arrays.items()}
-            write_json(progress_path, self.progress)
+            atomic_write_json(progress_path, self.progress, pretty=True)
         self.resumed = resume
 
     def _path(self, array: str) -> Path:
@@ -231,7 +222,7 @@ class SplitWriter:
         known = {s["video_index"] for s in self.progress["skipped"]}
         self.progress["skipped"] += [s for s in skipped if s["video_index"] not in known]
         self.progress["done"][task] = rows_done
-        write_json(self.folder / PROGRESS, self.progress)
+        atomic_write_json(self.folder / PROGRESS, self.progress, pretty=True)
 
     def finish(self, extra: dict[str, Any]) -> StoredSplit:
         """Publish the split: final file names, then its manifest entry (the commit point)."""

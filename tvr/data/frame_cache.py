@@ -43,7 +43,7 @@ from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from tvr.training.checkpoint import atomic_write
+from tvr.storage import atomic_write_json
 
 PARAMS_FILE = "frame_cache.json"
 FORMAT_VERSION = 1
@@ -123,11 +123,6 @@ def _read_params(root: Path) -> CacheParams:
     return CacheParams(**{f.name: record[f.name] for f in fields(CacheParams)})
 
 
-def _write_json(path: Path, record: dict) -> None:
-    text = json.dumps(record).encode()
-    atomic_write(path, lambda f: f.write(text))
-
-
 def _shard_indices(root: Path) -> list[tuple[Path, dict]]:
     """The complete shards of ``root`` (those with an index) and their indices."""
     shards = []
@@ -156,7 +151,8 @@ class FrameCacheWriter:
                     f"({asdict(existing)}, asked: {asdict(params)}); choose another folder or "
                     "delete it")
         else:
-            _write_json(self.root / PARAMS_FILE, {"version": FORMAT_VERSION, **asdict(params)})
+            atomic_write_json(self.root / PARAMS_FILE,
+                              {"version": FORMAT_VERSION, **asdict(params)})
         shards = _shard_indices(self.root)
         self.done: set[str] = set()
         for _, index in shards:
@@ -200,7 +196,8 @@ class FrameCacheWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        _write_json(self._path.with_suffix(".json"), {"clips": self._clips, "bad": self._bad})
+        atomic_write_json(self._path.with_suffix(".json"),
+                          {"clips": self._clips, "bad": self._bad})
         self._number += 1
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from tvr.training.checkpoint import atomic_save, atomic_write
+from tvr.storage import atomic_save, atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -86,9 +86,8 @@ class Manifest:
                    {k: Failure(**v) for k, v in data["failed"].items()}, data["next_shard"])
 
     def save(self, folder: str | os.PathLike) -> None:
-        data = {"format_version": FORMAT_VERSION, **asdict(self)}
-        text = json.dumps(data, indent=1, sort_keys=True).encode()
-        atomic_write(Path(folder) / MANIFEST, lambda f: f.write(text))
+        atomic_write_json(Path(folder) / MANIFEST,
+                          {"format_version": FORMAT_VERSION, **asdict(self)}, pretty=True)
 
     def live_rows(self) -> dict[int, list[tuple[str, int]]]:
         """Shard -> [(path, row)] of the videos the manifest lists, paths sorted."""

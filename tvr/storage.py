@@ -1,0 +1,67 @@
+"""Files on disk, for every store of this project: atomic writes.
+
+The stores (training checkpoints, the frame cache, the CLIP-feature store, the video index)
+write through :func:`atomic_write`: the file is written under a temporary name in the same
+folder, flushed and fsync'ed, then renamed over the final name (``os.replace``), and the folder
+is fsync'ed. A crash at any point leaves either the previous file or the new one under the final
+name, never a partial file; a writer that fails leaves the previous file and no temporary one.
+
+This module is the bottom layer of ``tvr``: it imports only the standard library and torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file atomically (module docstring): ``write(f)`` fills a temporary file in the
+    same folder, which is fsync'ed and renamed over ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically; returns the path."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(path: PathLike, value: Any, pretty: bool = False) -> Path:
+    """``value`` as JSON in ``path``, written atomically; returns the path. ``pretty``: one
+    item a line (indent 1) and keys sorted, else compact in the given order."""
+    text = json.dumps(value, indent=1, sort_keys=True) if pretty else json.dumps(value)
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); skipped where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
