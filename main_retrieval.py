@@ -16,7 +16,8 @@ Unexpected errors keep theirs.
 import sys
 import traceback
 
-from tvr.options import ConfigMismatchError, parse_args
+from tvr.options import parse_args
+from tvr.storage import ConfigMismatchError
 from tvr.validation import UsageError, check_data, debug_requested, describe, expected_errors
 
 

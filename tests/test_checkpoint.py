@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tvr.options import ConfigMismatchError, build_model, model_record, parse_args
+from tvr.options import build_model, model_record, parse_args
+from tvr.storage import ConfigMismatchError
 from tvr.training import checkpoint as ckpt
 from tvr.training.optim import BertAdam, param_groups
 

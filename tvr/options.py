@@ -20,6 +20,7 @@ from tvr.models.pretrained import load_clip
 from tvr.models.similarity import SimilarityConfig
 from tvr.models.temporal import AGG_MODULES
 from tvr.recipes import DEMO_DATA, RECIPES, RecipeError, load_recipe
+from tvr.storage import ConfigMismatchError
 from tvr.training.checkpoint import read_model_record
 from tvr.validation import UsageError, check_run, check_values, debug_requested
 
@@ -318,10 +319,6 @@ MODEL_FLAGS: dict[str, str] = {
     "ncl": "gare.ncl.enabled", "ncl_tau": "gare.ncl.tau", "ncl_iters": "gare.ncl.iters",
     "ncl_queue": "gare.ncl.queue",
 }
-
-
-class ConfigMismatchError(ValueError):
-    """A model flag on the command line contradicts the checkpoint's recorded configuration."""
 
 
 def model_record(args: argparse.Namespace, model: GARE) -> dict[str, Any]:

@@ -21,6 +21,10 @@ import torch
 PathLike = Union[str, os.PathLike]
 
 
+class ConfigMismatchError(ValueError):
+    """A recorded configuration differs from the one asked for."""
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Write a file atomically (module docstring): ``write(f)`` fills a temporary file in the
     same folder, which is fsync'ed and renamed over ``path``; returns the path."""

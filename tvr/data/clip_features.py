@@ -34,8 +34,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from tvr.options import ConfigMismatchError
-from tvr.storage import atomic_write_json
+from tvr.storage import ConfigMismatchError, atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
