@@ -119,7 +119,8 @@ def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_
 def test_other_sampling_parameters_are_refused(toy, tmp_path):
     params = CacheParams(**SAMPLING)
     build_frame_cache.build_cache(clips_of(toy), tmp_path, params)
-    with pytest.raises(FrameCacheError, match="other parameters"):
+    with pytest.raises(FrameCacheError,
+                       match="other parameters: max_frames: stored 4, this run 6. Choose"):
         FrameCacheWriter(tmp_path, CacheParams(**{**SAMPLING, "max_frames": 6}))
     def data(framerate: int, frames: int):
         return run_config(parse_args([

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from tvr.storage import ConfigMismatchError
+from tvr.storage import ConfigMismatchError, atomic_write_json, read_manifest, require_same
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,26 +44,6 @@ PARTIAL = ".partial"
 
 class FeatureStoreMismatch(ConfigMismatchError):
     """``--clip_features DIR`` was made with other CLIP weights, data or flags."""
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
-def differences(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
-    """``field: stored X, this run Y`` for every leaf where two JSON values differ."""
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        return [line for key in sorted(set(stored) | set(wanted))
-                for line in differences(stored.get(key), wanted.get(key), f"{prefix}{key}.")]
-    if stored != wanted:
-        return [f"{prefix.rstrip('.')}: stored {stored!r}, this run {wanted!r}"]
-    return []
 
 
 class StoredSplit:
@@ -113,8 +93,9 @@ class FeatureStore:
         self.key = key
         path = self.root / MANIFEST
         if path.is_file():
-            self.manifest = json.loads(path.read_text())
-            self._check(self.manifest)
+            self.manifest = read_manifest(path, "format", FORMAT_VERSION, FeatureStoreMismatch,
+                                          "extract again into a new folder")
+            self._check(self.manifest["key"])
         else:
             if self.root.exists() and any(self.root.iterdir()):
                 raise FeatureStoreMismatch(
@@ -122,23 +103,16 @@ class FeatureStore:
                     f"(no {MANIFEST}); give an empty or new folder")
             self.root.mkdir(parents=True, exist_ok=True)
             self.manifest = {"format": FORMAT_VERSION, "key": key, "splits": {}}
-            write_json(path, self.manifest)
+            atomic_write_json(path, self.manifest, pretty=True)
 
-    def _check(self, manifest: dict[str, Any]) -> None:
-        if manifest.get("format") != FORMAT_VERSION:
-            raise FeatureStoreMismatch(
-                f"--clip_features {self.root} has store format {manifest.get('format')}, this "
-                f"code writes {FORMAT_VERSION}: extract again into a new folder")
-        stored = dict(manifest["key"])
+    def _check(self, stored: dict[str, Any]) -> None:
         wanted = dict(self.key)
         if stored.get("words") and not wanted.get("words"):
             wanted["words"] = True  # the stored word states are simply not read
-        diffs = differences(stored, wanted)
-        if diffs:
-            raise FeatureStoreMismatch(
-                f"--clip_features {self.root} was extracted with other CLIP weights or flags "
-                f"than this run: {'; '.join(diffs)}. Use another folder (or delete this one) to "
-                f"extract again, or run with the stored settings")
+        require_same(stored, wanted, FeatureStoreMismatch,
+                     f"--clip_features {self.root} was extracted with other CLIP weights or "
+                     f"flags than this run", "Use another folder (or delete this one) to "
+                     "extract again, or run with the stored settings")
 
     @property
     def has_words(self) -> bool:
@@ -158,11 +132,9 @@ class FeatureStore:
         info = self.manifest["splits"].get(name)
         if info is None:
             return None
-        diffs = differences({k: info.get(k) for k in spec}, spec)
-        if diffs:
-            raise FeatureStoreMismatch(
-                f"--clip_features {self.root}: split {name!r} was extracted from other data "
-                f"than this run's: {'; '.join(diffs)}. Use another folder to extract again")
+        require_same({k: info.get(k) for k in spec}, spec, FeatureStoreMismatch,
+                     f"--clip_features {self.root}: split {name!r} was extracted from other "
+                     f"data than this run's", "Use another folder to extract again")
         return StoredSplit(self.root / name, info)
 
     def writer(self, name: str, spec: dict[str, Any],
@@ -171,7 +143,7 @@ class FeatureStore:
 
     def _add_split(self, name: str, info: dict[str, Any]) -> None:
         self.manifest["splits"][name] = info
-        write_json(self.root / MANIFEST, self.manifest)
+        atomic_write_json(self.root / MANIFEST, self.manifest, pretty=True)
 
 
 class SplitWriter:
@@ -206,7 +178,7 @@ class SplitWriter:
             self.arrays = {k: np.lib.format.open_memmap(self._path(k), mode="w+",
                                                         dtype=np.dtype(dtype), shape=shape)
                            for k, (shape, dtype) in arrays.items()}
-            write_json(progress_path, self.progress)
+            atomic_write_json(progress_path, self.progress, pretty=True)
         self.resumed = resume
 
     def _path(self, array: str) -> Path:
@@ -231,7 +203,7 @@ class SplitWriter:
         known = {s["video_index"] for s in self.progress["skipped"]}
         self.progress["skipped"] += [s for s in skipped if s["video_index"] not in known]
         self.progress["done"][task] = rows_done
-        write_json(self.folder / PROGRESS, self.progress)
+        atomic_write_json(self.folder / PROGRESS, self.progress, pretty=True)
 
     def finish(self, extra: dict[str, Any]) -> StoredSplit:
         """Publish the split: final file names, then its manifest entry (the commit point)."""

@@ -43,7 +43,7 @@ from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from tvr.training.checkpoint import atomic_write
+from tvr.storage import atomic_write_json, read_manifest, require_same
 
 PARAMS_FILE = "frame_cache.json"
 FORMAT_VERSION = 1
@@ -110,22 +110,11 @@ def encode_frame(frame: np.ndarray, params: CacheParams) -> bytes:
 
 def _read_params(root: Path) -> CacheParams:
     path = root / PARAMS_FILE
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise FrameCacheError(f"{root} is not a frame cache (no {PARAMS_FILE}); "
-                              f"build one with preprocess/build_frame_cache.py") from None
-    except (OSError, ValueError) as exc:
-        raise FrameCacheError(f"{path} is unreadable ({exc}); {REBUILD_HINT}") from None
-    if record.get("version") != FORMAT_VERSION:
-        raise FrameCacheError(f"{path} has format version {record.get('version')}, this code "
-                              f"reads version {FORMAT_VERSION}; {REBUILD_HINT}")
+                              f"build one with preprocess/build_frame_cache.py")
+    record = read_manifest(path, "version", FORMAT_VERSION, FrameCacheError, REBUILD_HINT)
     return CacheParams(**{f.name: record[f.name] for f in fields(CacheParams)})
-
-
-def _write_json(path: Path, record: dict) -> None:
-    text = json.dumps(record).encode()
-    atomic_write(path, lambda f: f.write(text))
 
 
 def _shard_indices(root: Path) -> list[tuple[Path, dict]]:
@@ -149,14 +138,12 @@ class FrameCacheWriter:
         self.shard_bytes = shard_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         if (self.root / PARAMS_FILE).exists():
-            existing = _read_params(self.root)
-            if existing != params:
-                raise FrameCacheError(
-                    f"{self.root} holds a frame cache built with other parameters "
-                    f"({asdict(existing)}, asked: {asdict(params)}); choose another folder or "
-                    "delete it")
+            require_same(asdict(_read_params(self.root)), asdict(params), FrameCacheError,
+                         f"{self.root} holds a frame cache built with other parameters",
+                         "Choose another folder or delete it")
         else:
-            _write_json(self.root / PARAMS_FILE, {"version": FORMAT_VERSION, **asdict(params)})
+            atomic_write_json(self.root / PARAMS_FILE,
+                              {"version": FORMAT_VERSION, **asdict(params)})
         shards = _shard_indices(self.root)
         self.done: set[str] = set()
         for _, index in shards:
@@ -200,7 +187,8 @@ class FrameCacheWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        _write_json(self._path.with_suffix(".json"), {"clips": self._clips, "bad": self._bad})
+        atomic_write_json(self._path.with_suffix(".json"),
+                          {"clips": self._clips, "bad": self._bad})
         self._number += 1
 
     def close(self) -> None:

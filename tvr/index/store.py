@@ -19,7 +19,6 @@ Deleted and changed files leave unreferenced rows in their shards; ``--rebuild``
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from tvr.training.checkpoint import atomic_save, atomic_write
+from tvr.storage import atomic_save, atomic_write_json, read_manifest
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -73,22 +72,15 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Manifest:
-        path = Path(folder) / MANIFEST
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise IndexStoreError(f"{path}: not a readable index manifest ({error})") from error
-        if data.get("format_version") != FORMAT_VERSION:
-            raise IndexStoreError(f"{path}: index format {data.get('format_version')}, this code "
-                             f"reads {FORMAT_VERSION}; rebuild the index with --rebuild")
+        data = read_manifest(Path(folder) / MANIFEST, "format_version", FORMAT_VERSION,
+                             IndexStoreError, "rebuild the index with --rebuild")
         return cls(data["videos_root"], data["checkpoint"], data["config"], data["sampling"],
                    {k: Entry(**v) for k, v in data["entries"].items()},
                    {k: Failure(**v) for k, v in data["failed"].items()}, data["next_shard"])
 
     def save(self, folder: str | os.PathLike) -> None:
-        data = {"format_version": FORMAT_VERSION, **asdict(self)}
-        text = json.dumps(data, indent=1, sort_keys=True).encode()
-        atomic_write(Path(folder) / MANIFEST, lambda f: f.write(text))
+        atomic_write_json(Path(folder) / MANIFEST,
+                          {"format_version": FORMAT_VERSION, **asdict(self)}, pretty=True)
 
     def live_rows(self) -> dict[int, list[tuple[str, int]]]:
         """Shard -> [(path, row)] of the videos the manifest lists, paths sorted."""

@@ -31,16 +31,13 @@ A file that cannot serve (not a torch.save file, damaged, of another kind, not m
 model) raises :class:`CheckpointError`, saying what the file is and what it should be;
 :func:`check_checkpoint` finds this out cheaply, before any model is built.
 
-Writes are atomic: the file is written under a temporary name in the same folder, flushed and
-fsync'ed, then renamed over the final name (``os.replace``), and the folder is fsync'ed. A crash
-at any point leaves either the previous file or the new one under the final name, never a
-partial file.
+Writes are atomic (:func:`tvr.storage.atomic_save`): a crash at any point leaves either the
+previous file or the new one under the final name, never a partial file.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import pickle
 import random
 import subprocess
@@ -49,7 +46,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -59,12 +56,12 @@ from torch.optim import Optimizer
 from tvr.data.config import SamplingConfig
 from tvr.models.factory import ModelConfig, config_from_record, create_model, record_of
 from tvr.models.gare import GARE
+from tvr.storage import PathLike, atomic_save
 from tvr.training.distributed import unwrap_model
 
 LAST = "ckpt_last.pt"
 BEST = "ckpt_best.pt"
 FORMAT_VERSION = 1
-PathLike = Union[str, os.PathLike]
 EXPECTED = f"expected a file written by main_retrieval.py, e.g. outputs/<recipe>/{BEST}"
 
 
@@ -86,45 +83,6 @@ class TrainingState:
     global_step: int
     best_metric: Optional[float]
     args: dict[str, Any] = field(default_factory=dict)
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file atomically (see the module docstring): ``write(f)`` fills a temporary file
-    in the same folder, which is fsync'ed and renamed over ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (see the module docstring); returns the path."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); skipped where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def plain_args(args: Union[argparse.Namespace, dict[str, Any], None]) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+"""tvr.storage: atomic writes, versioned manifests and the mismatch check every store uses."""
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tvr.storage import (ConfigMismatchError, atomic_save, atomic_write, atomic_write_json,
+                         differences, read_manifest, require_same)
+
+
+class StoreError(ValueError):
+    pass
+
+
+def test_a_failing_writer_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    path = atomic_write(tmp_path / "data.bin", lambda f: f.write(b"old"))
+
+    def failing(f):
+        f.write(b"half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["data.bin"]
+
+
+def test_the_data_is_on_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
+    path = atomic_write(tmp_path / "new" / "data.bin", lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new"
+    assert events == ["fsync", "replace", "fsync"]  # the file, then the folder
+
+
+def test_atomic_save_writes_a_file_torch_loads_with_weights_only(tmp_path):
+    value = {"weights": torch.arange(6.0).reshape(2, 3), "step": 3}
+    loaded = torch.load(atomic_save(value, tmp_path / "a.pt"), weights_only=True)
+    assert loaded["step"] == 3 and torch.equal(loaded["weights"], value["weights"])
+
+
+def test_json_is_compact_in_order_or_pretty_and_sorted(tmp_path):
+    value = {"b": [1, 2], "a": {"c": None}}
+    compact = atomic_write_json(tmp_path / "compact.json", value).read_text()
+    pretty = atomic_write_json(tmp_path / "pretty.json", value, pretty=True).read_text()
+    assert compact == '{"b": [1, 2], "a": {"c": null}}'
+    assert pretty == json.dumps(value, indent=1, sort_keys=True)
+    assert json.loads(compact) == json.loads(pretty) == value
+
+
+def test_a_manifest_of_this_version_is_read(tmp_path):
+    path = atomic_write_json(tmp_path / "manifest.json", {"format": 2, "key": {"a": 1}})
+    assert read_manifest(path, "format", 2, StoreError, "rebuild it") == {"format": 2,
+                                                                          "key": {"a": 1}}
+
+
+@pytest.mark.parametrize("record", [{"format": 1}, {"version": 2}, [2]])
+def test_a_manifest_of_another_version_is_refused(tmp_path, record):
+    path = atomic_write_json(tmp_path / "manifest.json", record)
+    found = record.get("format") if isinstance(record, dict) else None
+    with pytest.raises(StoreError) as error:
+        read_manifest(path, "format", 2, StoreError, "rebuild it with --rebuild")
+    assert str(error.value) == (f"{path}: format version {found}, this code reads version 2; "
+                                f"rebuild it with --rebuild")
+
+
+@pytest.mark.parametrize("content", [None, "", "{not json"])
+def test_a_missing_or_unreadable_manifest_is_refused(tmp_path, content):
+    path = tmp_path / "manifest.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(StoreError, match=r"manifest\.json: not a readable manifest \(.+\); "
+                                         r"rebuild it$"):
+        read_manifest(path, "format", 1, StoreError, "rebuild it")
+
+
+def test_differences_name_every_differing_nested_field():
+    stored = {"clip": {"sha256": "aa", "layers": 12}, "video": {"max_frames": 4, "fps": 1},
+              "views": 1, "gone": "x"}
+    wanted = {"clip": {"sha256": "bb", "layers": 12}, "video": {"max_frames": 3, "fps": 1},
+              "views": {"train": 2}, "new": True}
+    assert differences(stored, wanted) == [
+        "clip.sha256: stored 'aa', this run 'bb'",
+        "gone: stored 'x', this run None",
+        "new: stored None, this run True",
+        "video.max_frames: stored 4, this run 3",
+        "views: stored 1, this run {'train': 2}",
+    ]
+
+
+def test_require_same_names_the_store_each_field_both_values_and_the_remedy():
+    stored = {"video": {"max_frames": 4, "fps": 1}, "dtype": "fp32"}
+    require_same(stored, {"dtype": "fp32", "video": {"fps": 1, "max_frames": 4}}, StoreError,
+                 "never raised", "nothing to do")
+    with pytest.raises(ConfigMismatchError) as error:
+        require_same(stored, {"video": {"max_frames": 3, "fps": 2}, "dtype": "fp32"},
+                     ConfigMismatchError, "store S was made otherwise", "Make it again")
+    assert str(error.value) == ("store S was made otherwise: video.fps: stored 1, this run 2; "
+                                "video.max_frames: stored 4, this run 3. Make it again")
+
+
+JSON = st.recursive(st.booleans() | st.integers() | st.text(max_size=3)
+                    | st.floats(allow_nan=False),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                    max_leaves=12)
+
+
+@given(JSON, JSON)
+def test_differences_are_empty_exactly_for_equal_values(stored, wanted):
+    assert differences(stored, stored) == []
+    assert (differences(stored, wanted) == []) == (stored == wanted)
