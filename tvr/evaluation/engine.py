@@ -349,7 +349,7 @@ class SimilarityEngine:
     @torch.no_grad()
     def coarse_score(self, texts: Prepared, videos: Prepared) -> Tensor:
         """(N_t, N_v) Δ-free stage-1 scores cos(t_a, mean of the real frames of b), one matrix
-        product (used by :mod:`tvr.evaluation.two_stage`)."""
+        product (stage 1 of :func:`tvr.evaluation.retrieval.two_stage_scores`)."""
         self._check(texts, videos)
         text = texts.parts["text"]
         text = text / text.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
