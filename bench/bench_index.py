@@ -5,51 +5,36 @@ synthetic galleries, and index build throughput.
     python -m bench.bench_index --sizes --build demo vit-b32
 
 Search (``--sizes``; each gallery size runs in its own process, so that its memory figures are
-its own). A gallery holds N synthetic videos of F = 12 frame features of width d = 512 with
-structure (:func:`make_gallery`): ``--topics`` topic directions; each video is a topic plus its
-own offset, each real frame that plus frame noise, padded frames (a quarter of the videos are
-shorter than F) a fixed "blank image" feature; features have CLIP-like norms and a modality gap
-between texts and videos. Half of the ``--queries`` sentences are noisy versions of one video's
-content, half of one topic. The GARE similarity is ``GapAwareSimilarity(SimilarityConfig(dim=512))``
-with its initial weights (seeded), wrapped in a stand-in model (:class:`SyntheticModel`): no text
-encoder is run, the sentence embeddings are given. The index is a :class:`VideoIndex` built in
-memory. Frames are stored as float16 (``--frame_dtype``; 1M x 12 x 512 float32 frames would take
-25.2 GB, more than a 24 GiB machine): :meth:`VideoIndex.scores` gathers the candidates' frames and
-the evaluation engine casts them to float32, so the scores are those of the float16-rounded
-frames, in float32 arithmetic. The stage-1 vectors are float32, as the index stores them.
+its own): a :class:`VideoIndex` built in memory over a synthetic gallery of N videos
+(bench/synthetic_index.py: ``--topics`` topics, ``--queries`` sentence embeddings given, no text
+encoder, an untrained seeded GARE similarity at d = 512, frames stored as ``--frame_dtype``).
 
 Timed, for one sentence per call and for the batch of ``--queries`` sentences in one call (median
 of up to ``--repeats`` runs, fewer when they exceed ``--time_budget`` seconds together; single
-sentences cycle through the queries):
+sentences cycle through the queries), each the index's own code, ``index.gallery`` (a
+:class:`~tvr.evaluation.retrieval.Gallery`):
 
-- stage 1 alone: ``Stage1Search.top`` for the largest K, with faiss (IndexFlatIP) and torch;
-- GARE on the K candidates alone: what ``VideoIndex.search`` does after stage 1 (union of the
-  candidates, :meth:`VideoIndex.scores`, gather, stable sort);
-- two-stage K end to end: the torch stage 1, then the same (:func:`two_stage`);
-- exhaustive GARE on every video (:func:`exhaustive`): single sentences for
+- stage 1 alone: ``Stage1Search.candidates`` for the largest K, with faiss (IndexFlatIP) and torch;
+- GARE on the K candidates alone: ``Gallery.rescore``, what ``VideoIndex.search`` does after
+  stage 1 (union of the candidates, ``Gallery.scores``, gather, stable sort);
+- two-stage K end to end: ``Gallery.search`` with the torch stage 1;
+- exhaustive GARE on every video (``Gallery.search(..., exhaustive=True)``): single sentences for
   N <= ``--exhaustive_max`` (default 100k); one batch call, which also gives the containment,
   for N <= ``--containment_max`` (default 1M; it costs about as much as one sentence, since
-  preparing the N videos dominates: about 10 minutes at 1M on 2 CPU cores). Larger N print a
-  linear extrapolation from the largest measured N, marked as such.
+  preparing the N videos dominates). Larger N print a linear extrapolation from the largest
+  measured N, marked as such.
 
 Left out: the sentence encoding and the per-hit best-frame lookup of ``search`` (10 rows).
-Containment (:func:`~tvr.evaluation.two_stage.topk_containment`): the fraction of the exhaustive
+Containment (:func:`~tvr.evaluation.retrieval.topk_containment`): the fraction of the exhaustive
 GARE top-10 items inside the K stage-1 candidates, and of sentences whose whole top-10 is inside.
 Memory: the array sizes, the resident set (VmRSS) once the index is open, and the peak resident
 set (VmHWM, reset through /proc/self/clear_refs before each phase) while timing the two-stage
 searches and the exhaustive ones. faiss keeps its own float32 copy of the stage-1 vectors next to
-the index's; to stay within about 16 GiB at 1M it is built after the GARE phases, once the
-frames are freed. Its copy is given as computed (N x d float32, what IndexFlatIP stores): the
-growth of the resident set shows it only where no freed heap memory is reused (it did at 1M).
+the index's; to bound the peak it is built after the GARE phases, once the frames are freed. Its
+copy is given as computed (N x d float32, what IndexFlatIP stores): the growth of the resident
+set shows it only where no freed heap memory is reused.
 
-Build (``--build demo vit-b32``): videos/s of ``tvr.index.build.build_index`` with ``--workers``
-decoding processes, as ``python -m tvr.index build`` prints it (whole build: model load, checkpoint
-hash, decoding, encoding, thumbnails, shards), and the start-up part (model load and checkpoint
-hash) timed alone. "demo": ``--demo_checkpoint`` (``python main_retrieval.py`` writes one) on the
-videos of ``--demo_videos``. "vit-b32": a ViT-B/32 GARE model with random weights, saved as a
-checkpoint of this project (no CLIP file needed: the model is rebuilt from its recorded
-configuration), on ``--vit_videos`` toy clips of 224 x 224 pixels, 12 s at 3 fps, sampled as the
-MSR-VTT recipe samples (1 frame/s, 12 frames); all written to a temporary folder.
+Build (``--build demo vit-b32``): index build throughput, bench/index_build.py.
 """
 from __future__ import annotations
 
@@ -60,150 +45,21 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from tvr.evaluation.engine import coarse_vectors
-from tvr.evaluation.two_stage import topk_containment
-from tvr.index.search import Stage1Search, VideoIndex, faiss_available
-from tvr.index.store import Manifest
-from tvr.models.gare import TextFeatures
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from bench.synthetic_index import SyntheticGallery, make_gallery, open_index
+from tvr.evaluation.retrieval import Stage1Search, faiss_available, topk_containment
+from tvr.index.search import VideoIndex
 
-DIM, FRAMES, TOP = 512, 12, 10
+TOP = 10
 GiB = 2 ** 30
-# The synthetic features (make_gallery). Directions are unit vectors; noise vectors have norm ~1.
-VIDEO_SPREAD = 0.8    # a video's own offset from its topic
-FRAME_SPREAD = 0.6    # frame-to-frame noise within a video
-QUERY_NOISE = 0.8     # a sentence's noise around the video or topic it describes
-FRAME_NORM = 10.0     # norm of every frame feature (CLIP ViT-B/32 image features: about 10)
-TEXT_NORM = 8.0       # norm of every sentence embedding
-SHORT_SHARE = 0.25    # share of videos with fewer than F real frames (2 to F - 1)
-
-
-# ---------------------------------------------------------------------------------- gallery
-@dataclass
-class Gallery:
-    """Frames (N, F, d) in the storage dtype, mask (N, F) int64, stage-1 vectors (N, d) float32,
-    sentence embeddings (Q, d) and, per sentence, whether it describes a video or a topic."""
-
-    frames: Optional[Tensor]
-    mask: Tensor
-    coarse: Tensor
-    text: Tensor
-    topic_query: Tensor
-
-
-def _unit(x: Tensor) -> Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def _noise(generator: torch.Generator, *shape: int) -> Tensor:
-    """Gaussian vectors of norm about 1 along the last dimension."""
-    return torch.randn(*shape, generator=generator).mul_(shape[-1] ** -0.5)
-
-
-def make_gallery(n: int, queries: int, topics: int, seed: int, dtype: torch.dtype,
-                 chunk: int = 8192) -> Gallery:
-    """A synthetic gallery of ``n`` videos and ``queries`` sentences (module docstring).
-
-    Video b of topic j: content c_b = τ_j + VIDEO_SPREAD·ε_b; real frame k:
-    FRAME_NORM · unit(ν + c_b + FRAME_SPREAD·η_bk), ν the direction shared by all video
-    features; padded frame: FRAME_NORM · unit(ν + β), β a fixed "blank image" direction.
-    Sentence describing video b (or topic j): TEXT_NORM · unit(ω + c_b (or τ_j) +
-    QUERY_NOISE·ξ), ω the direction shared by all sentences (≠ ν: the modality gap).
-    Generated in chunks of ``chunk`` videos, deterministic for a given ``seed``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    video_dir, text_dir, blank = _unit(torch.randn(3, DIM, generator=g)).unbind(0)
-    topic = _unit(torch.randn(topics, DIM, generator=g))
-    targets = torch.randperm(n, generator=g)[:queries]
-    content_of: dict[int, Tensor] = {}
-    frames = torch.empty(n, FRAMES, DIM, dtype=dtype)
-    mask = torch.empty(n, FRAMES, dtype=torch.int64)
-    coarse = torch.empty(n, DIM)
-    padded = FRAME_NORM * _unit(video_dir + blank)
-    for start in range(0, n, chunk):
-        count = min(chunk, n - start)
-        content = (topic[torch.randint(topics, (count,), generator=g)]
-                   + VIDEO_SPREAD * _noise(g, count, DIM))
-        for row in targets[(targets >= start) & (targets < start + count)].tolist():
-            content_of[row] = content[row - start]  # described by a sentence
-        short = torch.rand(count, generator=g) < SHORT_SHARE
-        lengths = torch.where(short, torch.randint(2, FRAMES, (count,), generator=g), FRAMES)
-        real = torch.arange(FRAMES) < lengths.unsqueeze(1)
-        block = _noise(g, count, FRAMES, DIM).mul_(FRAME_SPREAD)  # in place: memory-bound
-        block.add_((video_dir + content).unsqueeze(1))
-        block.mul_(FRAME_NORM / block.norm(dim=-1, keepdim=True))
-        block[~real] = padded
-        frames[start:start + count] = block
-        mask[start:start + count] = real
-        # from the float32 features, as a build computes them (the frames are then stored)
-        coarse[start:start + count] = coarse_vectors(block, real)
-    topic_query = torch.arange(queries) % 2 == 1
-    described = torch.stack([topic[j] for j in torch.randint(topics, (queries,), generator=g)])
-    for q, row in enumerate(targets.tolist()):
-        if not topic_query[q]:
-            described[q] = content_of[row]
-    text = TEXT_NORM * _unit(text_dir + described + QUERY_NOISE * _noise(g, queries, DIM))
-    return Gallery(frames, mask, coarse, text, topic_query)
-
-
-class SyntheticModel(torch.nn.Module):
-    """Stands in for a GARE model in :class:`VideoIndex`: the index reads ``similarity`` and
-    calls ``encode_text`` only to self-check its evaluation engine, on two sample sentences;
-    this one returns the first of the given sentence embeddings for them."""
-
-    def __init__(self, similarity: GapAwareSimilarity, sample_text: Tensor):
-        super().__init__()
-        self.similarity = similarity
-        self.sample_text = sample_text
-
-    def encode_text(self, ids: Tensor, mask: Tensor) -> TextFeatures:
-        return TextFeatures(self.sample_text[:len(ids)], None, mask)
-
-
-def open_index(gallery: Gallery, seed: int, stage1: str = "torch") -> VideoIndex:
-    """An in-memory :class:`VideoIndex` of ``gallery`` (as ``VideoIndex.open`` builds one from
-    shards), with a seeded GARE similarity at d = 512 and its engine built. The torch stage 1
-    (default) shares the gallery's stage-1 tensor; faiss would copy it."""
-    torch.manual_seed(seed)
-    similarity = GapAwareSimilarity(SimilarityConfig(dim=DIM)).eval()
-    manifest = Manifest(videos_root=".", checkpoint={}, config={"max_words": 32}, sampling={})
-    paths = [f"video{i}.mp4" for i in range(len(gallery.mask))]
-    index = VideoIndex(Path("."), manifest, SyntheticModel(similarity, gallery.text), paths,
-                       gallery.frames, gallery.mask, gallery.coarse, stage1)
-    index.engine  # noqa: B018 (built and self-checked on first use)
-    return index
 
 
 # ---------------------------------------------------------------------------------- search
-def unit_text(text: Tensor) -> Tensor:
-    return text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def rescore(index: VideoIndex, text: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
-    """GARE on the candidates (Q, K) as ``VideoIndex.search`` does it: the best TOP rows per
-    sentence, best first, and the scores (Q, K) of the candidates."""
-    return index.rescore(text, candidates, TOP)
-
-
-def two_stage(index: VideoIndex, text: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Stage 1 (the index's backend) for the top ``k``, then GARE on them."""
-    return rescore(index, text, index.candidates(text, k))
-
-
-def exhaustive(index: VideoIndex, text: Tensor) -> tuple[Tensor, Tensor]:
-    """GARE on every video (``search(..., exhaustive=True)``); scores (Q, N) in row order."""
-    return rescore(index, text, index.candidates(text, len(index), exhaustive=True))
-
-
 def timed(run: Callable[[int], object], repeats: int, budget: float) -> dict:
     """Median seconds of ``run(i)`` over up to ``repeats`` runs, stopping once they have taken
     ``budget`` seconds together (at least one run)."""
@@ -230,77 +86,104 @@ def reset_peak() -> None:
         f.write("5")
 
 
-def measure_size(options: argparse.Namespace) -> dict:
-    """Every search figure of one gallery size (runs in a child process)."""
-    n, q, ks = options.n, options.queries, sorted(options.k)
+class Timer:
+    """The timings of one gallery size (``times``), logged as they come."""
 
-    def log(message: str) -> None:
-        print(f"[N={n}] {message}", file=sys.stderr, flush=True)
+    def __init__(self, options: argparse.Namespace):
+        self.n, self.queries = options.n, options.queries
+        self.repeats, self.budget = options.repeats, options.time_budget
+        self.times: dict[str, dict] = {}
 
-    result: dict = {"n": n, "queries": q, "load_start": os.getloadavg()[0]}
-    dtype = getattr(torch, options.frame_dtype)
-    start = time.perf_counter()
-    gallery = make_gallery(n, q, options.topics, options.seed, dtype)
-    result["generate_s"] = time.perf_counter() - start
-    result["bytes"] = {"frames": gallery.frames.nbytes, "mask": gallery.mask.nbytes,
-                       "coarse": gallery.coarse.nbytes}
-    result["peak_generate"] = memory("VmHWM")
-    log(f"gallery generated in {result['generate_s']:.0f} s")
-    index = open_index(gallery, options.seed)
-    result["rss_open"] = memory("VmRSS")
-    text = gallery.text
-    budget, repeats = options.time_budget, options.repeats
-    times: dict[str, dict] = {}
+    def log(self, message: str) -> None:
+        print(f"[N={self.n}] {message}", file=sys.stderr, flush=True)
 
-    def time_both(name: str, run: Callable[[Tensor], object]) -> None:
+    def both(self, name: str, run: Callable[[Tensor], object]) -> None:
         """Time ``run(rows)`` for one sentence per call (cycling through the sentences) and
         for all sentences in one call; ``rows`` indexes the sentences."""
+        q = self.queries
         run(torch.tensor([0]))  # warm-up
-        times[f"{name}/1"] = timed(lambda i: run(torch.tensor([i % q])), repeats, budget)
-        times[f"{name}/{q}"] = timed(lambda i: run(torch.arange(q)), repeats, budget)
-        log(f"{name}: {1e3 * times[f'{name}/1']['seconds']:.1f} ms per sentence, "
-            f"{1e3 * times[f'{name}/{q}']['seconds']:.1f} ms per batch of {q}")
+        self.times[f"{name}/1"] = timed(lambda i: run(torch.tensor([i % q])), self.repeats,
+                                        self.budget)
+        self.times[f"{name}/{q}"] = timed(lambda i: run(torch.arange(q)), self.repeats,
+                                          self.budget)
+        self.log(f"{name}: {1e3 * self.times[f'{name}/1']['seconds']:.1f} ms per sentence, "
+                 f"{1e3 * self.times[f'{name}/{q}']['seconds']:.1f} ms per batch of {q}")
 
+
+def time_two_stage(index: VideoIndex, text: Tensor, ks: list[int], timer: Timer,
+                   result: dict) -> Tensor:
+    """Stage 1 alone (torch), GARE on the K candidates and two-stage K; the candidates (Q, K)
+    for the largest K."""
+    gallery, engine = index.gallery, index.engine
     reset_peak()
-    time_both("stage1_torch", lambda rows: index.stage1.top(unit_text(text[rows]), ks[-1]))
-    candidates = index.candidates(text, ks[-1])
+    timer.both("stage1_torch", lambda rows: gallery.stage1.candidates(text[rows], ks[-1]))
+    candidates = gallery.candidates(text, ks[-1])
     result["union"] = {k: len(torch.unique(candidates[:, :k])) for k in ks}
     for k in ks:
-        time_both(f"gare_on_{k}", lambda rows, k=k: rescore(index, text[rows],
-                                                            candidates[rows, :k]))
-        time_both(f"two_stage_{k}", lambda rows, k=k: two_stage(index, text[rows], k))
+        timer.both(f"gare_on_{k}", lambda rows, k=k: gallery.rescore(
+            engine, text[rows], candidates[rows, :k], TOP))
+        timer.both(f"two_stage_{k}", lambda rows, k=k: gallery.search(
+            engine, text[rows], TOP, k))
     result["peak_two_stage"] = memory("VmHWM")
+    return candidates
 
-    if n <= options.containment_max:
-        reset_peak()
-        if n <= options.exhaustive_max:
-            times["exhaustive/1"] = timed(lambda i: exhaustive(index, text[i % q:i % q + 1]),
-                                          repeats, budget)
-            log(f"exhaustive: {times['exhaustive/1']['seconds']:.1f} s per sentence")
-        start = time.perf_counter()
-        full = exhaustive(index, text)[1]
-        times[f"exhaustive/{q}"] = {"seconds": time.perf_counter() - start, "runs": 1}
-        result["peak_exhaustive"] = memory("VmHWM")
-        log(f"exhaustive: {times[f'exhaustive/{q}']['seconds']:.1f} s per batch of {q}")
-        result["containment"] = {}
-        for k in ks:
-            result["containment"][k] = {
-                kind: topk_containment(full[sel], candidates[sel, :k], top=TOP)
-                for kind, sel in (("all", slice(None)), ("video", ~gallery.topic_query),
-                                  ("topic", gallery.topic_query))}
-        del full
 
+def time_exhaustive(index: VideoIndex, data: SyntheticGallery, candidates: Tensor,
+                    ks: list[int], timer: Timer, options: argparse.Namespace,
+                    result: dict) -> None:
+    """Exhaustive GARE (one sentence per call up to ``--exhaustive_max``, the batch once) and
+    the containment of the two-stage candidates in its top-10."""
+    gallery, engine, text, q = index.gallery, index.engine, data.text, options.queries
+
+    def exhaustive(rows: Tensor) -> Tensor:
+        return gallery.search(engine, rows, TOP, len(gallery), exhaustive=True).scores
+
+    reset_peak()
+    if options.n <= options.exhaustive_max:
+        timer.times["exhaustive/1"] = timed(lambda i: exhaustive(text[i % q:i % q + 1]),
+                                            options.repeats, options.time_budget)
+        timer.log(f"exhaustive: {timer.times['exhaustive/1']['seconds']:.1f} s per sentence")
+    start = time.perf_counter()
+    full = exhaustive(text)
+    timer.times[f"exhaustive/{q}"] = {"seconds": time.perf_counter() - start, "runs": 1}
+    result["peak_exhaustive"] = memory("VmHWM")
+    timer.log(f"exhaustive: {timer.times[f'exhaustive/{q}']['seconds']:.1f} s per batch of {q}")
+    kinds = (("all", slice(None)), ("video", ~data.topic_query), ("topic", data.topic_query))
+    result["containment"] = {
+        k: {kind: topk_containment(full[sel], candidates[sel, :k], top=TOP)
+            for kind, sel in kinds}
+        for k in ks}
+
+
+def measure_size(options: argparse.Namespace) -> dict:
+    """Every search figure of one gallery size (runs in a child process)."""
+    ks, timer = sorted(options.k), Timer(options)
+    result: dict = {"n": options.n, "queries": options.queries,
+                    "load_start": os.getloadavg()[0]}
+    start = time.perf_counter()
+    data = make_gallery(options.n, options.queries, options.topics, options.seed,
+                        getattr(torch, options.frame_dtype))
+    result["generate_s"] = time.perf_counter() - start
+    result["bytes"] = {"frames": data.frames.nbytes, "mask": data.mask.nbytes,
+                       "coarse": data.coarse.nbytes}
+    result["peak_generate"] = memory("VmHWM")
+    timer.log(f"gallery generated in {result['generate_s']:.0f} s")
+    index = open_index(data, options.seed)
+    result["rss_open"] = memory("VmRSS")
+    candidates = time_two_stage(index, data.text, ks, timer, result)
+    if options.n <= options.containment_max:
+        time_exhaustive(index, data, candidates, ks, timer, options, result)
     del index
-    gallery.frames = None  # free the frames before faiss copies the stage-1 vectors
+    data.frames = None  # free the frames before faiss copies the stage-1 vectors
     if faiss_available():
         import faiss
         faiss.omp_set_num_threads(options.threads)
         reset_peak()
-        flat = Stage1Search(gallery.coarse, "faiss")
-        result["faiss_copy"] = gallery.coarse.nbytes
-        time_both("stage1_faiss", lambda rows: flat.top(unit_text(text[rows]), ks[-1]))
+        flat = Stage1Search(data.coarse, "faiss")
+        result["faiss_copy"] = data.coarse.nbytes
+        timer.both("stage1_faiss", lambda rows: flat.candidates(data.text[rows], ks[-1]))
         result["peak_faiss"] = memory("VmHWM")
-    result["times"] = times
+    result["times"] = timer.times
     result["load_end"] = os.getloadavg()[0]
     return result
 
@@ -318,14 +201,17 @@ def run_size(n: int, options: argparse.Namespace) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def print_search_tables(results: list[dict], options: argparse.Namespace) -> None:
-    q, ks = options.queries, sorted(options.k)
+def _ms(r: dict, key: str) -> str:
+    if key not in r["times"]:
+        return "–"
+    return f"{1e3 * r['times'][key]['seconds']:.1f} ({r['times'][key]['runs']})"
 
-    def ms(r: dict, key: str) -> str:
-        if key not in r["times"]:
-            return "–"
-        return f"{1e3 * r['times'][key]['seconds']:.1f} ({r['times'][key]['runs']})"
 
+def _gib(r: dict, key: str) -> str:
+    return f"{r[key] / GiB:.2f}" if key in r else "–"
+
+
+def print_latency(results: list[dict], q: int, ks: list[int]) -> None:
     print(f"\nLatency, ms per call (runs), K for stage 1 alone = {ks[-1]}, torch stage 1 in "
           f"the two-stage columns:\n")
     columns = (["stage 1 faiss", "stage 1 torch"] + [f"GARE on {k}" for k in ks]
@@ -336,7 +222,7 @@ def print_search_tables(results: list[dict], options: argparse.Namespace) -> Non
     print("|---|---:|" + "---:|" * len(columns))
     for r in results:
         for per_call in (1, q):
-            cells = [ms(r, f"{key}/{per_call}") for key in keys]
+            cells = [_ms(r, f"{key}/{per_call}") for key in keys]
             print(f"| {r['n']} | {per_call} | " + " | ".join(cells) + " |")
     for r in results:
         unions = ", ".join(f"{u} for K = {k}" for k, u in r["union"].items())
@@ -350,22 +236,22 @@ def print_search_tables(results: list[dict], options: argparse.Namespace) -> Non
             print(f"\nexhaustive, one sentence, N = {r['n']}: not measured; EXTRAPOLATED "
                   f"linearly from N = {base['n']}: about {estimate:.0f} s")
 
+
+def print_memory(results: list[dict]) -> None:
     print("\nMemory (GiB): arrays; resident set once the index is open; peak resident set "
           "while timing (generation, two-stage, exhaustive, faiss stage 1):\n")
     print("| N | frames | stage-1 vectors | mask | faiss copy | RSS open | peak generate | "
           "peak two-stage | peak exhaustive | peak faiss |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-
-    def gib(r: dict, key: str) -> str:
-        return f"{r[key] / GiB:.2f}" if key in r else "–"
-
     for r in results:
         b = r["bytes"]
         print(f"| {r['n']} | {b['frames'] / GiB:.2f} | {b['coarse'] / GiB:.2f} | "
-              f"{b['mask'] / GiB:.3f} | {gib(r, 'faiss_copy')} | {gib(r, 'rss_open')} | "
-              f"{gib(r, 'peak_generate')} | {gib(r, 'peak_two_stage')} | "
-              f"{gib(r, 'peak_exhaustive')} | {gib(r, 'peak_faiss')} |")
+              f"{b['mask'] / GiB:.3f} | {_gib(r, 'faiss_copy')} | {_gib(r, 'rss_open')} | "
+              f"{_gib(r, 'peak_generate')} | {_gib(r, 'peak_two_stage')} | "
+              f"{_gib(r, 'peak_exhaustive')} | {_gib(r, 'peak_faiss')} |")
 
+
+def print_containment(results: list[dict]) -> None:
     print(f"\nTop-{TOP} containment of two-stage in exhaustive GARE (items inside / sentences "
           f"with all {TOP} inside):\n")
     print("| N | K | all sentences | video sentences | topic sentences |")
@@ -379,80 +265,6 @@ def print_search_tables(results: list[dict], options: argparse.Namespace) -> Non
         print(f"\nN = {r['n']}: generated in {r['generate_s']:.0f} s; load {r['load_start']:.2f} "
               f"at the start, {r['load_end']:.2f} at the end", end="")
     print()
-
-
-# ---------------------------------------------------------------------------------- build
-def vit_b32_checkpoint(path: Path) -> Path:
-    """A ViT-B/32 GARE model with random weights, saved as a checkpoint of this project (its
-    recorded configuration rebuilds it without the CLIP file)."""
-    from tvr.models.clip import CLIP, CLIP_CONFIGS
-    from tvr.models.gare import GARE
-    from tvr.options import gare_config, model_record, parse_args
-    from tvr.training.checkpoint import save_model
-
-    args = parse_args(["--base_encoder", "ViT-B/32", "--anno_path", "a", "--video_path", "v"])
-    torch.manual_seed(0)
-    model = GARE(CLIP(CLIP_CONFIGS["ViT-B/32"]), gare_config(args))
-    save_model(path, model, epoch=0, global_step=0, metric=None,
-               config=model_record(args, model), args=args)
-    return path
-
-
-def time_build(checkpoint: Path, videos: Path, scratch: Path,
-               options: argparse.Namespace) -> dict:
-    """Whole builds (median videos/s) and the start-up alone (model load + checkpoint hash)."""
-    from tvr.index.build import build_index, load_checkpoint_model
-    from tvr.index.store import file_sha256
-
-    start = time.perf_counter()
-    model, args, _ = load_checkpoint_model(checkpoint)
-    file_sha256(checkpoint)
-    startup = time.perf_counter() - start
-    frames = args.max_frames
-    del model
-    rates, seconds, encoded = [], [], 0
-    for run in range(options.build_repeats):
-        report = build_index(checkpoint, videos, scratch / f"index{run}", workers=options.workers,
-                             rebuild=True, progress=False)
-        encoded = len(report.encoded)
-        rates.append(encoded / report.seconds)
-        seconds.append(report.seconds)
-        print(f"[build {checkpoint.name}] {report.format()}", file=sys.stderr, flush=True)
-    return {"videos": encoded, "frames": frames, "videos_per_s": statistics.median(rates),
-            "seconds": statistics.median(seconds), "startup_s": startup, "runs": len(rates)}
-
-
-def bench_build(options: argparse.Namespace) -> None:
-    from tvr.data.toy import make_toy_dataset
-
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench_index_") as tmp:
-        scratch = Path(tmp)
-        if "demo" in options.build:
-            checkpoint = Path(options.demo_checkpoint)
-            if checkpoint.is_file():
-                rows.append(("demo (tiny CLIP, 32 px input)", options.demo_videos,
-                             time_build(checkpoint, Path(options.demo_videos), scratch, options)))
-            else:
-                print(f"no {checkpoint}: train the demo model with `python main_retrieval.py`, "
-                      f"or pass --demo_checkpoint", file=sys.stderr)
-        if "vit-b32" in options.build:
-            checkpoint = vit_b32_checkpoint(scratch / "vit_b32.pt")
-            count = options.vit_videos
-            toy = make_toy_dataset(scratch / "toy224", num_train=count - count // 2,
-                                   num_test=count // 2, captions_per_video=1, size=224,
-                                   num_frames=36, fps=3, workers=options.threads)
-            rows.append(("ViT-B/32 (random weights, 224 px)", f"{count} toy clips, 224 px, 12 s",
-                         time_build(checkpoint, toy.video_path, scratch, options)))
-    print(f"\nIndex build, {options.workers} decoding workers, torch threads "
-          f"{options.threads}, load {os.getloadavg()[0]:.2f} at the end:\n")
-    print("| model | videos | frames per video | build s (median) | videos/s (whole build) | "
-          "start-up s | videos/s after start-up | runs |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, videos, r in rows:
-        steady = r["videos"] / max(r["seconds"] - r["startup_s"], 1e-9)
-        print(f"| {name} | {r['videos']} ({videos}) | {r['frames']} | {r['seconds']:.1f} | "
-              f"{r['videos_per_s']:.2f} | {r['startup_s']:.1f} | {steady:.2f} | {r['runs']} |")
 
 
 # ---------------------------------------------------------------------------------- main
@@ -510,8 +322,12 @@ def main() -> None:
           f"{'installed' if faiss_available() else 'not installed'}; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     if options.sizes:
-        print_search_tables([run_size(n, options) for n in options.sizes], options)
-    if options.build:
+        results = [run_size(n, options) for n in options.sizes]
+        print_latency(results, options.queries, sorted(options.k))
+        print_memory(results)
+        print_containment(results)
+    if options.build:  # imported here: the search children measure their resident set
+        from bench.index_build import bench_build
         bench_build(options)
 
 

@@ -18,7 +18,7 @@ from tvr.data.loaders import build_split
 from tvr.evaluation.encode import encode_split
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.metrics import retrieval_metrics
-from tvr.evaluation.two_stage import topk_containment, two_stage_scores
+from tvr.evaluation.retrieval import topk_containment, two_stage_scores
 from tvr.options import build_model
 from tvr.training.checkpoint import load_weights_for_eval
 

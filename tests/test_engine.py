@@ -15,7 +15,7 @@ from tvr.evaluation.engine import (CHECK_TOLERANCE, EngineCheckError, Similarity
                                    build_engine)
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
-from tvr.evaluation.two_stage import topk_containment, two_stage_scores
+from tvr.evaluation.retrieval import topk_containment, two_stage_scores
 from tvr.models.clip import CLIP, CLIP_CONFIGS
 from tvr.models.gare import GARE, GAREConfig
 from tvr.models.similarity import GapAwareSimilarity, Psi, SimilarityConfig

@@ -17,10 +17,11 @@ from tvr.data.transforms import build_clip_transform
 from tvr.data.toy import make_toy_dataset
 from tvr.data.video import VideoClipLoader
 from tvr.evaluation.engine import SimilarityEngine
+from tvr.evaluation.retrieval import Stage1Search, faiss_available
 from tvr.index import build as build_module
 from tvr.index.__main__ import main as index_main
 from tvr.index.build import build_index, load_checkpoint_model
-from tvr.index.search import Stage1Search, VideoIndex, faiss_available
+from tvr.index.search import VideoIndex
 from tvr.index.store import IndexStoreError, Manifest
 from tvr.training.checkpoint import sampling_of
 
@@ -129,12 +130,13 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
     video, mask = loader(str(folder / index.paths[3]))
     with torch.no_grad():
         frames = model.encode_video(video[None], mask[None]).frames[0]
-    torch.testing.assert_close(index.frames[3], frames, rtol=0, atol=1e-5)
+    torch.testing.assert_close(index.gallery.frames[3], frames, rtol=0, atol=1e-5)
 
     engine = SimilarityEngine(model.similarity)
     text = index.encode_queries(QUERIES)
     expected = engine.score(engine.prepare_texts(text),
-                            engine.prepare_videos(index.frames, index.mask)).float()
+                            engine.prepare_videos(index.gallery.frames,
+                                                  index.gallery.mask)).float()
     exhaustive = index.search(QUERIES, top=len(index), exhaustive=True)
     two_stage = index.search(QUERIES, top=len(index), k=len(index))
     for q, (hits, staged) in enumerate(zip(exhaustive, two_stage)):

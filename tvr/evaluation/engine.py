@@ -11,12 +11,8 @@ holding a per-pair d-dimensional tensor for more than one block of pairs:
   from ``memory_budget_bytes``: one large matrix product (texts x per-video rows) and O(F²)
   arithmetic per pair.
 
-The "folded" path rewrites Psi algebraically: at eval time its only non-linearities are the
-attention softmax over F frames and three LayerNorms, so every projection folds into per-frame
-precomputations and the final cosine becomes dot products of F-vectors with per-video F x F
-matrices. The derivation, step by step, is in ``docs/evaluation_engine.md``; the names below
-(U, Y, Z, D-hat, G, H, ...) are those of that document. Per pair it costs about (3F + 3)·d + 5F²
-multiply-adds instead of about 4·d² for the naive module.
+The "folded" path rewrites Psi algebraically (:mod:`tvr.evaluation.folding`; derivation in
+``docs/evaluation_engine.md``).
 
 Folded: the default setting, ``gap_sign`` ±1, ``psi_query`` "gap" or "text", ``delta_side``
 "text" or "video", ``no_delta``, and all their combinations. Not folded: ``psi_context="words"``
@@ -35,9 +31,8 @@ switches the engine to the naive path (mode "auto") or raises :class:`EngineChec
 Precision (``precision``): "fp64" (check mode), "fp32" (default; TF32 disabled), "tf32"
 (fp32 with TF32 matrix products where the device has them) or "bf16" (the per-pair matrix
 product takes bf16 operands, everything else fp32). The folded path takes differences of
-nearly equal dot products (the LayerNorm of the gap): measured on an H100 (bench/RESULTS.md,
-``python -m bench.bench_similarity --precision-check``), tf32 keeps 99.2% of the top-1 results
-and bf16 only 66%, so do not rank with bf16.
+nearly equal dot products (the LayerNorm of the gap), so do not rank with bf16 (measured:
+docs/evaluation_engine.md §4).
 
 The engine copies the module's weights when it is built; build a new engine after they change.
 Prepared texts and videos belong to the engine that prepared them.
@@ -46,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Optional, Union
@@ -54,7 +48,8 @@ from typing import Callable, Iterator, Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from tvr.models.similarity import GapAwareSimilarity, Psi, SimilarityConfig
+from tvr.evaluation.folding import NORM_EPS, Folding, centre
+from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
 
 Precision = Literal["fp64", "fp32", "tf32", "bf16"]
 EngineMode = Literal["auto", "folded", "naive"]
@@ -64,15 +59,8 @@ Log = Callable[[str], None]
 ENGINE_MODES: tuple[EngineMode, ...] = ("auto", "folded", "naive")
 CHECK_ITEMS = 8  # the self-check scores the first CHECK_ITEMS texts against as many videos
 # Largest max |folded - naive| of the self-check's cosine scores, per engine dtype (the check
-# always runs at full matmul precision). Measured worst cases of correct folding, 8 x 8 pairs:
-# fp32 1.9e-4 over 240 stressed settings (d 24..768, F = 12 with padded videos, the ablations,
-# random weights far from their initialisation, features sharing one direction with a spread
-# down to 0.3%), against 6e-6 on the benchmark (bench/RESULTS.md); fp64 1.4e-12. fp32 thus gets
-# a 5x margin: a fork or a changed weight that moves some score by more than 1e-3 is caught;
-# smaller effects are at the level of fp32 rounding in ill-conditioned cases. fp64: ~700x.
+# always runs at full matmul precision); its margin: docs/evaluation_engine.md §5.
 CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-9}
-
-_NORM_EPS = 1e-12  # F.normalize's clamp on the norms, as in pair_cosine
 
 
 class EngineCheckError(RuntimeError):
@@ -98,11 +86,6 @@ class Prepared:
         return Prepared(self.kind, {k: v[index] for k, v in self.parts.items()}, self.owner)
 
 
-def _centre(x: Tensor) -> Tensor:
-    """c(x) = x - mean(x) along the last (feature) dimension."""
-    return x - x.mean(dim=-1, keepdim=True)
-
-
 def _chunks(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -113,7 +96,7 @@ def coarse_vectors(frames: Tensor, mask: Tensor) -> Tensor:
     retrieval ranks videos by the cosine of a text with this vector)."""
     real = mask.sum(1, keepdim=True)
     mean_real = (frames * mask.unsqueeze(-1)).sum(1) / real.clamp_min(1)
-    return mean_real / mean_real.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    return mean_real / mean_real.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
 
 
 def foldable(config: SimilarityConfig) -> bool:
@@ -191,40 +174,7 @@ class SimilarityEngine:
                     "module in blocks", log)
         self.method: Literal["folded", "naive"] = "naive" if self.fallback_reason else "folded"
         self._token = object()
-        if self.method == "folded" and self.module.psi is not None:
-            self._fold_weights(self.module.psi)
-
-    @torch.no_grad()
-    def _fold_weights(self, psi: Psi) -> None:
-        """Weights-only constants of the folded path (docs/evaluation_engine.md, §2).
-
-        Every per-frame vector the scores need is an affine map of l_bk = LN1(f_bk); the maps
-        are composed here once, so that :meth:`prepare_videos` does one (F·N_v x d) @ (d x 4d)
-        product: c(K~_bk), U_bk, Z_bk, D_bk and the key bias κ_bk.
-        """
-        d = self.config.dim
-        eye = torch.eye(d, dtype=self.dtype, device=psi.q_proj.weight.device)
-        centring = eye - 1.0 / d                                            # C: x -> c(x)
-        g1, b1 = psi.layer_norm1.weight, psi.layer_norm1.bias
-        g2, b2 = psi.layer_norm2.weight, psi.layer_norm2.bias
-        g3, b3 = psi.layer_norm3.weight, psi.layer_norm3.bias
-        w_q, w_k, w_v = psi.q_proj.weight, psi.k_proj.weight, psi.v_proj.weight
-        w_o, w_mu = psi.out_proj.weight, psi.mean_proj.weight
-        q0 = psi.q_proj(b1)                                                  # W_q β1 + b_q
-        key_map = centring @ (g1.unsqueeze(1) * w_q.T) @ w_k
-        key_shift = centring @ (g1 * (w_q.T @ psi.k_proj.bias))
-        u_map, u_shift = centring @ w_o @ w_v, centring @ psi.out_proj(psi.v_proj.bias)
-        to_z = centring @ (eye + psi.linear1.weight) * g2                   # C (I + W_1) diag(γ2)
-        z_map, z_shift = to_z @ u_map, to_z @ u_shift
-        d_map, d_shift = (w_mu * g3) @ z_map, (w_mu * g3) @ z_shift
-        self._frame_maps = torch.cat([key_map, u_map, z_map, d_map,
-                                      (w_k.T @ q0).unsqueeze(0) / math.sqrt(d)])
-        self._frame_bias = torch.cat([key_shift, u_shift, z_shift, d_shift,
-                                      (psi.k_proj.bias @ q0).reshape(1) / math.sqrt(d)])
-        self._z0 = centring @ (b2 + psi.linear1(b2))                         # z0 = c(y0)
-        self._z0_sq = self._z0.square().sum()
-        self._delta_consts = torch.stack([(w_mu * g3) @ self._z0,            # e
-                                          psi.mean_proj(b3)])               # δ0
+        self._folding = Folding(self.module) if self.method == "folded" else None
 
     # ------------------------------------------------------------------ sizes and precision
     @property
@@ -271,7 +221,7 @@ class SimilarityEngine:
             raise ValueError(f"text must be (N_t, {d}), got {tuple(text.shape)}")
         text = text.to(self.dtype)
         parts = {"text": text, "sq_norm": text.square().sum(-1),
-                 "centred_sq_norm": _centre(text).square().sum(-1)}
+                 "centred_sq_norm": centre(text).square().sum(-1)}
         if self.config.psi_context == "words" and not self.config.no_delta:
             if words is None or word_mask is None:
                 raise ValueError("psi_context='words' needs `words` and `word_mask`")
@@ -306,28 +256,7 @@ class SimilarityEngine:
         parts = {"mask": mask, "coarse": coarse_vectors(frames, mask)}
         if self.method == "naive":
             return dict(parts, frames=frames)
-        parts["frame_gram"] = frames @ frames.mT                              # Φ_b
-        psi = self.module.psi
-        if psi is None:
-            return dict(parts, rows=frames)
-        d, n_v = self.config.dim, len(frames)
-        per_frame = psi.layer_norm1(frames) @ self._frame_maps.T + self._frame_bias
-        key_fold, u, z, d_frames, key_bias = per_frame.split([d, d, d, d, 1], dim=-1)
-        parts["key_bias"] = key_bias.squeeze(-1)                            # κ_bk
-        parts["gram_o"] = u @ u.mT                                           # G_b
-        parts["gram_y"] = z @ z.mT                                           # H_b
-        parts["cross_y"] = z @ self._z0                                      # h_b
-        d_hat = torch.cat([d_frames, self._delta_consts.expand(n_v, 2, d)], dim=1)
-        parts["gram_delta"] = d_hat @ d_hat.mT                               # Ĝ_b
-        parts["delta_frames"] = d_hat @ frames.mT                            # C_b
-        rows = [frames, key_fold, d_hat]
-        if self.config.psi_query == "gap":
-            mean_c = _centre(frames.mean(1))                                 # c(m_b)
-            parts["key_gap"] = (key_fold @ mean_c.unsqueeze(-1)).squeeze(-1)  # α_bk
-            parts["mean_sq"] = mean_c.square().sum(-1)
-            rows.append(mean_c.unsqueeze(1))
-        parts["rows"] = torch.cat(rows, dim=1)
-        return parts
+        return dict(parts, **self._folding.prepare_videos(frames))
 
     # ------------------------------------------------------------------ scoring
     def _check(self, texts: Prepared, videos: Prepared) -> None:
@@ -357,7 +286,7 @@ class SimilarityEngine:
                 for cols in _chunks(n_v, block_v):
                     v = videos.select(cols).parts
                     out[rows, cols] = (self._score_naive(t, v) if self.method == "naive"
-                                       else self._score_folded(t, v, bf16))
+                                       else self._folding.score(t, v, bf16))
         return out
 
     @torch.no_grad()
@@ -420,64 +349,13 @@ class SimilarityEngine:
     @torch.no_grad()
     def coarse_score(self, texts: Prepared, videos: Prepared) -> Tensor:
         """(N_t, N_v) Δ-free stage-1 scores cos(t_a, mean of the real frames of b), one matrix
-        product (used by :mod:`tvr.evaluation.two_stage`)."""
+        product (stage 1 of :func:`tvr.evaluation.retrieval.two_stage_scores`)."""
         self._check(texts, videos)
         text = texts.parts["text"]
-        text = text / text.norm(dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+        text = text / text.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
         with self._matmul_precision():
             return text @ videos.parts["coarse"].T
 
     def _score_naive(self, t: dict[str, Tensor], v: dict[str, Tensor]) -> Tensor:
         return self.module(t["text"], v["frames"], v["mask"], t.get("words"),
                            t.get("word_mask")).scores
-
-    def _score_folded(self, t: dict[str, Tensor], v: dict[str, Tensor], bf16: bool) -> Tensor:
-        """One block, (T, V). Pair tensors are laid out (V, ·, T); see docs/evaluation_engine.md.
-        ``bf16``: the per-pair matrix product takes bf16 operands."""
-        cfg, psi = self.config, self.module.psi
-        d, n_frames = cfg.dim, v["mask"].shape[1]
-        rows, text = v["rows"], t["text"]
-        n_v, n_rows, _ = rows.shape
-        if bf16:
-            dots = (rows.reshape(-1, d).bfloat16() @ text.bfloat16().T).to(self.dtype)
-        else:
-            dots = rows.reshape(-1, d) @ text.T
-        dots = dots.view(n_v, n_rows, -1)                      # rows_b · t_a
-        text_frame = dots[:, :n_frames]                        # t_a · f_bk
-        w = torch.softmax(text_frame / cfg.temp, dim=1) * v["mask"].unsqueeze(-1)
-        text_v = (w * text_frame).sum(1)                       # t_a · v_ab
-        v_sq = (w * torch.bmm(v["frame_gram"], w)).sum(1)      # ||v_ab||²
-        text_sq = t["sq_norm"].unsqueeze(0)
-        if psi is None:
-            return self._cosine(text_v, text_sq, v_sq)
-        key_text = dots[:, n_frames:2 * n_frames]              # c(K~_bk) · t_a
-        key_bias = v["key_bias"].unsqueeze(-1)
-        if cfg.psi_query == "gap":
-            gap_sq = (v["mean_sq"].unsqueeze(-1) - 2 * dots[:, -1]
-                      + t["centred_sq_norm"].unsqueeze(0)).clamp_min(0)
-            scale = cfg.gap_sign / (math.sqrt(d) * torch.sqrt(gap_sq / d + psi.layer_norm1.eps))
-            logits = scale.unsqueeze(1) * (v["key_gap"].unsqueeze(-1) - key_text) + key_bias
-        else:
-            centred_sq = t["centred_sq_norm"]
-            scale = 1.0 / (math.sqrt(d) * torch.sqrt(centred_sq / d + psi.layer_norm1.eps))
-            logits = key_text * scale + key_bias
-        attn = torch.softmax(logits, dim=1)                    # a_abk
-        inv2 = torch.rsqrt((attn * torch.bmm(v["gram_o"], attn)).sum(1) / d + psi.layer_norm2.eps)
-        y_sq = ((attn * torch.bmm(v["gram_y"], attn)).sum(1) * inv2.square()
-                + 2 * inv2 * (attn * v["cross_y"].unsqueeze(-1)).sum(1) + self._z0_sq)
-        inv3 = torch.rsqrt(y_sq.clamp_min(0) / d + psi.layer_norm3.eps)
-        coef = torch.cat([attn * (inv2 * inv3).unsqueeze(1), inv3.unsqueeze(1),
-                          torch.ones_like(inv3).unsqueeze(1)], dim=1)   # Δ = Σ_j coef_j D-hat_bj
-        text_delta = (coef * dots[:, 2 * n_frames:3 * n_frames + 2]).sum(1)
-        delta_v = (coef * torch.bmm(v["delta_frames"], w)).sum(1)
-        delta_sq = (coef * torch.bmm(v["gram_delta"], coef)).sum(1)
-        if cfg.delta_side == "video":
-            return self._cosine(text_v + text_delta, text_sq, v_sq + 2 * delta_v + delta_sq)
-        return self._cosine(text_v + delta_v, text_sq + 2 * text_delta + delta_sq, v_sq)
-
-    @staticmethod
-    def _cosine(dot: Tensor, x_sq: Tensor, y_sq: Tensor) -> Tensor:
-        """(V, T) dot / (max(||x||, eps) max(||y||, eps)) -> (T, V)."""
-        x_norm = torch.sqrt(x_sq.clamp_min(0)).clamp_min(_NORM_EPS)
-        y_norm = torch.sqrt(y_sq.clamp_min(0)).clamp_min(_NORM_EPS)
-        return (dot / (x_norm * y_norm)).T
