@@ -19,8 +19,8 @@ from tvr.evaluation.encode import encode_split
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.metrics import retrieval_metrics
 from tvr.evaluation.retrieval import topk_containment, two_stage_scores
-from tvr.options import build_model
-from tvr.training.checkpoint import load_weights_for_eval
+from tvr.cli.flags import recorded_run
+from tvr.training.checkpoint import load_model
 
 
 def main() -> None:
@@ -29,12 +29,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--workers", type=int, default=2)
     options = parser.parse_args()
-    saved = torch.load(options.checkpoint, map_location="cpu", weights_only=True)["args"]
-    args = argparse.Namespace(**saved)
-    model = build_model(args, options.checkpoint)  # the configuration the checkpoint records
-    load_weights_for_eval(options.checkpoint, model)
-    dataset = build_split(args, "test", model.clip.config.image_size)
-    split = encode_split(model, dataset, args.batch_size_val, options.workers, torch.device("cpu"))
+    model, info = load_model(options.checkpoint)  # the configuration the checkpoint records
+    run = recorded_run(info["args"])
+    dataset = build_split(run.data, "test", model.clip.config.image_size, run.model.max_words)
+    split = encode_split(model, dataset, run.eval.batch_size_val, options.workers,
+                         torch.device("cpu"))
     engine = SimilarityEngine(model.similarity)
     texts = engine.prepare_texts(split.texts.sentence, split.texts.words, split.texts.mask)
     videos = engine.prepare_videos(split.videos.frames, split.videos.mask)

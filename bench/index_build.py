@@ -24,20 +24,20 @@ import torch
 from tvr.data.toy import make_toy_dataset
 from tvr.index.build import build_index, load_checkpoint_model
 from tvr.index.store import file_sha256
-from tvr.models.clip import CLIP, CLIP_CONFIGS
-from tvr.models.gare import GARE
-from tvr.options import gare_config, model_record, parse_args
-from tvr.training.checkpoint import save_model
+from tvr.data.config import SamplingConfig
+from tvr.models.factory import ModelConfig, create_model
+from tvr.models.clip import CLIP_CONFIGS
+from tvr.training.checkpoint import model_record, sampling_of, save_model
 
 
 def vit_b32_checkpoint(path: Path) -> Path:
     """A ViT-B/32 GARE model with random weights, saved as a checkpoint of this project (its
     recorded configuration rebuilds it without the CLIP file)."""
-    args = parse_args(["--base_encoder", "ViT-B/32", "--anno_path", "a", "--video_path", "v"])
+    config = ModelConfig(base_encoder="ViT-B/32")
     torch.manual_seed(0)
-    model = GARE(CLIP(CLIP_CONFIGS["ViT-B/32"]), gare_config(args))
+    model = create_model(config, CLIP_CONFIGS["ViT-B/32"])
     save_model(path, model, epoch=0, global_step=0, metric=None,
-               config=model_record(args, model), args=args)
+               config=model_record(config, SamplingConfig(), model))
     return path
 
 
@@ -45,10 +45,10 @@ def time_build(checkpoint: Path, videos: Path, scratch: Path,
                options: argparse.Namespace) -> dict:
     """Whole builds (median videos/s) and the start-up alone (model load + checkpoint hash)."""
     start = time.perf_counter()
-    model, args, _ = load_checkpoint_model(checkpoint)
+    model, info = load_checkpoint_model(checkpoint)
     file_sha256(checkpoint)
     startup = time.perf_counter() - start
-    frames = args.max_frames
+    frames = sampling_of(info).max_frames
     del model
     rates, seconds, encoded = [], [], 0
     for run in range(options.build_repeats):

@@ -147,6 +147,14 @@ def flag_values(config: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, 
             yield name, value
 
 
+def recorded_run(arguments: dict[str, Any]) -> RunConfig:
+    """The configuration of a run from the flags a checkpoint recorded (``args``); flags an
+    older run did not record take their declared defaults."""
+    defaults = {name: flag.default for name, flag in FLAGS.items()}
+    values = {"datatype": "msrvtt", "local_rank": 0, **defaults, **arguments}
+    return run_config(argparse.Namespace(**values))
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The frozen configuration of parsed flags (the only way from flags to configurations).
     ``args.resume`` must already be a file (:func:`tvr.cli.checks.resolved_resume`)."""
