@@ -37,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from tvr.data.datasets import build_dataset  # noqa: E402
 from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
                                   FrameCacheWriter, cache_key, resize_short_side)
-from tvr.data.video import VideoReadError, open_video, read_clip  # noqa: E402
+from tvr.data.video import VideoReadError, open_video, read_frames  # noqa: E402
 from tvr.options import parse_args  # noqa: E402
 
 SPLITS = ("train", "val", "test")
@@ -81,8 +81,8 @@ def decode(path: str, start: float | None, end: float | None,
     """The clip's frames (resized) and indices, or the reason it cannot be read."""
     try:
         with open_video(path, params.video_backend) as video:
-            frames, indices = read_clip(video, params.video_framerate, params.max_frames,
-                                        start, end)
+            frames, indices = read_frames(video, params.video_framerate, params.max_frames,
+                                          start, end)
     except VideoReadError as error:
         return error.reason or str(error)
     return resize_short_side(frames, params.short_side), indices

@@ -1,4 +1,4 @@
-"""The frame cache (tvr/data/frame_cache.py, tvr/data/cached_clips.py,
+"""The frame cache (tvr/data/frame_cache.py, tvr/data/cached_frames.py,
 preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise, resumable, bad videos reported."""
 import sys
 from pathlib import Path
@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tvr.data.cached_clips import CachedClipLoader, to_device
+from tvr.data.cached_frames import CachedFrameLoader, to_device
 from tvr.data.datasets import SkippedVideo, collate_skipping
 from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, FrameCacheWriter,
                                   cache_key, resize_short_side)
 from tvr.data.loaders import SeededItems, build_split
 from tvr.data.toy import make_toy_dataset
-from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VideoClipLoader, VideoReadError, open_video, read_clip
+from tvr.data.transforms import build_frame_transform
+from tvr.data.video import VideoFrameLoader, VideoReadError, open_video, read_frames
 from tvr.options import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def clips_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
 
 def decoded(path, start, end, params):
     with open_video(path, params.video_backend) as video:
-        frames, indices = read_clip(video, params.video_framerate, params.max_frames, start, end)
+        frames, indices = read_frames(video, params.video_framerate, params.max_frames, start, end)
     return resize_short_side(frames, params.short_side), indices
 
 
@@ -74,8 +74,8 @@ def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
     params = CacheParams(**SAMPLING, format="raw")
     clips = clips_of(toy)
     build_frame_cache.build_cache(clips, tmp_path, params)
-    cached = CachedClipLoader(FrameCache(tmp_path), str(toy.video_path), 4, 32, augment=False)
-    video = VideoClipLoader("opencv", 3, 4, build_clip_transform(32, train=False))
+    cached = CachedFrameLoader(FrameCache(tmp_path), str(toy.video_path), 4, 32, augment=False)
+    video = VideoFrameLoader("opencv", 3, 4, build_frame_transform(32, train=False))
     for _, path, start, end in clips:
         got, got_mask = cached(path, start, end)
         want, want_mask = video(path, start, end)
@@ -92,8 +92,8 @@ def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_
 
     class Clips(torch.utils.data.Dataset):
         def __init__(self, on_device):
-            self.load = CachedClipLoader(cache, str(toy.video_path), 4, 32, augment=True,
-                                         on_device=on_device)
+            self.load = CachedFrameLoader(cache, str(toy.video_path), 4, 32, augment=True,
+                                          on_device=on_device)
 
         def __len__(self):
             return len(paths)
@@ -164,7 +164,7 @@ def test_unreadable_videos_are_reported_and_fail_or_skip_at_load(toy, tmp_path):
              for name in ("good.mp4", "broken.mp4", "absent.mp4")]
     bad = build_frame_cache.build_cache(clips, tmp_path / "cache", CacheParams(**SAMPLING))
     assert sorted(Path(p).name for p in bad) == ["absent.mp4", "broken.mp4"]
-    loader = CachedClipLoader(FrameCache(tmp_path / "cache"), str(videos), 4, 32, augment=False)
+    loader = CachedFrameLoader(FrameCache(tmp_path / "cache"), str(videos), 4, 32, augment=False)
     assert loader(str(videos / "good.mp4"))[1].sum() >= 1
     with pytest.raises(VideoReadError, match="broken.mp4.*records it as unreadable"):
         loader(str(videos / "broken.mp4"))

@@ -3,9 +3,9 @@
 Reading a clip from an mp4 decodes the video from its first frame up to the last sampled one;
 the cache stores just the sampled frames, so a clip costs a JPEG decode of ``max_frames`` small
 images (or a copy of raw pixels). ``preprocess/build_frame_cache.py`` writes it; ``--frame_cache
-DIR`` makes the loaders read from it (:class:`tvr.data.cached_clips.CachedClipLoader`).
+DIR`` makes the loaders read from it (:class:`tvr.data.cached_frames.CachedFrameLoader`).
 
-Which frames: exactly those of the video path, :func:`tvr.data.video.read_clip` with the run's
+Which frames: exactly those of the video path, :func:`tvr.data.video.read_frames` with the run's
 ``--video_framerate`` and ``--max_frames`` over the caption's window (same indices, stored with
 each clip), then the short side brought down to ``short_side`` (224) with the bicubic, antialiased
 uint8 resize of CLIP's eval transform (never enlarged). The eval transform then resizes an

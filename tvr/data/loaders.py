@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tvr.data.datasets import RetrievalDataset, build_dataset, collate_skipping
-from tvr.data.cached_clips import CachedClipLoader, CachedVideoFiles
+from tvr.data.cached_frames import CachedFrameLoader, CachedVideoFiles
 from tvr.data.frame_cache import FrameCacheError, open_frame_cache
-from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VideoClipLoader
+from tvr.data.transforms import build_frame_transform
+from tvr.data.video import VideoFrameLoader
 from tvr.models.tokenizer import ClipTokenizer
 
 
@@ -30,8 +30,8 @@ def build_split(args: argparse.Namespace, split: str, image_size: int,
     its clips decoded from the videos or read from ``--frame_cache``."""
     augment = train and args.train_augment == "randaugment"
     if not args.frame_cache:
-        loader = VideoClipLoader(args.video_backend, args.video_framerate, args.max_frames,
-                                 build_clip_transform(image_size, augment))
+        loader = VideoFrameLoader(args.video_backend, args.video_framerate, args.max_frames,
+                                 build_frame_transform(image_size, augment))
         return build_dataset(args.datatype, split, args.anno_path, args.video_path,
                              ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
     cache = open_frame_cache(args.frame_cache)
@@ -39,8 +39,8 @@ def build_split(args: argparse.Namespace, split: str, image_size: int,
                   video_backend=args.video_backend)
     on_device = args.frame_decode == "device" or (
         args.frame_decode == "auto" and args.device != "cpu" and torch.cuda.is_available())
-    loader = CachedClipLoader(cache, args.video_path, args.max_frames, image_size, augment,
-                              on_device)
+    loader = CachedFrameLoader(cache, args.video_path, args.max_frames, image_size, augment,
+                               on_device)
     dataset = build_dataset(args.datatype, split, args.anno_path, args.video_path,
                             ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
     dataset.video_files = CachedVideoFiles(dataset.video_files, cache)

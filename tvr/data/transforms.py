@@ -5,7 +5,7 @@ out.
 antialiased, on uint8 like PIL, so the result is rounded to uint8 as in the reference), center
 crop S x S, scale to [0, 1], normalise with CLIP's mean and std.
 
-``ClipTrainTransform(S)`` is the reference's training augmentation, timm RandAugment
+``FrameTrainTransform(S)`` is the reference's training augmentation, timm RandAugment
 ``"rand-m7-n4-mstd0.5-inc1"`` with the same random parameters for every frame of a clip, followed
 by the eval transform. It uses torchvision.transforms.v2 only: the clip is a ``tv_tensors.Video``
 and a v2 transform draws its parameters once per call, so one draw covers all frames. The mapping
@@ -97,7 +97,7 @@ def timm_rand_augment() -> v2.Compose:
                        for _ in range(RAND_AUGMENT_LAYERS)])
 
 
-class ClipEvalTransform:
+class FrameEvalTransform:
     """``transform(clip)``: uint8 (T, 3, H, W) -> float (T, 3, size, size), see
     :func:`clip_eval_transform`."""
 
@@ -110,7 +110,7 @@ class ClipEvalTransform:
         return self.transform(clip)
 
 
-class ClipTrainTransform(ClipEvalTransform):
+class FrameTrainTransform(FrameEvalTransform):
     """``transform(clip)``: :func:`timm_rand_augment` with one parameter draw for the whole clip,
     then the eval transform; uint8 (T, 3, H, W) -> float (T, 3, size, size)."""
 
@@ -124,6 +124,6 @@ class ClipTrainTransform(ClipEvalTransform):
         return self.transform(augmented)
 
 
-def build_clip_transform(size: int, train: bool) -> ClipEvalTransform:
+def build_frame_transform(size: int, train: bool) -> FrameEvalTransform:
     """The train (augmenting) or eval transform at resolution ``size``."""
-    return ClipTrainTransform(size) if train else ClipEvalTransform(size)
+    return FrameTrainTransform(size) if train else FrameEvalTransform(size)

@@ -21,12 +21,12 @@ streams and makes keyframe seeking land on different frames in the two libraries
 videos of ``preprocess/compress_video.py`` a full decode is cheap. Both convert to RGB with
 FFmpeg's default swscale conversion and ignore rotation metadata (as decord does), so they
 return identical frames. ``fps`` is the stream's average frame rate (for a stream without one,
-OpenCV reports 1 / time base where PyAV gives NaN, which :func:`read_clip` rejects).
+OpenCV reports 1 / time base where PyAV gives NaN, which :func:`read_frames` rejects).
 
 Frame count: ``n`` is the number of frames the decoder actually delivers, as decord's ``len``
 counts frames. The container's count (PyAV ``stream.frames``; OpenCV ``CAP_PROP_FRAME_COUNT``,
 which is the same field for MP4 but a duration x fps *estimate* for e.g. Matroska, and can be
-wrong) is only a hint: :func:`read_clip` plans with it and decodes one frame past the window's
+wrong) is only a hint: :func:`read_frames` plans with it and decodes one frame past the window's
 last frame, which proves the plan right (one pass, the usual case) or gives the exact count to
 re-plan with (rare: one or two more passes). Without a hint it counts the frames first. Both
 backends therefore agree on ``n``.
@@ -277,8 +277,8 @@ def open_video(path: str, backend: str = "opencv", threads: int = 1) -> VideoRea
     return VIDEO_BACKENDS[backend](path, threads)
 
 
-def read_clip(video: VideoReader, framerate: float, max_frames: int, start: float | None = None,
-              end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_frames(video: VideoReader, framerate: float, max_frames: int, start: float | None = None,
+                end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The sampled frames of ``video`` (RGB uint8 (T, H, W, 3), 1 <= T <= max_frames) and their
     indices, as :func:`sample_frame_indices` with the exact frame count (module docstring)."""
     if not video.fps > 0:
@@ -311,7 +311,7 @@ def read_clip(video: VideoReader, framerate: float, max_frames: int, start: floa
         count, exact = (decoded if decoded <= last else video.num_frames), True
 
 
-class VideoClipLoader:
+class VideoFrameLoader:
     """``loader(path, start=None, end=None) -> (video, video_mask)`` for the datasets.
 
     ``video`` is float (max_frames, 3, S, S): ``transform`` applied to the sampled frames (given
@@ -333,12 +333,12 @@ class VideoClipLoader:
     def __call__(self, path: str, start: float | None = None,
                  end: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with open_video(path, self.backend, self.threads) as video:
-            frames, _ = read_clip(video, self.framerate, self.max_frames, start, end)
-        return pad_clip(self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2)),
-                        self.max_frames)
+            frames, _ = read_frames(video, self.framerate, self.max_frames, start, end)
+        return pad_frames(self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2)),
+                          self.max_frames)
 
 
-def pad_clip(clip: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_frames(clip: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A (T, ...) clip zero-padded to (max_frames, ...) and its int64 (max_frames,) frame mask
     (1 on the T real frames)."""
     padded = clip.new_zeros((max_frames, *clip.shape[1:]))

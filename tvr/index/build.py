@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VideoReadError, open_video, read_clip
+from tvr.data.transforms import build_frame_transform
+from tvr.data.video import VideoReadError, open_video, read_frames
 from tvr.evaluation.engine import coarse_vectors
 from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
                              thumbnail_dir, walk_videos, write_shard)
@@ -78,7 +78,7 @@ class VideoFiles(Dataset):
                  image_size: int):
         self.root, self.paths, self.out = root, paths, out
         self.sampling = sampling
-        self.transform = build_clip_transform(image_size, False)
+        self.transform = build_frame_transform(image_size, False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,8 +87,8 @@ class VideoFiles(Dataset):
         path = self.paths[i]
         try:
             with open_video(str(self.root / path), self.sampling["video_backend"]) as video:
-                frames, indices = read_clip(video, self.sampling["video_framerate"],
-                                            self.sampling["max_frames"])
+                frames, indices = read_frames(video, self.sampling["video_framerate"],
+                                              self.sampling["max_frames"])
                 fps = video.fps
                 count = video.header_frames or int(indices[-1]) + 1
         except (VideoReadError, OSError, ValueError) as error:

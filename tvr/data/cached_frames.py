@@ -1,6 +1,6 @@
 """Clips from a frame cache (``--frame_cache``), transformed in the loader or on the GPU.
 
-:class:`CachedClipLoader` is a drop-in for :class:`tvr.data.video.VideoClipLoader`: same call,
+:class:`CachedFrameLoader` is a drop-in for :class:`tvr.data.video.VideoFrameLoader`: same call,
 same output, frames read from a :class:`tvr.data.frame_cache.FrameCache` instead of decoded from
 the video.
 
@@ -8,7 +8,7 @@ Two places to turn stored frames into model input:
 
 - ``on_device=False`` (the CPU path): the loader (a DataLoader worker) decodes the JPEGs and
   applies the CLIP transform, as the video path does;
-- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingClip`;
+- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingFrames`;
   the collate keeps these as a list, and :func:`to_device` (called by the trainer and the
   evaluator on every batch) decodes all JPEGs of the batch in one ``torchvision.io.decode_jpeg``
   call on the GPU and applies the transform there. ``--frame_decode auto`` picks this when the
@@ -31,12 +31,12 @@ from torchvision.io import decode_jpeg
 
 from tvr.data.datasets.skipping import Uncollated
 from tvr.data.frame_cache import FrameCache, cache_key
-from tvr.data.transforms import ClipEvalTransform, build_clip_transform
-from tvr.data.video import VideoReadError, frame_mask, pad_clip
+from tvr.data.transforms import FrameEvalTransform, build_frame_transform
+from tvr.data.video import VideoReadError, frame_mask, pad_frames
 
 
 @dataclass
-class PendingClip(Uncollated):
+class PendingFrames(Uncollated):
     """A clip's stored frames, to be decoded and transformed by :func:`to_device`.
 
     ``data``: the JPEG files of the frames back to back (uint8 1-D, one tensor so that a worker
@@ -57,24 +57,24 @@ class PendingClip(Uncollated):
 
 
 @lru_cache(maxsize=None)
-def clip_transform(image_size: int, augment: bool) -> ClipEvalTransform:
+def frame_transform(image_size: int, augment: bool) -> FrameEvalTransform:
     """The (stateless) train or eval transform, built once per process."""
-    return build_clip_transform(image_size, augment)
+    return build_frame_transform(image_size, augment)
 
 
-def seeded_transform(clip: Tensor, seed: int, image_size: int, augment: bool) -> Tensor:
+def seeded_frame_transform(clip: Tensor, seed: int, image_size: int, augment: bool) -> Tensor:
     """The transform of a uint8 (T, 3, H, W) clip with torch's generator seeded by ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return clip_transform(image_size, augment)(clip)
+        return frame_transform(image_size, augment)(clip)
 
 
-class CachedClipLoader:
+class CachedFrameLoader:
     """``loader(path, start=None, end=None) -> (video, video_mask)`` from a frame cache.
 
     ``path`` is the video file the dataset resolved under ``video_root``; the cache is looked up
     by its relative path and the window. With ``on_device`` the ``video`` is a
-    :class:`PendingClip` instead of a float tensor. A video the cache recorded as unreadable, or
+    :class:`PendingFrames` instead of a float tensor. A video the cache recorded as unreadable, or
     does not hold, raises :class:`VideoReadError` (so ``--skip_bad_videos`` works as usual).
     """
 
@@ -103,7 +103,7 @@ class CachedClipLoader:
         return missing
 
     def __call__(self, path: str, start: float | None = None,
-                 end: float | None = None) -> tuple[Tensor | PendingClip, Tensor]:
+                 end: float | None = None) -> tuple[Tensor | PendingFrames, Tensor]:
         key = self.key(path, start, end)
         if key in self.cache.bad:
             raise VideoReadError.for_file(path, f"the frame cache {self.cache.root} records it "
@@ -115,16 +115,16 @@ class CachedClipLoader:
         seed = int(torch.randint(2**62, ()))
         if self.on_device:
             if self.cache.params.format == "raw":
-                pending = PendingClip(torch.from_numpy(self.cache.frames(key)[0]), None, seed,
-                                      self.image_size, self.augment, self.max_frames)
+                pending = PendingFrames(torch.from_numpy(self.cache.frames(key)[0]), None, seed,
+                                        self.image_size, self.augment, self.max_frames)
             else:
-                pending = PendingClip(*self.cache.stored(key), seed, self.image_size,
-                                      self.augment, self.max_frames)
+                pending = PendingFrames(*self.cache.stored(key), seed, self.image_size,
+                                        self.augment, self.max_frames)
             return pending, frame_mask(len(pending), self.max_frames)
         frames, _ = self.cache.frames(key)
         clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        return pad_clip(seeded_transform(clip, seed, self.image_size, self.augment),
-                        self.max_frames)
+        return pad_frames(seeded_frame_transform(clip, seed, self.image_size, self.augment),
+                          self.max_frames)
 
 
 class CachedVideoFiles:
@@ -151,8 +151,8 @@ class CachedVideoFiles:
                              path=str(candidates[0]), reason="not in the frame cache")
 
 
-def decode_pending(clips: list[PendingClip], device: torch.device) -> Tensor:
-    """A batch of :class:`PendingClip` as float (B, F, 3, S, S) on ``device``: every JPEG of
+def decode_pending(clips: list[PendingFrames], device: torch.device) -> Tensor:
+    """A batch of :class:`PendingFrames` as float (B, F, 3, S, S) on ``device``: every JPEG of
     the batch decoded in one call on ``device``, then each clip's seeded transform there."""
     jpegs = [frame for clip in clips if clip.lengths is not None
              for frame in clip.data.split(clip.lengths)]
@@ -163,12 +163,12 @@ def decode_pending(clips: list[PendingClip], device: torch.device) -> Tensor:
             frames = torch.stack([next(decoded) for _ in clip.lengths])
         else:
             frames = clip.data.to(device, non_blocking=True).permute(0, 3, 1, 2)
-        video = seeded_transform(frames, clip.seed, clip.image_size, clip.augment)
-        videos.append(pad_clip(video, clip.max_frames)[0])
+        video = seeded_frame_transform(frames, clip.seed, clip.image_size, clip.augment)
+        videos.append(pad_frames(video, clip.max_frames)[0])
     return torch.stack(videos)
 
 
-def to_device(video: Tensor | list[PendingClip], device: torch.device) -> Tensor:
+def to_device(video: Tensor | list[PendingFrames], device: torch.device) -> Tensor:
     """A collated batch's ``video`` field on ``device``, decoding pending clips there."""
     if isinstance(video, list):
         return decode_pending(video, device)
