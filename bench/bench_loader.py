@@ -36,8 +36,9 @@ from preprocess.build_frame_cache import build_cache
 from tvr.data.cached_frames import CachedFrameLoader
 from tvr.data.datasets import VideoItem, collate_skipping
 from tvr.data.frame_cache import CacheParams, FrameCache, cache_key
+from tvr.data.frames import SamplingConfig, VideoFrameLoader, frames_to_input
 from tvr.data.transforms import build_frame_transform
-from tvr.data.video import VIDEO_BACKENDS, VideoFrameLoader, pad_frames
+from tvr.data.video import VIDEO_BACKENDS
 
 SHORT_SIDE_224 = "scale='if(gt(iw,ih),-2,224)':'if(gt(iw,ih),224,-2)'"
 
@@ -93,25 +94,24 @@ def sources(args, paths: list[Path], folder: Path) -> dict:
     """Name -> clip loader, for every source measured."""
     transform = corner if args.no_transform else build_frame_transform(args.size,
                                                                         train=not args.eval)
-    found = {f"mp4-{backend}": VideoFrameLoader(backend, args.video_framerate, args.max_frames,
-                                                transform) for backend in args.backends}
+    found = {f"mp4-{backend}": VideoFrameLoader(
+        SamplingConfig(args.video_framerate, args.max_frames, backend), transform)
+        for backend in args.backends}
     clips = [(cache_key(path.name, None, None), str(path), None, None) for path in paths]
     for fmt in ("jpeg", "raw"):
-        params = CacheParams(args.video_framerate, args.max_frames, "opencv", format=fmt)
-        build_cache(clips, folder / fmt, params, workers=2)
+        sampling = SamplingConfig(args.video_framerate, args.max_frames, "opencv")
+        build_cache(clips, folder / fmt, CacheParams(sampling, format=fmt), workers=2)
         cache = FrameCache(folder / fmt)
         if args.no_transform:
-            found[f"cache-{fmt}"] = lambda path, cache=cache: pad_frames(corner(torch.from_numpy(
-                cache.frames(cache_key(Path(path).name, None, None))[0]).permute(0, 3, 1, 2)),
-                args.max_frames)
+            found[f"cache-{fmt}"] = lambda path, cache=cache: frames_to_input(
+                cache.frames(cache_key(Path(path).name, None, None))[0], corner, args.max_frames)
         else:
             found[f"cache-{fmt}"] = CachedFrameLoader(cache, str(folder.parent / "videos"),
-                                                      args.max_frames, args.size,
-                                                      augment=not args.eval)
+                                                      args.size, augment=not args.eval)
         if fmt == "jpeg":
             found["cache-jpeg-pending"] = CachedFrameLoader(
-                cache, str(folder.parent / "videos"), args.max_frames, args.size,
-                augment=not args.eval, on_device=True)
+                cache, str(folder.parent / "videos"), args.size, augment=not args.eval,
+                on_device=True)
     return found
 
 

@@ -37,7 +37,8 @@ from tqdm import tqdm  # noqa: E402
 from tvr.data.datasets import build_dataset  # noqa: E402
 from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
                                   FrameCacheWriter, cache_key, resize_short_side)
-from tvr.data.video import VideoReadError, open_video, read_frames  # noqa: E402
+from tvr.data.frames import SamplingConfig, sample_frames  # noqa: E402
+from tvr.data.video import VideoReadError  # noqa: E402
 from tvr.options import parse_args  # noqa: E402
 
 SPLITS = ("train", "val", "test")
@@ -80,12 +81,10 @@ def decode(path: str, start: float | None, end: float | None,
            params: CacheParams) -> tuple[np.ndarray, np.ndarray] | str:
     """The clip's frames (resized) and indices, or the reason it cannot be read."""
     try:
-        with open_video(path, params.video_backend) as video:
-            frames, indices = read_frames(video, params.video_framerate, params.max_frames,
-                                          start, end)
+        sampled = sample_frames(path, params.sampling, start, end)
     except VideoReadError as error:
         return error.reason or str(error)
-    return resize_short_side(frames, params.short_side), indices
+    return resize_short_side(sampled.frames, params.short_side), sampled.indices
 
 
 def build_cache(clips: list[tuple[str, str, float | None, float | None]], output: str | Path,
@@ -122,8 +121,8 @@ def build_cache(clips: list[tuple[str, str, float | None, float | None]], output
 def main(argv: list[str] | None = None) -> int:
     own, rest = build_parser().parse_known_args(argv)
     args = parse_args(rest)
-    params = CacheParams(float(args.video_framerate), args.max_frames, args.video_backend,
-                         own.short_side, own.format, own.quality)
+    params = CacheParams(SamplingConfig.from_args(args), own.short_side, own.format,
+                         own.quality)
     clips = dataset_clips(args, own.splits)
     tic = time.time()
     bad = build_cache(clips, own.output, params, own.workers, progress=not own.no_progress)

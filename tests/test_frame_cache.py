@@ -1,6 +1,8 @@
 """The frame cache (tvr/data/frame_cache.py, tvr/data/cached_frames.py,
 preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise, resumable, bad videos reported."""
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +17,15 @@ from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, Fram
 from tvr.data.loaders import SeededItems, build_split
 from tvr.data.toy import make_toy_dataset
 from tvr.data.transforms import build_frame_transform
-from tvr.data.video import VideoFrameLoader, VideoReadError, open_video, read_frames
+from tvr.data.frames import SamplingConfig, VideoFrameLoader, sample_frames
+from tvr.data.video import VideoReadError
 from tvr.options import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "preprocess"))
 import build_frame_cache  # noqa: E402  (a script folder, not a package)
 
-SAMPLING = dict(video_framerate=3.0, max_frames=4, video_backend="opencv")
+SAMPLING = SamplingConfig(video_framerate=3.0, max_frames=4, video_backend="opencv")
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +42,8 @@ def clips_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
 
 
 def decoded(path, start, end, params):
-    with open_video(path, params.video_backend) as video:
-        frames, indices = read_frames(video, params.video_framerate, params.max_frames, start, end)
-    return resize_short_side(frames, params.short_side), indices
+    sampled = sample_frames(path, params.sampling, start, end)
+    return resize_short_side(sampled.frames, params.short_side), sampled.indices
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,7 +53,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("fmt, short_side", [("raw", 224), ("raw", 48), ("jpeg", 224)])
 def test_cached_frames_are_the_decoded_frames(toy, tmp_path, fmt, short_side):
-    params = CacheParams(**SAMPLING, short_side=short_side, format=fmt)
+    params = CacheParams(SAMPLING, short_side=short_side, format=fmt)
     clips = clips_of(toy)
     assert build_frame_cache.build_cache(clips, tmp_path, params, workers=2) == {}
     cache = FrameCache(tmp_path)
@@ -70,12 +72,24 @@ def test_cached_frames_are_the_decoded_frames(toy, tmp_path, fmt, short_side):
         assert 40 <= worst < float("inf")
 
 
+@pytest.mark.parametrize("framerate", [3, 3.0])
+def test_parameters_file_is_flat_and_reads_back(tmp_path, framerate):
+    params = CacheParams(replace(SAMPLING, video_framerate=framerate), format="raw", quality=90)
+    FrameCacheWriter(tmp_path, params).close()
+    record = json.loads((tmp_path / "frame_cache.json").read_text())
+    assert record == {"version": 1, "video_framerate": 3.0, "max_frames": 4,
+                      "video_backend": "opencv", "short_side": 224, "format": "raw",
+                      "quality": 90}
+    assert isinstance(record["video_framerate"], float)
+    assert FrameCache(tmp_path).params == params == CacheParams.from_record(record)
+
+
 def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
-    params = CacheParams(**SAMPLING, format="raw")
+    params = CacheParams(SAMPLING, format="raw")
     clips = clips_of(toy)
     build_frame_cache.build_cache(clips, tmp_path, params)
-    cached = CachedFrameLoader(FrameCache(tmp_path), str(toy.video_path), 4, 32, augment=False)
-    video = VideoFrameLoader("opencv", 3, 4, build_frame_transform(32, train=False))
+    cached = CachedFrameLoader(FrameCache(tmp_path), str(toy.video_path), 32, augment=False)
+    video = VideoFrameLoader(SAMPLING, build_frame_transform(32, train=False))
     for _, path, start, end in clips:
         got, got_mask = cached(path, start, end)
         want, want_mask = video(path, start, end)
@@ -84,7 +98,7 @@ def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
 
 
 def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_path):
-    params = CacheParams(**SAMPLING)
+    params = CacheParams(SAMPLING)
     clips = clips_of(toy, windows=((None, None),))
     build_frame_cache.build_cache(clips, tmp_path, params)
     cache = FrameCache(tmp_path)
@@ -92,7 +106,7 @@ def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_
 
     class Clips(torch.utils.data.Dataset):
         def __init__(self, on_device):
-            self.load = CachedFrameLoader(cache, str(toy.video_path), 4, 32, augment=True,
+            self.load = CachedFrameLoader(cache, str(toy.video_path), 32, augment=True,
                                           on_device=on_device)
 
         def __len__(self):
@@ -116,10 +130,10 @@ def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_
 
 
 def test_other_sampling_parameters_are_refused(toy, tmp_path):
-    params = CacheParams(**SAMPLING)
+    params = CacheParams(SAMPLING)
     build_frame_cache.build_cache(clips_of(toy), tmp_path, params)
     with pytest.raises(FrameCacheError, match="other parameters"):
-        FrameCacheWriter(tmp_path, CacheParams(**{**SAMPLING, "max_frames": 6}))
+        FrameCacheWriter(tmp_path, CacheParams(replace(SAMPLING, max_frames=6)))
     args = parse_args(["--anno_path", str(toy.root), "--video_path", str(toy.video_path),
                        "--recipe", "demo", "--max_frames", "4", "--video_framerate", "1",
                        "--frame_cache", str(tmp_path)])
@@ -135,7 +149,7 @@ def test_other_sampling_parameters_are_refused(toy, tmp_path):
 
 def test_an_interrupted_build_resumes_without_redoing_complete_shards(toy, tmp_path,
                                                                       monkeypatch):
-    params = CacheParams(**SAMPLING, format="raw")
+    params = CacheParams(SAMPLING, format="raw")
     clips = clips_of(toy)
     first = FrameCacheWriter(tmp_path, params, shard_bytes=1)  # one clip per shard
     for key, path, start, end in clips[:5]:
@@ -162,9 +176,9 @@ def test_unreadable_videos_are_reported_and_fail_or_skip_at_load(toy, tmp_path):
     (videos / "broken.mp4").write_bytes(b"not a video")
     clips = [(cache_key(name, None, None), str(videos / name), None, None)
              for name in ("good.mp4", "broken.mp4", "absent.mp4")]
-    bad = build_frame_cache.build_cache(clips, tmp_path / "cache", CacheParams(**SAMPLING))
+    bad = build_frame_cache.build_cache(clips, tmp_path / "cache", CacheParams(SAMPLING))
     assert sorted(Path(p).name for p in bad) == ["absent.mp4", "broken.mp4"]
-    loader = CachedFrameLoader(FrameCache(tmp_path / "cache"), str(videos), 4, 32, augment=False)
+    loader = CachedFrameLoader(FrameCache(tmp_path / "cache"), str(videos), 32, augment=False)
     assert loader(str(videos / "good.mp4"))[1].sum() >= 1
     with pytest.raises(VideoReadError, match="broken.mp4.*records it as unreadable"):
         loader(str(videos / "broken.mp4"))

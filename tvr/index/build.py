@@ -18,7 +18,7 @@ import argparse
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tvr.data.transforms import build_frame_transform
-from tvr.data.video import VideoReadError, open_video, read_frames
+from tvr.data.frames import SamplingConfig, frame_transform, frames_to_input, sample_frames
+from tvr.data.video import VideoReadError
 from tvr.evaluation.engine import coarse_vectors
 from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
                              thumbnail_dir, walk_videos, write_shard)
@@ -74,11 +74,11 @@ class Decoded(NamedTuple):
 class VideoFiles(Dataset):
     """Decodes ``paths`` (relative to ``root``) for the model and writes their thumbnails."""
 
-    def __init__(self, root: Path, paths: list[str], out: Path, sampling: dict[str, Any],
+    def __init__(self, root: Path, paths: list[str], out: Path, sampling: SamplingConfig,
                  image_size: int):
         self.root, self.paths, self.out = root, paths, out
         self.sampling = sampling
-        self.transform = build_frame_transform(image_size, False)
+        self.transform = frame_transform(image_size, False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,20 +86,12 @@ class VideoFiles(Dataset):
     def __getitem__(self, i: int) -> Decoded:
         path = self.paths[i]
         try:
-            with open_video(str(self.root / path), self.sampling["video_backend"]) as video:
-                frames, indices = read_frames(video, self.sampling["video_framerate"],
-                                              self.sampling["max_frames"])
-                fps = video.fps
-                count = video.header_frames or int(indices[-1]) + 1
+            sampled = sample_frames(str(self.root / path), self.sampling)
         except (VideoReadError, OSError, ValueError) as error:
             return Decoded(path, None, None, [], 0.0, str(error))
-        self._thumbnails(path, frames)
-        clip = self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2))
-        padded = clip.new_zeros((self.sampling["max_frames"], *clip.shape[1:]))
-        padded[:len(clip)] = clip
-        mask = torch.zeros(self.sampling["max_frames"], dtype=torch.int64)
-        mask[:len(clip)] = 1
-        return Decoded(path, padded, mask, (indices / fps).round(3).tolist(), count / fps, "")
+        self._thumbnails(path, sampled.frames)
+        video, mask = frames_to_input(sampled.frames, self.transform, self.sampling.max_frames)
+        return Decoded(path, video, mask, sampled.times.round(3).tolist(), sampled.duration, "")
 
     def _thumbnails(self, path: str, frames: np.ndarray) -> None:
         folder = thumbnail_dir(self.out, path)
@@ -143,8 +135,7 @@ def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
     model, args, record = load_checkpoint_model(checkpoint, device)
     identity = {"path": str(Path(checkpoint).resolve()), "sha256": file_sha256(checkpoint),
                 "code_version": code_version()}
-    sampling = {"video_framerate": args.video_framerate, "max_frames": args.max_frames,
-                "video_backend": args.video_backend}
+    sampling = SamplingConfig.from_args(args)
     if rebuild and out.exists():
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, identity, record, sampling)
@@ -191,14 +182,14 @@ def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
 
 
 def _open_manifest(out: Path, root: Path, identity: dict[str, Any], model_config: dict,
-                   sampling: dict[str, Any]) -> Manifest:
+                   sampling: SamplingConfig) -> Manifest:
     """The existing manifest of ``out`` if it was made alike, else a new one (see build)."""
     if not (out / "manifest.json").exists():
-        return Manifest(str(root), identity, model_config, sampling)
+        return Manifest(str(root), identity, model_config, asdict(sampling))
     manifest = Manifest.load(out)
     for what, ours, theirs in (("checkpoint (sha256)", identity["sha256"],
                                 manifest.checkpoint["sha256"]),
-                               ("sampling", sampling, manifest.sampling),
+                               ("sampling", asdict(sampling), manifest.sampling),
                                ("videos folder", str(root), manifest.videos_root)):
         if ours != theirs:
             raise IndexStoreError(f"index {out} was built with another {what} ({theirs}, now "
