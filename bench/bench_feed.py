@@ -107,9 +107,9 @@ def main() -> None:
         params = CacheParams(SamplingConfig(1.0, args.frames, "opencv"))
         build_cache([(cache_key(p.name, None, None), str(p), None, None) for p in paths],
                     Path(folder) / "cache", params, workers=os.cpu_count() or 1)
-        clips = CachedFrameLoader(FrameCache(Path(folder) / "cache"), str(videos), size,
-                                  augment=True, on_device=args.frame_decode == "device")
-        items = SeededItems(Pairs(clips, paths, args.batch * (args.steps + args.warmup)), 0)
+        cached = CachedFrameLoader(FrameCache(Path(folder) / "cache"), str(videos), size,
+                                   augment=True, on_device=args.frame_decode == "device")
+        items = SeededItems(Pairs(cached, paths, args.batch * (args.steps + args.warmup)), 0)
         loader = DataLoader(items, batch_size=args.batch, num_workers=args.workers,
                             collate_fn=collate_skipping, pin_memory=device.type == "cuda",
                             drop_last=True)

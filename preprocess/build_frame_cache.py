@@ -3,7 +3,7 @@
 The cache's format and guarantees: tvr/data/frame_cache.py.
 
 It takes main_retrieval.py's own data flags, so the cache holds exactly the frames that a run
-with the same flags samples: the clips of every caption window of the ``--splits`` of
+with the same flags samples: the frames of every caption window of the ``--splits`` of
 ``--datatype`` (train, val and test by default), at ``--video_framerate``, ``--max_frames``, with
 ``--video_backend``; then the short side is brought down to ``--short_side`` px and the frames
 are stored as JPEG (``--format jpeg``, quality ``--quality``, 4:4:4) or raw RGB (``--format raw``,
@@ -60,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dataset_clips(args: argparse.Namespace,
-                  splits: list[str]) -> list[tuple[str, str, float | None, float | None]]:
-    """``(key, path, start, end)`` of every distinct clip of ``splits``, in split order."""
-    clips: dict[str, tuple[str, str, float | None, float | None]] = {}
+def dataset_entries(args: argparse.Namespace,
+                    splits: list[str]) -> list[tuple[str, str, float | None, float | None]]:
+    """``(key, path, start, end)`` of every distinct cache entry (a video and a caption's
+    window) of ``splits``, in split order."""
+    entries: dict[str, tuple[str, str, float | None, float | None]] = {}
     for split in splits:
         dataset = build_dataset(args.datatype, split, args.anno_path, args.video_path, None, None,
                                 args.max_words)
@@ -73,13 +74,13 @@ def dataset_clips(args: argparse.Namespace,
             except VideoReadError:  # recorded as bad by the build, named by its preferred file
                 path = dataset.video_files.candidates(video_id)[0]
             key = cache_key(str(path.relative_to(args.video_path)), start, end)
-            clips.setdefault(key, (key, str(path), start, end))
-    return list(clips.values())
+            entries.setdefault(key, (key, str(path), start, end))
+    return list(entries.values())
 
 
 def decode(path: str, start: float | None, end: float | None,
            params: CacheParams) -> tuple[np.ndarray, np.ndarray] | str:
-    """The clip's frames (resized) and indices, or the reason it cannot be read."""
+    """The window's sampled frames (resized) and indices, or the reason it cannot be read."""
     try:
         sampled = sample_frames(path, params.sampling, start, end)
     except VideoReadError as error:
@@ -87,18 +88,18 @@ def decode(path: str, start: float | None, end: float | None,
     return resize_short_side(sampled.frames, params.short_side), sampled.indices
 
 
-def build_cache(clips: list[tuple[str, str, float | None, float | None]], output: str | Path,
+def build_cache(entries: list[tuple[str, str, float | None, float | None]], output: str | Path,
                 params: CacheParams, workers: int = 4,
                 progress: bool = False) -> dict[str, str]:
-    """Add the clips the cache at ``output`` lacks; returns ``{path: reason}`` of the bad ones
-    (including those recorded by an earlier, resumed build)."""
+    """Add the ``entries`` (:func:`dataset_entries`) the cache at ``output`` lacks; returns
+    ``{path: reason}`` of the bad ones (including those recorded by an earlier, resumed build)."""
     writer = FrameCacheWriter(output, params)
-    todo = [clip for clip in clips if clip[0] not in writer.done]
+    todo = [entry for entry in entries if entry[0] not in writer.done]
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         def decoded() -> Iterator:  # results in order, at most 4 x workers in flight
             window = 4 * max(1, workers)
-            futures = [pool.submit(decode, *clip[1:], params) for clip in todo[:window]]
+            futures = [pool.submit(decode, *entry[1:], params) for entry in todo[:window]]
             for i in range(len(todo)):
                 if i + window < len(todo):
                     futures.append(pool.submit(decode, *todo[i + window][1:], params))
@@ -115,7 +116,7 @@ def build_cache(clips: list[tuple[str, str, float | None, float | None]], output
         finally:
             writer.close()
     cache = FrameCache(output)
-    return {path: cache.bad[key] for key, path, _, _ in clips if key in cache.bad}
+    return {path: cache.bad[key] for key, path, _, _ in entries if key in cache.bad}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(rest)
     params = CacheParams(SamplingConfig.from_args(args), own.short_side, own.format,
                          own.quality)
-    clips = dataset_clips(args, own.splits)
+    entries = dataset_entries(args, own.splits)
     tic = time.time()
-    bad = build_cache(clips, own.output, params, own.workers, progress=not own.no_progress)
-    print(f"frame cache {own.output}: {len(clips) - len(bad)} of {len(clips)} clips of "
+    bad = build_cache(entries, own.output, params, own.workers, progress=not own.no_progress)
+    print(f"frame cache {own.output}: {len(entries) - len(bad)} of {len(entries)} entries of "
           f"{args.datatype} {'/'.join(own.splits)} cached in {time.time() - tic:.0f} s",
           file=sys.stderr)
     for path, reason in sorted(bad.items()):

@@ -1,5 +1,6 @@
 """The frame cache (tvr/data/frame_cache.py, tvr/data/cached_frames.py,
-preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise, resumable, bad videos reported."""
+preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise,
+resumable, bad videos reported."""
 import json
 import sys
 from dataclasses import replace
@@ -34,7 +35,7 @@ def toy(tmp_path_factory):
                             captions_per_video=2, workers=2)
 
 
-def clips_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
+def entries_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
     """(key, path, start, end) for every toy video, with a few caption windows."""
     paths = sorted(Path(toy.video_path).glob("*.mp4"))
     return [(cache_key(path.name, start, end), str(path), start, end)
@@ -54,12 +55,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("fmt, short_side", [("raw", 224), ("raw", 48), ("jpeg", 224)])
 def test_cached_frames_are_the_decoded_frames(toy, tmp_path, fmt, short_side):
     params = CacheParams(SAMPLING, short_side=short_side, format=fmt)
-    clips = clips_of(toy)
-    assert build_frame_cache.build_cache(clips, tmp_path, params, workers=2) == {}
+    entries = entries_of(toy)
+    assert build_frame_cache.build_cache(entries, tmp_path, params, workers=2) == {}
     cache = FrameCache(tmp_path)
-    assert sorted(cache.clips) == sorted(key for key, *_ in clips)
+    assert sorted(cache.entries) == sorted(key for key, *_ in entries)
     worst = float("inf")
-    for key, path, start, end in clips:
+    for key, path, start, end in entries:
         frames, indices = cache.frames(key)
         want, want_indices = decoded(path, start, end, params)
         np.testing.assert_array_equal(indices, want_indices)
@@ -86,11 +87,11 @@ def test_parameters_file_is_flat_and_reads_back(tmp_path, framerate):
 
 def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
     params = CacheParams(SAMPLING, format="raw")
-    clips = clips_of(toy)
-    build_frame_cache.build_cache(clips, tmp_path, params)
+    entries = entries_of(toy)
+    build_frame_cache.build_cache(entries, tmp_path, params)
     cached = CachedFrameLoader(FrameCache(tmp_path), str(toy.video_path), 32, augment=False)
     video = VideoFrameLoader(SAMPLING, build_frame_transform(32, train=False))
-    for _, path, start, end in clips:
+    for _, path, start, end in entries:
         got, got_mask = cached(path, start, end)
         want, want_mask = video(path, start, end)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -99,10 +100,10 @@ def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
 
 def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_path):
     params = CacheParams(SAMPLING)
-    clips = clips_of(toy, windows=((None, None),))
-    build_frame_cache.build_cache(clips, tmp_path, params)
+    entries = entries_of(toy, windows=((None, None),))
+    build_frame_cache.build_cache(entries, tmp_path, params)
     cache = FrameCache(tmp_path)
-    paths = [path for _, path, _, _ in clips]
+    paths = [path for _, path, _, _ in entries]
 
     class Clips(torch.utils.data.Dataset):
         def __init__(self, on_device):
@@ -131,7 +132,7 @@ def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_
 
 def test_other_sampling_parameters_are_refused(toy, tmp_path):
     params = CacheParams(SAMPLING)
-    build_frame_cache.build_cache(clips_of(toy), tmp_path, params)
+    build_frame_cache.build_cache(entries_of(toy), tmp_path, params)
     with pytest.raises(FrameCacheError, match="other parameters"):
         FrameCacheWriter(tmp_path, CacheParams(replace(SAMPLING, max_frames=6)))
     args = parse_args(["--anno_path", str(toy.root), "--video_path", str(toy.video_path),
@@ -150,21 +151,21 @@ def test_other_sampling_parameters_are_refused(toy, tmp_path):
 def test_an_interrupted_build_resumes_without_redoing_complete_shards(toy, tmp_path,
                                                                       monkeypatch):
     params = CacheParams(SAMPLING, format="raw")
-    clips = clips_of(toy)
-    first = FrameCacheWriter(tmp_path, params, shard_bytes=1)  # one clip per shard
-    for key, path, start, end in clips[:5]:
+    entries = entries_of(toy)
+    first = FrameCacheWriter(tmp_path, params, shard_bytes=1)  # one entry per shard
+    for key, path, start, end in entries[:5]:
         first.add(key, *decoded(path, start, end, params))
-    # killed while the sixth clip was being written: its shard has no index
+    # killed while the sixth entry was being written: its shard has no index
     (tmp_path / "shard_00005.bin").write_bytes(b"partial")
     calls = []
     real = build_frame_cache.decode
     monkeypatch.setattr(build_frame_cache, "decode",
                         lambda path, *rest: calls.append(path) or real(path, *rest))
-    assert build_frame_cache.build_cache(clips, tmp_path, params) == {}
-    assert len(calls) == len(clips) - 5
+    assert build_frame_cache.build_cache(entries, tmp_path, params) == {}
+    assert len(calls) == len(entries) - 5
     cache = FrameCache(tmp_path)
-    assert sorted(cache.clips) == sorted(key for key, *_ in clips)
-    for key, path, start, end in clips:
+    assert sorted(cache.entries) == sorted(key for key, *_ in entries)
+    for key, path, start, end in entries:
         np.testing.assert_array_equal(cache.frames(key)[0], decoded(path, start, end, params)[0])
 
 
@@ -174,9 +175,9 @@ def test_unreadable_videos_are_reported_and_fail_or_skip_at_load(toy, tmp_path):
     good = Path(toy.video_path) / "video0.mp4"
     (videos / "good.mp4").write_bytes(good.read_bytes())
     (videos / "broken.mp4").write_bytes(b"not a video")
-    clips = [(cache_key(name, None, None), str(videos / name), None, None)
+    entries = [(cache_key(name, None, None), str(videos / name), None, None)
              for name in ("good.mp4", "broken.mp4", "absent.mp4")]
-    bad = build_frame_cache.build_cache(clips, tmp_path / "cache", CacheParams(SAMPLING))
+    bad = build_frame_cache.build_cache(entries, tmp_path / "cache", CacheParams(SAMPLING))
     assert sorted(Path(p).name for p in bad) == ["absent.mp4", "broken.mp4"]
     loader = CachedFrameLoader(FrameCache(tmp_path / "cache"), str(videos), 32, augment=False)
     assert loader(str(videos / "good.mp4"))[1].sum() >= 1

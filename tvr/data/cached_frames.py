@@ -97,7 +97,7 @@ class CachedFrameLoader:
         if key in self.cache.bad:
             raise VideoReadError.for_file(path, f"the frame cache {self.cache.root} records it "
                                                 f"as unreadable: {self.cache.bad[key]}")
-        if key not in self.cache.clips:
+        if key not in self.cache.entries:
             raise VideoReadError(f"video {path} (window {start}, {end}) is not in the frame cache "
                                  f"{self.cache.root}: rebuild the cache for these annotations",
                                  path=path, reason="not in the frame cache")
@@ -123,7 +123,7 @@ class CachedVideoFiles:
     def __init__(self, files, cache: FrameCache) -> None:
         self.files = files
         self.root = files.root
-        self.names = {key.split("@", 1)[0] for key in (*cache.clips, *cache.bad)}
+        self.names = {key.split("@", 1)[0] for key in (*cache.entries, *cache.bad)}
 
     def candidates(self, video_id: str) -> list:
         return self.files.candidates(video_id)

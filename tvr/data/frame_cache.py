@@ -1,13 +1,14 @@
 """A frame cache: every video decoded once into the frames that training and evaluation sample.
 
-Reading a clip from an mp4 decodes the video from its first frame up to the last sampled one;
-the cache stores just the sampled frames, so a clip costs a JPEG decode of ``max_frames`` small
-images (or a copy of raw pixels). ``preprocess/build_frame_cache.py`` writes it; ``--frame_cache
-DIR`` makes the loaders read from it (:class:`tvr.data.cached_frames.CachedFrameLoader`).
+Reading a video's frames from an mp4 decodes it from its first frame up to the last sampled
+one; the cache stores just the sampled frames, so a video costs a JPEG decode of ``max_frames``
+small images (or a copy of raw pixels). ``preprocess/build_frame_cache.py`` writes it;
+``--frame_cache DIR`` makes the loaders read from it
+(:class:`tvr.data.cached_frames.CachedFrameLoader`).
 
 Which frames: exactly those of the video path, :func:`tvr.data.frames.sample_frames` with the
 run's sampling (:class:`tvr.data.frames.SamplingConfig`) over the caption's window (same indices,
-stored with each clip), then the short side brought down to ``short_side`` (224) with the
+stored with each entry), then the short side brought down to ``short_side`` (224) with the
 bicubic, antialiased uint8 resize of CLIP's eval transform (never enlarged). The eval transform
 then resizes an already-224 frame to 224, a no-op, so for evaluation raw frames give the very
 input of the video path and JPEG frames differ only by the compression (PSNR > 40 dB at quality
@@ -18,15 +19,15 @@ Layout of ``DIR``::
 
     frame_cache.json     parameters (sampling, size, storage format): written first, checked
                          by every reader and by a resumed build
-    shard_00000.bin      frames of many clips, back to back (JPEG files or raw RGB pixels)
+    shard_00000.bin      frames of many entries, back to back (JPEG files or raw RGB pixels)
     shard_00000.json     its index, written atomically once the shard is complete:
                          {"clips": {key: {"indices", "shape", "frames": [[offset, length]...]}},
-                          "bad": {key: reason}}
+                          "bad": {key: reason}}   ("clips": the entries, as format 1 names them)
 
 A build that stops leaves at most one shard without its index; the next build deletes that
-shard and goes on from the clips the indexed shards hold, so no work is lost but the last
-shard's. Clips are keyed by the video's path relative to ``--video_path`` plus the caption's
-window (:func:`cache_key`).
+shard and goes on from the entries the indexed shards hold, so no work is lost but the last
+shard's. An entry is a video file and a caption's window of it, keyed by the file's path relative
+to ``--video_path`` plus the window (:func:`cache_key`).
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ class CacheParams:
 
 
 def cache_key(name: str, start: float | None, end: float | None) -> str:
-    """The key of a clip: the video's path relative to the video folder (POSIX form), and its
+    """The key of an entry: the video's path relative to the video folder (POSIX form), and its
     window in seconds when it has one."""
     name = Path(name).as_posix()
     return name if start is None and end is None else f"{name}@{start}:{end}"
@@ -104,9 +105,9 @@ def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
     antialiased, as CLIP's eval transform); frames already that small are returned unchanged."""
     if min(frames.shape[1:3]) <= short_side:
         return frames
-    clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    clip = F.resize(clip, short_side, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return clip.permute(0, 2, 3, 1).contiguous().numpy()
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    tensor = F.resize(tensor, short_side, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return tensor.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def encode_frame(frame: np.ndarray, params: CacheParams) -> bytes:
@@ -150,10 +151,10 @@ def _shard_indices(root: Path) -> list[tuple[Path, dict]]:
 
 
 class FrameCacheWriter:
-    """Appends clips to a cache folder, resuming a build with the same parameters.
+    """Appends entries to a cache folder, resuming a build with the same parameters.
 
     ``writer.done`` holds the keys already cached (or recorded as bad); :meth:`add` and
-    :meth:`add_bad` record a clip; :meth:`close` completes the last shard.
+    :meth:`add_bad` record an entry; :meth:`close` completes the last shard.
     """
 
     def __init__(self, root: str | Path, params: CacheParams, shard_bytes: int = SHARD_BYTES):
@@ -183,7 +184,7 @@ class FrameCacheWriter:
     def _open_shard(self) -> None:
         self._path = self.root / f"shard_{self._number:05d}.bin"
         self._file = open(self._path, "wb")
-        self._clips: dict[str, dict] = {}
+        self._entries: dict[str, dict] = {}
         self._bad: dict[str, str] = {}
 
     def add(self, key: str, frames: np.ndarray, indices: np.ndarray) -> None:
@@ -195,7 +196,7 @@ class FrameCacheWriter:
             data = encode_frame(frame, self.params)
             spans.append([self._file.tell(), len(data)])
             self._file.write(data)
-        self._clips[key] = {"indices": [int(i) for i in indices],
+        self._entries[key] = {"indices": [int(i) for i in indices],
                             "shape": list(frames.shape[1:3]), "frames": spans}
         self.done.add(key)
         if self._file.tell() >= self.shard_bytes:
@@ -213,7 +214,7 @@ class FrameCacheWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        _write_json(self._path.with_suffix(".json"), {"clips": self._clips, "bad": self._bad})
+        _write_json(self._path.with_suffix(".json"), {"clips": self._entries, "bad": self._bad})
         self._number += 1
 
     def close(self) -> None:
@@ -233,11 +234,11 @@ class FrameCache:
                                   f"preprocess/build_frame_cache.py")
         self.params = _read_params(self.root)
         self.shards: list[Path] = []
-        self.clips: dict[str, tuple[int, dict]] = {}
+        self.entries: dict[str, tuple[int, dict]] = {}
         self.bad: dict[str, str] = {}
         for number, (path, index) in enumerate(_shard_indices(self.root)):
             self.shards.append(path)
-            self.clips.update((key, (number, entry)) for key, entry in index["clips"].items())
+            self.entries.update((key, (number, entry)) for key, entry in index["clips"].items())
             self.bad.update(index["bad"])
         self._maps: dict[int, np.memmap] = {}
         self._pid = os.getpid()
@@ -255,7 +256,7 @@ class FrameCache:
 
     def missing(self, keys: list[str]) -> list[str]:
         """The keys that are neither cached nor recorded as bad."""
-        return [key for key in keys if key not in self.clips and key not in self.bad]
+        return [key for key in keys if key not in self.entries and key not in self.bad]
 
     def _map(self, shard: int) -> np.memmap:
         if self._pid != os.getpid():  # a forked worker: open its own maps
@@ -268,20 +269,20 @@ class FrameCache:
         """The stored bytes of ``key``'s frames, back to back in one uint8 1-D tensor (a single
         read), and each frame's length. ``KeyError`` if the cache does not hold it (see
         :attr:`bad`)."""
-        shard, entry = self.clips[key]
+        shard, entry = self.entries[key]
         (first, _), (last, last_length) = entry["frames"][0], entry["frames"][-1]
         data = np.array(self._map(shard)[first:last + last_length])
         return torch.from_numpy(data), [length for _, length in entry["frames"]]
 
     def indices(self, key: str) -> np.ndarray:
         """The frame indices (in the video) of ``key``'s frames."""
-        return np.asarray(self.clips[key][1]["indices"], dtype=np.int64)
+        return np.asarray(self.entries[key][1]["indices"], dtype=np.int64)
 
     def frames(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """The frames of ``key`` as RGB uint8 (T, H, W, 3), decoded on the CPU, and their
         indices."""
         data, lengths = self.stored(key)
-        return decode_frames(data, lengths, self.params, self.clips[key][1]["shape"]), \
+        return decode_frames(data, lengths, self.params, self.entries[key][1]["shape"]), \
             self.indices(key)
 
 
@@ -293,7 +294,7 @@ def open_frame_cache(root: str | Path) -> FrameCache:
 
 def decode_frames(data: torch.Tensor, lengths: list[int], params: CacheParams,
                   shape: list[int]) -> np.ndarray:
-    """A clip's stored bytes (:meth:`FrameCache.stored`) back to RGB uint8 (T, H, W, 3) frames
+    """An entry's stored bytes (:meth:`FrameCache.stored`) back to RGB uint8 (T, H, W, 3) frames
     on the CPU."""
     if params.format == "raw":
         return data.numpy().reshape(len(lengths), *shape, 3)
