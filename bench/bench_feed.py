@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench.bench_loader import make_videos
 from preprocess.build_frame_cache import build_cache
-from tvr.data.cached_clips import CachedClipLoader, to_device
+from tvr.data.cached_frames import CachedFrameLoader, to_device
 from tvr.data.datasets import RetrievalItem, collate_skipping
 from tvr.data.frame_cache import CacheParams, FrameCache, cache_key
+from tvr.data.config import SamplingConfig
 from tvr.data.loaders import SeededItems
 from tvr.models.clip import CLIP, CLIP_CONFIGS
 from tvr.models.gare import GARE
@@ -38,7 +39,7 @@ from tvr.training.optim import build_optimizer, clamp_logit_scale
 class Pairs(Dataset):
     """``length`` training pairs cycling over the cached videos, with random 32-token ids."""
 
-    def __init__(self, loader: CachedClipLoader, paths: list[Path], length: int) -> None:
+    def __init__(self, loader: CachedFrameLoader, paths: list[Path], length: int) -> None:
         self.loader, self.paths, self.length = loader, paths, length
 
     def __len__(self) -> int:
@@ -103,12 +104,12 @@ def main() -> None:
         videos = Path(folder) / "videos"
         videos.mkdir()
         paths = make_videos(videos, args.videos, 20)
-        params = CacheParams(1.0, args.frames, "opencv")
+        params = CacheParams(SamplingConfig(1.0, args.frames, "opencv"))
         build_cache([(cache_key(p.name, None, None), str(p), None, None) for p in paths],
                     Path(folder) / "cache", params, workers=os.cpu_count() or 1)
-        clips = CachedClipLoader(FrameCache(Path(folder) / "cache"), str(videos), args.frames,
-                                 size, augment=True, on_device=args.frame_decode == "device")
-        items = SeededItems(Pairs(clips, paths, args.batch * (args.steps + args.warmup)), 0)
+        cached = CachedFrameLoader(FrameCache(Path(folder) / "cache"), str(videos), size,
+                                   augment=True, on_device=args.frame_decode == "device")
+        items = SeededItems(Pairs(cached, paths, args.batch * (args.steps + args.warmup)), 0)
         loader = DataLoader(items, batch_size=args.batch, num_workers=args.workers,
                             collate_fn=collate_skipping, pin_memory=device.type == "cuda",
                             drop_last=True)

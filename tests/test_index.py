@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvr.data.transforms import build_clip_transform
+from tvr.data.frames import VideoFrameLoader
+from tvr.data.transforms import build_frame_transform
 from tvr.data.toy import make_toy_dataset
-from tvr.data.video import VideoClipLoader
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import Stage1Search, faiss_available
 from tvr.index import build as build_module
@@ -125,8 +125,7 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
     sampling = sampling_of(info)
 
     # The index holds what evaluation computes: the dataset's clip loader, then the model.
-    loader = VideoClipLoader(sampling.video_backend, sampling.video_framerate, sampling.max_frames,
-                             build_clip_transform(model.clip.config.image_size, False))
+    loader = VideoFrameLoader(sampling, build_frame_transform(model.clip.config.image_size, False))
     video, mask = loader(str(folder / index.paths[3]))
     with torch.no_grad():
         frames = model.encode_video(video[None], mask[None]).frames[0]

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from tvr.data.transforms import (CLIP_MEAN, CLIP_STD, ClipEvalTransform, ClipTrainTransform,
-                                 build_clip_transform, timm_rand_augment)
+from tvr.data.transforms import (CLIP_MEAN, CLIP_STD, FrameEvalTransform, FrameTrainTransform,
+                                 build_frame_transform, timm_rand_augment)
 
 MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -25,7 +25,7 @@ def _clip(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 def test_eval_transform_crop_and_normalise_exactly():
     """Short side already S: no resize; the center crop and the normalisation are exact."""
     clip = _clip(2, 32, 42)
-    out = ClipEvalTransform(32)(clip)
+    out = FrameEvalTransform(32)(clip)
     assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
     expected = (clip[:, :, :, 5:37].float() / 255 - MEAN) / STD
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
@@ -37,7 +37,7 @@ def test_eval_transform_matches_the_reference_pil_pipeline(height, width):
     within two uint8 levels per pixel (tensor vs PIL bicubic kernels), and nearly always equal."""
     size = 32
     clip = _clip(3, height, width, seed=height)
-    out = ClipEvalTransform(size)(clip)
+    out = FrameEvalTransform(size)(clip)
     expected = []
     for frame in clip.permute(0, 2, 3, 1).numpy():
         image = Image.fromarray(frame)
@@ -57,9 +57,9 @@ def test_eval_transform_matches_the_reference_pil_pipeline(height, width):
 
 def test_transforms_reject_non_uint8_clips():
     with pytest.raises(ValueError, match="uint8"):
-        ClipEvalTransform(8)(torch.zeros(2, 3, 8, 8))
+        FrameEvalTransform(8)(torch.zeros(2, 3, 8, 8))
     with pytest.raises(ValueError, match="uint8"):
-        ClipTrainTransform(8)(torch.zeros(3, 8, 8, dtype=torch.uint8))
+        FrameTrainTransform(8)(torch.zeros(3, 8, 8, dtype=torch.uint8))
 
 
 def test_rand_augment_mapping_of_timm_policy():
@@ -72,14 +72,14 @@ def test_rand_augment_mapping_of_timm_policy():
         assert isinstance(op, v2.RandAugment)
         assert (op.num_ops, op.magnitude, op.num_magnitude_bins) == (1, 7, 11)
         assert op.interpolation == v2.InterpolationMode.BILINEAR
-    assert isinstance(build_clip_transform(16, train=True), ClipTrainTransform)
-    assert type(build_clip_transform(16, train=False)) is ClipEvalTransform
+    assert isinstance(build_frame_transform(16, train=True), FrameTrainTransform)
+    assert type(build_frame_transform(16, train=False)) is FrameEvalTransform
 
 
 def test_train_transform_same_image_gives_same_frames():
     frame = _clip(1, 36, 48, seed=3)
     clip = frame.expand(5, -1, -1, -1).contiguous()
-    transform = ClipTrainTransform(32)
+    transform = FrameTrainTransform(32)
     for seed in range(12):
         torch.manual_seed(seed)
         out = transform(clip)
@@ -91,7 +91,7 @@ def test_train_transform_same_image_gives_same_frames():
 def test_train_transform_applies_one_draw_to_every_frame():
     """Different frames: the clip's output equals the same seeded draw applied frame by frame."""
     clip = _clip(4, 36, 48, seed=4)
-    transform = ClipTrainTransform(32)
+    transform = FrameTrainTransform(32)
     for seed in range(12):
         torch.manual_seed(seed)
         whole = transform(clip)
@@ -103,8 +103,8 @@ def test_train_transform_applies_one_draw_to_every_frame():
 
 def test_train_transform_differs_between_draws():
     clip = _clip(3, 36, 48, seed=5)
-    transform = ClipTrainTransform(32)
-    eval_out = ClipEvalTransform(32)(clip)
+    transform = FrameTrainTransform(32)
+    eval_out = FrameEvalTransform(32)(clip)
     outs = []
     for seed in range(10):
         torch.manual_seed(seed)

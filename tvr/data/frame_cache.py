@@ -1,38 +1,39 @@
 """A frame cache: every video decoded once into the frames that training and evaluation sample.
 
-Reading a clip from an mp4 decodes the video from its first frame up to the last sampled one;
-the cache stores just the sampled frames, so a clip costs a JPEG decode of ``max_frames`` small
-images (or a copy of raw pixels). ``preprocess/build_frame_cache.py`` writes it; ``--frame_cache
-DIR`` makes the loaders read from it (:class:`tvr.data.cached_clips.CachedClipLoader`).
+Reading a video's frames from an mp4 decodes it from its first frame up to the last sampled
+one; the cache stores just the sampled frames, so a video costs a JPEG decode of ``max_frames``
+small images (or a copy of raw pixels). ``preprocess/build_frame_cache.py`` writes it;
+``--frame_cache DIR`` makes the loaders read from it
+(:class:`tvr.data.cached_frames.CachedFrameLoader`).
 
-Which frames: exactly those of the video path, :func:`tvr.data.video.read_clip` with the run's
-``--video_framerate`` and ``--max_frames`` over the caption's window (same indices, stored with
-each clip), then the short side brought down to ``short_side`` (224) with the bicubic, antialiased
-uint8 resize of CLIP's eval transform (never enlarged). The eval transform then resizes an
-already-224 frame to 224, a no-op, so for evaluation raw frames give the very input of the video
-path and JPEG frames differ only by the compression (PSNR > 40 dB at quality 95 with 4:4:4
-chroma). Training augmentation (RandAugment) then acts on the 224 px frame instead of the
-decoded one: geometric ops interpolate at the lower resolution.
+Which frames: exactly those of the video path, :func:`tvr.data.frames.sample_frames` with the
+run's sampling (:class:`tvr.data.frames.SamplingConfig`) over the caption's window (same indices,
+stored with each entry), then the short side brought down to ``short_side`` (224) with the
+bicubic, antialiased uint8 resize of CLIP's eval transform (never enlarged). The eval transform
+then resizes an already-224 frame to 224, a no-op, so for evaluation raw frames give the very
+input of the video path and JPEG frames differ only by the compression (PSNR > 40 dB at quality
+95 with 4:4:4 chroma). Training augmentation (RandAugment) then acts on the 224 px frame instead
+of the decoded one: geometric ops interpolate at the lower resolution.
 
 Layout of ``DIR``::
 
     frame_cache.json     parameters (sampling, size, storage format): written first, checked
                          by every reader and by a resumed build
-    shard_00000.bin      frames of many clips, back to back (JPEG files or raw RGB pixels)
+    shard_00000.bin      frames of many entries, back to back (JPEG files or raw RGB pixels)
     shard_00000.json     its index, written atomically once the shard is complete:
                          {"clips": {key: {"indices", "shape", "frames": [[offset, length]...]}},
-                          "bad": {key: reason}}
+                          "bad": {key: reason}}   ("clips": the entries, as format 1 names them)
 
 A build that stops leaves at most one shard without its index; the next build deletes that
-shard and goes on from the clips the indexed shards hold, so no work is lost but the last
-shard's. Clips are keyed by the video's path relative to ``--video_path`` plus the caption's
-window (:func:`cache_key`).
+shard and goes on from the entries the indexed shards hold, so no work is lost but the last
+shard's. An entry is a video file and a caption's window of it, keyed by the file's path relative
+to ``--video_path`` plus the window (:func:`cache_key`).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, astuple, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from tvr.data.config import SamplingConfig
 from tvr.storage import atomic_write_json, read_manifest, require_same
 
 PARAMS_FILE = "frame_cache.json"
@@ -58,11 +60,10 @@ class FrameCacheError(ValueError):
 
 @dataclass(frozen=True)
 class CacheParams:
-    """What the cached frames depend on. The first three must match the run's flags."""
+    """What the cached frames depend on: the ``sampling``, which must be the run's, and how the
+    frames are stored."""
 
-    video_framerate: float
-    max_frames: int
-    video_backend: str
+    sampling: SamplingConfig
     short_side: int = 224
     format: str = "jpeg"
     quality: int = 95
@@ -71,16 +72,29 @@ class CacheParams:
         if self.format not in FORMATS:
             raise ValueError(f"frame cache format must be one of {FORMATS}, got {self.format!r}")
 
-    SAMPLING = ("video_framerate", "max_frames", "video_backend")
+    def mismatch(self, wanted: SamplingConfig) -> list[str]:
+        """``--flag cache-value (this run: wanted)`` for every sampling setting that differs."""
+        names = [f.name for f in fields(SamplingConfig)]
+        return [f"--{name} {ours} (this run: {theirs})" for name, ours, theirs
+                in zip(names, astuple(self.sampling), astuple(wanted)) if ours != theirs]
 
-    def mismatch(self, **wanted: object) -> list[str]:
-        """``--flag cache-value (run: wanted)`` for every wanted sampling value that differs."""
-        return [f"--{name} {getattr(self, name)} (this run: {value})"
-                for name, value in wanted.items() if getattr(self, name) != value]
+    def record(self) -> dict[str, object]:
+        """The parameters as ``frame_cache.json`` holds them: one flat object, the frame rate a
+        float."""
+        sampling = asdict(self.sampling)
+        sampling["video_framerate"] = float(sampling["video_framerate"])
+        return {**sampling, "short_side": self.short_side, "format": self.format,
+                "quality": self.quality}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> CacheParams:
+        """The parameters of a :meth:`record` (``KeyError`` for a missing one)."""
+        sampling = SamplingConfig(**{f.name: record[f.name] for f in fields(SamplingConfig)})
+        return cls(sampling, **{f.name: record[f.name] for f in fields(cls)[1:]})
 
 
 def cache_key(name: str, start: float | None, end: float | None) -> str:
-    """The key of a clip: the video's path relative to the video folder (POSIX form), and its
+    """The key of an entry: the video's path relative to the video folder (POSIX form), and its
     window in seconds when it has one."""
     name = Path(name).as_posix()
     return name if start is None and end is None else f"{name}@{start}:{end}"
@@ -91,9 +105,9 @@ def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
     antialiased, as CLIP's eval transform); frames already that small are returned unchanged."""
     if min(frames.shape[1:3]) <= short_side:
         return frames
-    clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-    clip = F.resize(clip, short_side, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return clip.permute(0, 2, 3, 1).contiguous().numpy()
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    tensor = F.resize(tensor, short_side, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return tensor.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def encode_frame(frame: np.ndarray, params: CacheParams) -> bytes:
@@ -114,7 +128,7 @@ def _read_params(root: Path) -> CacheParams:
         raise FrameCacheError(f"{root} is not a frame cache (no {PARAMS_FILE}); "
                               f"build one with preprocess/build_frame_cache.py")
     record = read_manifest(path, "version", FORMAT_VERSION, FrameCacheError, REBUILD_HINT)
-    return CacheParams(**{f.name: record[f.name] for f in fields(CacheParams)})
+    return CacheParams.from_record(record)
 
 
 def _shard_indices(root: Path) -> list[tuple[Path, dict]]:
@@ -126,10 +140,10 @@ def _shard_indices(root: Path) -> list[tuple[Path, dict]]:
 
 
 class FrameCacheWriter:
-    """Appends clips to a cache folder, resuming a build with the same parameters.
+    """Appends entries to a cache folder, resuming a build with the same parameters.
 
     ``writer.done`` holds the keys already cached (or recorded as bad); :meth:`add` and
-    :meth:`add_bad` record a clip; :meth:`close` completes the last shard.
+    :meth:`add_bad` record an entry; :meth:`close` completes the last shard.
     """
 
     def __init__(self, root: str | Path, params: CacheParams, shard_bytes: int = SHARD_BYTES):
@@ -138,12 +152,12 @@ class FrameCacheWriter:
         self.shard_bytes = shard_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         if (self.root / PARAMS_FILE).exists():
-            require_same(asdict(_read_params(self.root)), asdict(params), FrameCacheError,
+            require_same(_read_params(self.root).record(), params.record(), FrameCacheError,
                          f"{self.root} holds a frame cache built with other parameters",
                          "Choose another folder or delete it")
         else:
             atomic_write_json(self.root / PARAMS_FILE,
-                              {"version": FORMAT_VERSION, **asdict(params)})
+                              {"version": FORMAT_VERSION, **params.record()})
         shards = _shard_indices(self.root)
         self.done: set[str] = set()
         for _, index in shards:
@@ -157,7 +171,7 @@ class FrameCacheWriter:
     def _open_shard(self) -> None:
         self._path = self.root / f"shard_{self._number:05d}.bin"
         self._file = open(self._path, "wb")
-        self._clips: dict[str, dict] = {}
+        self._entries: dict[str, dict] = {}
         self._bad: dict[str, str] = {}
 
     def add(self, key: str, frames: np.ndarray, indices: np.ndarray) -> None:
@@ -169,7 +183,7 @@ class FrameCacheWriter:
             data = encode_frame(frame, self.params)
             spans.append([self._file.tell(), len(data)])
             self._file.write(data)
-        self._clips[key] = {"indices": [int(i) for i in indices],
+        self._entries[key] = {"indices": [int(i) for i in indices],
                             "shape": list(frames.shape[1:3]), "frames": spans}
         self.done.add(key)
         if self._file.tell() >= self.shard_bytes:
@@ -188,7 +202,7 @@ class FrameCacheWriter:
         self._file.close()
         self._file = None
         atomic_write_json(self._path.with_suffix(".json"),
-                          {"clips": self._clips, "bad": self._bad})
+                          {"clips": self._entries, "bad": self._bad})
         self._number += 1
 
     def close(self) -> None:
@@ -208,19 +222,19 @@ class FrameCache:
                                   f"preprocess/build_frame_cache.py")
         self.params = _read_params(self.root)
         self.shards: list[Path] = []
-        self.clips: dict[str, tuple[int, dict]] = {}
+        self.entries: dict[str, tuple[int, dict]] = {}
         self.bad: dict[str, str] = {}
         for number, (path, index) in enumerate(_shard_indices(self.root)):
             self.shards.append(path)
-            self.clips.update((key, (number, entry)) for key, entry in index["clips"].items())
+            self.entries.update((key, (number, entry)) for key, entry in index["clips"].items())
             self.bad.update(index["bad"])
         self._maps: dict[int, np.memmap] = {}
         self._pid = os.getpid()
 
-    def require(self, image_size: int, **sampling: object) -> None:
-        """Refuse a cache whose sampling differs from the run's, or whose frames are smaller
-        than the model's input."""
-        problems = self.params.mismatch(**sampling)
+    def require(self, image_size: int, sampling: SamplingConfig) -> None:
+        """Refuse a cache whose sampling differs from the run's ``sampling``, or whose frames are
+        smaller than the model's input."""
+        problems = self.params.mismatch(sampling)
         if self.params.short_side < image_size:
             problems.append(f"short side {self.params.short_side} px (the model's input: "
                             f"{image_size} px)")
@@ -230,7 +244,7 @@ class FrameCache:
 
     def missing(self, keys: list[str]) -> list[str]:
         """The keys that are neither cached nor recorded as bad."""
-        return [key for key in keys if key not in self.clips and key not in self.bad]
+        return [key for key in keys if key not in self.entries and key not in self.bad]
 
     def _map(self, shard: int) -> np.memmap:
         if self._pid != os.getpid():  # a forked worker: open its own maps
@@ -243,20 +257,20 @@ class FrameCache:
         """The stored bytes of ``key``'s frames, back to back in one uint8 1-D tensor (a single
         read), and each frame's length. ``KeyError`` if the cache does not hold it (see
         :attr:`bad`)."""
-        shard, entry = self.clips[key]
+        shard, entry = self.entries[key]
         (first, _), (last, last_length) = entry["frames"][0], entry["frames"][-1]
         data = np.array(self._map(shard)[first:last + last_length])
         return torch.from_numpy(data), [length for _, length in entry["frames"]]
 
     def indices(self, key: str) -> np.ndarray:
         """The frame indices (in the video) of ``key``'s frames."""
-        return np.asarray(self.clips[key][1]["indices"], dtype=np.int64)
+        return np.asarray(self.entries[key][1]["indices"], dtype=np.int64)
 
     def frames(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """The frames of ``key`` as RGB uint8 (T, H, W, 3), decoded on the CPU, and their
         indices."""
         data, lengths = self.stored(key)
-        return decode_frames(data, lengths, self.params, self.clips[key][1]["shape"]), \
+        return decode_frames(data, lengths, self.params, self.entries[key][1]["shape"]), \
             self.indices(key)
 
 
@@ -268,7 +282,7 @@ def open_frame_cache(root: str | Path) -> FrameCache:
 
 def decode_frames(data: torch.Tensor, lengths: list[int], params: CacheParams,
                   shape: list[int]) -> np.ndarray:
-    """A clip's stored bytes (:meth:`FrameCache.stored`) back to RGB uint8 (T, H, W, 3) frames
+    """An entry's stored bytes (:meth:`FrameCache.stored`) back to RGB uint8 (T, H, W, 3) frames
     on the CPU."""
     if params.format == "raw":
         return data.numpy().reshape(len(lengths), *shape, 3)

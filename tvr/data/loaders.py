@@ -17,31 +17,27 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tvr.data.config import DataConfig
 from tvr.data.datasets import RetrievalDataset, build_dataset, collate_skipping
-from tvr.data.cached_clips import CachedClipLoader, CachedVideoFiles
+from tvr.data.cached_frames import CachedFrameLoader, CachedVideoFiles
 from tvr.data.frame_cache import FrameCacheError, open_frame_cache
-from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VideoClipLoader
+from tvr.data.frames import VideoFrameLoader
+from tvr.data.transforms import build_frame_transform
 from tvr.models.tokenizer import ClipTokenizer
 
 
 def build_split(data: DataConfig, split: str, image_size: int, max_words: int, *,
                 on_device: bool = False, train: bool = False) -> RetrievalDataset:
     """The ``split`` of ``data.datatype`` for a model of input ``image_size`` and caption
-    length ``max_words``, with the train (augmented) or eval frame transform, its clips decoded
+    length ``max_words``, with the train (augmented) or eval frame transform, its frames decoded
     from the videos or read from ``data.frame_cache`` (then, ``on_device``, left for the run's
     device to decode)."""
     augment = train and data.augment
-    sampling = data.sampling
     if not data.frame_cache:
-        loader = VideoClipLoader(sampling.video_backend, sampling.video_framerate,
-                                 sampling.max_frames, build_clip_transform(image_size, augment))
+        loader = VideoFrameLoader(data.sampling, build_frame_transform(image_size, augment))
         return build_dataset(data.datatype, split, data.anno_path, data.video_path,
                              ClipTokenizer(), loader, max_words, data.skip_bad_videos)
     cache = open_frame_cache(data.frame_cache)
-    cache.require(image_size, video_framerate=sampling.video_framerate,
-                  max_frames=sampling.max_frames, video_backend=sampling.video_backend)
-    loader = CachedClipLoader(cache, data.video_path, sampling.max_frames, image_size, augment,
-                              on_device)
+    cache.require(image_size, data.sampling)
+    loader = CachedFrameLoader(cache, data.video_path, image_size, augment, on_device)
     dataset = build_dataset(data.datatype, split, data.anno_path, data.video_path,
                             ClipTokenizer(), loader, max_words, data.skip_bad_videos)
     dataset.video_files = CachedVideoFiles(dataset.video_files, cache)

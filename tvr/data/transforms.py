@@ -1,13 +1,13 @@
-"""Frame transforms of one clip (docs/behaviour.md §3): uint8 (T, 3, H, W) in, float (T, 3, S, S)
-out.
+"""Transforms of one video's frames (docs/behaviour.md §3): uint8 (T, 3, H, W) in, float
+(T, 3, S, S) out.
 
 ``clip_eval_transform(S)`` is CLIP's preprocessing: resize the short side to S (bicubic,
 antialiased, on uint8 like PIL, so the result is rounded to uint8 as in the reference), center
 crop S x S, scale to [0, 1], normalise with CLIP's mean and std.
 
-``ClipTrainTransform(S)`` is the reference's training augmentation, timm RandAugment
-``"rand-m7-n4-mstd0.5-inc1"`` with the same random parameters for every frame of a clip, followed
-by the eval transform. It uses torchvision.transforms.v2 only: the clip is a ``tv_tensors.Video``
+``FrameTrainTransform(S)`` is the reference's training augmentation, timm RandAugment
+``"rand-m7-n4-mstd0.5-inc1"`` with the same random parameters for every frame of a video, followed
+by the eval transform. It uses torchvision.transforms.v2 only: the frames are a ``tv_tensors.Video``
 and a v2 transform draws its parameters once per call, so one draw covers all frames. The mapping
 of the timm policy (as the reference configures it: bicubic, fill 128, translate 0.45 of the
 image size) onto torchvision, see :func:`timm_rand_augment`:
@@ -57,10 +57,10 @@ RAND_AUGMENT_BINS = 11
 RAND_AUGMENT_FILL = 128
 
 
-def _check_clip(clip: torch.Tensor) -> None:
-    if clip.dtype != torch.uint8 or clip.ndim != 4 or clip.shape[1] != 3:
-        raise ValueError("expected a uint8 clip of shape (T, 3, H, W), got "
-                         f"{clip.dtype} {tuple(clip.shape)}")
+def _check_frames(frames: torch.Tensor) -> None:
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError("expected uint8 frames of shape (T, 3, H, W), got "
+                         f"{frames.dtype} {tuple(frames.shape)}")
 
 
 class ScaleNormalize(torch.nn.Module):
@@ -73,8 +73,8 @@ class ScaleNormalize(torch.nn.Module):
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(-1, 1, 1), persistent=False)
         self.register_buffer("shift", (-mean_t / std_t).view(-1, 1, 1), persistent=False)
 
-    def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        out = clip.to(torch.float32)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        out = frames.to(torch.float32)
         return out.mul_(self.scale.to(out.device)).add_(self.shift.to(out.device))
 
 
@@ -97,33 +97,33 @@ def timm_rand_augment() -> v2.Compose:
                        for _ in range(RAND_AUGMENT_LAYERS)])
 
 
-class ClipEvalTransform:
-    """``transform(clip)``: uint8 (T, 3, H, W) -> float (T, 3, size, size), see
+class FrameEvalTransform:
+    """``transform(frames)``: uint8 (T, 3, H, W) -> float (T, 3, size, size), see
     :func:`clip_eval_transform`."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.transform = clip_eval_transform(size)
 
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        _check_clip(clip)
-        return self.transform(clip)
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        _check_frames(frames)
+        return self.transform(frames)
 
 
-class ClipTrainTransform(ClipEvalTransform):
-    """``transform(clip)``: :func:`timm_rand_augment` with one parameter draw for the whole clip,
-    then the eval transform; uint8 (T, 3, H, W) -> float (T, 3, size, size)."""
+class FrameTrainTransform(FrameEvalTransform):
+    """``transform(frames)``: :func:`timm_rand_augment` with one parameter draw for all the
+    frames, then the eval transform; uint8 (T, 3, H, W) -> float (T, 3, size, size)."""
 
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.augment = timm_rand_augment()
 
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        _check_clip(clip)
-        augmented = self.augment(tv_tensors.Video(clip)).as_subclass(torch.Tensor)
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        _check_frames(frames)
+        augmented = self.augment(tv_tensors.Video(frames)).as_subclass(torch.Tensor)
         return self.transform(augmented)
 
 
-def build_clip_transform(size: int, train: bool) -> ClipEvalTransform:
+def build_frame_transform(size: int, train: bool) -> FrameEvalTransform:
     """The train (augmenting) or eval transform at resolution ``size``."""
-    return ClipTrainTransform(size) if train else ClipEvalTransform(size)
+    return FrameTrainTransform(size) if train else FrameEvalTransform(size)

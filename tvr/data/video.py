@@ -1,18 +1,6 @@
-"""Video decoding and frame sampling (docs/behaviour.md §3).
+"""Video decoding: one file, frame by frame, with OpenCV or PyAV (docs/behaviour.md §3).
 
-Frame sampling (:func:`sample_frame_indices`) follows the reference's decord loader:
-
-* a window ``[start, end]`` in seconds, when given, is first truncated to whole seconds
-  (``int(start)``, ``int(end)``), clamped at 0, swapped if reversed, and widened to
-  ``end = start + 1`` if both are equal; a missing ``start`` is 0 and a missing ``end`` is the
-  end of the video;
-* its first frame is ``int(start * fps)`` and its last frame ``int(min(end * fps, n - 1))``, both
-  included, where ``n`` is the number of frames (so the window is also clamped at the video's
-  end, and it is empty when it starts after the last frame);
-* every ``stride = round(fps / framerate)``-th frame of the window is a candidate (Python's
-  ``round``, i.e. halves go to the even integer as in the reference; at least 1);
-* with more than ``max_frames`` candidates, ``np.linspace(0, k - 1, max_frames)`` cast to int
-  picks ``max_frames`` of them.
+Which frames are sampled, and how their exact count is found: :mod:`tvr.data.frames`.
 
 Decoding backends (``--video_backend``): ``opencv`` (``cv2.VideoCapture``) and ``pyav`` (PyAV).
 Both wrap FFmpeg and decode **sequentially from the first frame**, so "frame i" is the i-th frame
@@ -21,20 +9,13 @@ streams and makes keyframe seeking land on different frames in the two libraries
 videos of ``preprocess/compress_video.py`` a full decode is cheap. Both convert to RGB with
 FFmpeg's default swscale conversion and ignore rotation metadata (as decord does), so they
 return identical frames. ``fps`` is the stream's average frame rate (for a stream without one,
-OpenCV reports 1 / time base where PyAV gives NaN, which :func:`read_clip` rejects).
-
-Frame count: ``n`` is the number of frames the decoder actually delivers, as decord's ``len``
-counts frames. The container's count (PyAV ``stream.frames``; OpenCV ``CAP_PROP_FRAME_COUNT``,
-which is the same field for MP4 but a duration x fps *estimate* for e.g. Matroska, and can be
-wrong) is only a hint: :func:`read_clip` plans with it and decodes one frame past the window's
-last frame, which proves the plan right (one pass, the usual case) or gives the exact count to
-re-plan with (rare: one or two more passes). Without a hint it counts the frames first. Both
-backends therefore agree on ``n``.
+OpenCV reports 1 / time base where PyAV gives NaN, which
+:func:`tvr.data.frames.read_frames` rejects).
 
 Damaged streams: OpenCV ends a video at the first packet FFmpeg rejects (dropping the frames
 still buffered in the decoder), and the PyAV backend does the same, so a truncated file gives
 the same decodable prefix in both. A missing, unreadable or frameless video, or an empty window,
-raises :class:`VideoReadError`; it never becomes a silent all-zero clip.
+raises :class:`VideoReadError`; it never becomes a silent all-zero video.
 """
 from __future__ import annotations
 
@@ -45,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
-import torch
 
 VIDEO_READ_HINT = ("re-encode it with preprocess/compress_video.py (and check the caption's "
                    "start/end times if it has some), or pass --skip_bad_videos to skip such "
@@ -68,41 +48,6 @@ class VideoReadError(OSError):
     def for_file(cls, path: str, reason: str) -> VideoReadError:
         """The error for ``path`` failing because of ``reason``, with the remedy in the message."""
         return cls(f"cannot read video {path}: {reason}; {VIDEO_READ_HINT}", path, reason)
-
-
-def frame_window(num_frames: int, fps: float, start: float | None = None,
-                 end: float | None = None) -> tuple[int, int]:
-    """First and last frame (both included) of the window ``[start, end]`` seconds.
-
-    See the module docstring for the rules; ``last < first`` means the window is empty.
-    """
-    first_s = 0 if start is None else max(int(start), 0)
-    if end is None:
-        return int(first_s * fps), num_frames - 1
-    last_s = max(int(end), 0)
-    if first_s > last_s:
-        first_s, last_s = last_s, first_s
-    elif first_s == last_s:
-        last_s = first_s + 1
-    return int(first_s * fps), int(min(last_s * fps, num_frames - 1))
-
-
-def sample_frame_indices(num_frames: int, fps: float, framerate: float, max_frames: int,
-                         start: float | None = None, end: float | None = None) -> np.ndarray:
-    """Indices (int64, increasing) of the frames sampled from a video of ``num_frames`` frames.
-
-    ``framerate`` is the wanted frames per second (``--video_framerate``), ``max_frames`` the
-    most frames kept (``--max_frames``); the result is empty when the window holds no frame.
-    """
-    if framerate <= 0 or max_frames < 1 or not fps > 0:
-        raise ValueError(f"need framerate > 0, max_frames >= 1 and fps > 0; got {framerate}, "
-                         f"{max_frames}, {fps}")
-    first, last = frame_window(num_frames, fps, start, end)
-    stride = max(1, int(round(float(fps) / framerate)))
-    positions = np.arange(first, last + 1, stride, dtype=np.int64)
-    if len(positions) > max_frames:
-        positions = positions[np.linspace(0, len(positions) - 1, num=max_frames).astype(int)]
-    return positions
 
 
 class VideoReader(ABC):
@@ -269,88 +214,17 @@ class PyAVReader(VideoReader):
 VIDEO_BACKENDS: dict[str, type[VideoReader]] = {"opencv": OpenCVReader, "pyav": PyAVReader}
 
 
-def open_video(path: str, backend: str = "opencv", threads: int = 1) -> VideoReader:
-    """Open ``path`` with the backend named ``backend`` (a key of :data:`VIDEO_BACKENDS`)."""
+def check_video_backend(backend: str) -> None:
+    """ValueError unless ``backend`` names one of :data:`VIDEO_BACKENDS`."""
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; "
                          f"choose from {sorted(VIDEO_BACKENDS)}")
+
+
+def open_video(path: str, backend: str = "opencv", threads: int = 1) -> VideoReader:
+    """Open ``path`` with the backend named ``backend`` (a key of :data:`VIDEO_BACKENDS`)."""
+    check_video_backend(backend)
     return VIDEO_BACKENDS[backend](path, threads)
-
-
-def read_clip(video: VideoReader, framerate: float, max_frames: int, start: float | None = None,
-              end: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The sampled frames of ``video`` (RGB uint8 (T, H, W, 3), 1 <= T <= max_frames) and their
-    indices, as :func:`sample_frame_indices` with the exact frame count (module docstring)."""
-    if not video.fps > 0:
-        raise VideoReadError.for_file(video.path,
-                                      f"the stream reports no usable frame rate ({video.fps})")
-    count, exact = video.header_frames, False
-    if count is None:
-        count, exact = video.num_frames, True
-    while True:
-        indices = sample_frame_indices(count, video.fps, framerate, max_frames, start, end)
-        if len(indices) == 0:
-            if exact:
-                reason = ("no frame decodes" if count == 0 else
-                          f"the window start={start} end={end} s holds no frame of its {count} "
-                          f"frames at {video.fps:g} fps")
-                raise VideoReadError.for_file(video.path, reason)
-            count, exact = video.num_frames, True
-            continue
-        last = frame_window(count, video.fps, start, end)[1]
-        frames, decoded = video.decode(indices.tolist(), last + 1)
-        # Frame `last + 1` decoding proves n > last + 1, which matters only if `last` was the
-        # video's (supposed) last frame; stopping right after `last` proves n == last + 1.
-        if decoded == last + 1 or (decoded == last + 2 and last < count - 1):
-            return np.stack([frames[int(i)] for i in indices]), indices
-        if exact:
-            raise VideoReadError.for_file(video.path, "decoding is not repeatable: the frame "
-                                                      "count changed between two passes")
-        # The stream ended before `last + 1`: `decoded` is the count; else it goes on past the
-        # header's count, which must then be counted.
-        count, exact = (decoded if decoded <= last else video.num_frames), True
-
-
-class VideoClipLoader:
-    """``loader(path, start=None, end=None) -> (video, video_mask)`` for the datasets.
-
-    ``video`` is float (max_frames, 3, S, S): ``transform`` applied to the sampled frames (given
-    as a uint8 (T, 3, H, W) tensor) and zero-padded after the T real frames; ``video_mask`` is
-    int64 (max_frames,), 1 on the real frames. Raises :class:`VideoReadError` for a bad video.
-    """
-
-    def __init__(self, backend: str, framerate: float, max_frames: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor], threads: int = 1) -> None:
-        if backend not in VIDEO_BACKENDS:
-            raise ValueError(f"unknown video backend {backend!r}; "
-                             f"choose from {sorted(VIDEO_BACKENDS)}")
-        self.backend = backend
-        self.framerate = framerate
-        self.max_frames = max_frames
-        self.transform = transform
-        self.threads = threads
-
-    def __call__(self, path: str, start: float | None = None,
-                 end: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        with open_video(path, self.backend, self.threads) as video:
-            frames, _ = read_clip(video, self.framerate, self.max_frames, start, end)
-        return pad_clip(self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2)),
-                        self.max_frames)
-
-
-def pad_clip(clip: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (T, ...) clip zero-padded to (max_frames, ...) and its int64 (max_frames,) frame mask
-    (1 on the T real frames)."""
-    padded = clip.new_zeros((max_frames, *clip.shape[1:]))
-    padded[:clip.shape[0]] = clip
-    return padded, frame_mask(clip.shape[0], max_frames)
-
-
-def frame_mask(count: int, max_frames: int) -> torch.Tensor:
-    """int64 (max_frames,): 1 on the first ``count`` frames, 0 on the padding."""
-    mask = torch.zeros(max_frames, dtype=torch.int64)
-    mask[:count] = 1
-    return mask
 
 
 def _av():  # -> the av module, imported on first use (PyAV is an optional dependency)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from tvr.data.cached_clips import to_device
+from tvr.data.cached_frames import to_device
 from tvr.data.datasets import RetrievalDataset, collate_skipping
 from tvr.models.gare import GARE, TextFeatures, VideoFeatures
 

@@ -27,8 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tvr.data.transforms import build_clip_transform
-from tvr.data.video import VideoReadError, open_video, read_clip
+from tvr.data.config import SamplingConfig
+from tvr.data.frames import frame_transform, frames_to_input, sample_frames
+from tvr.data.video import VideoReadError
 from tvr.evaluation.engine import coarse_vectors
 from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
                              thumbnail_dir, walk_videos, write_shard)
@@ -62,11 +63,11 @@ class Decoded(NamedTuple):
 class VideoFiles(Dataset):
     """Decodes ``paths`` (relative to ``root``) for the model and writes their thumbnails."""
 
-    def __init__(self, root: Path, paths: list[str], out: Path, sampling: dict[str, Any],
+    def __init__(self, root: Path, paths: list[str], out: Path, sampling: SamplingConfig,
                  image_size: int):
         self.root, self.paths, self.out = root, paths, out
         self.sampling = sampling
-        self.transform = build_clip_transform(image_size, False)
+        self.transform = frame_transform(image_size, False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -74,20 +75,12 @@ class VideoFiles(Dataset):
     def __getitem__(self, i: int) -> Decoded:
         path = self.paths[i]
         try:
-            with open_video(str(self.root / path), self.sampling["video_backend"]) as video:
-                frames, indices = read_clip(video, self.sampling["video_framerate"],
-                                            self.sampling["max_frames"])
-                fps = video.fps
-                count = video.header_frames or int(indices[-1]) + 1
+            sampled = sample_frames(str(self.root / path), self.sampling)
         except (VideoReadError, OSError, ValueError) as error:
             return Decoded(path, None, None, [], 0.0, str(error))
-        self._thumbnails(path, frames)
-        clip = self.transform(torch.from_numpy(frames).permute(0, 3, 1, 2))
-        padded = clip.new_zeros((self.sampling["max_frames"], *clip.shape[1:]))
-        padded[:len(clip)] = clip
-        mask = torch.zeros(self.sampling["max_frames"], dtype=torch.int64)
-        mask[:len(clip)] = 1
-        return Decoded(path, padded, mask, (indices / fps).round(3).tolist(), count / fps, "")
+        self._thumbnails(path, sampled.frames)
+        video, mask = frames_to_input(sampled.frames, self.transform, self.sampling.max_frames)
+        return Decoded(path, video, mask, sampled.times.round(3).tolist(), sampled.duration, "")
 
     def _thumbnails(self, path: str, frames: np.ndarray) -> None:
         folder = thumbnail_dir(self.out, path)
@@ -132,7 +125,7 @@ def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
     record = info["config"]
     identity = {"path": str(Path(checkpoint).resolve()), "sha256": file_sha256(checkpoint),
                 "code_version": code_version()}
-    sampling = asdict(sampling_of(info))
+    sampling = sampling_of(info)
     if rebuild and out.exists():
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, identity, record, sampling)
@@ -179,14 +172,14 @@ def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
 
 
 def _open_manifest(out: Path, root: Path, identity: dict[str, Any], model_config: dict,
-                   sampling: dict[str, Any]) -> Manifest:
+                   sampling: SamplingConfig) -> Manifest:
     """The existing manifest of ``out`` if it was made alike, else a new one (see build)."""
     if not (out / "manifest.json").exists():
-        return Manifest(str(root), identity, model_config, sampling)
+        return Manifest(str(root), identity, model_config, asdict(sampling))
     manifest = Manifest.load(out)
     for what, ours, theirs in (("checkpoint (sha256)", identity["sha256"],
                                 manifest.checkpoint["sha256"]),
-                               ("sampling", sampling, manifest.sampling),
+                               ("sampling", asdict(sampling), manifest.sampling),
                                ("videos folder", str(root), manifest.videos_root)):
         if ours != theirs:
             raise IndexStoreError(f"index {out} was built with another {what} ({theirs}, now "

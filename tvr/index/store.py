@@ -64,7 +64,7 @@ class Failure:
 class Manifest:
     videos_root: str
     checkpoint: dict[str, Any]   # {"path", "sha256", "code_version"} of the encoding model
-    config: dict[str, Any]       # the checkpoint's model record (tvr.options.model_record)
+    config: dict[str, Any]       # the checkpoint's model record (tvr.training.checkpoint.model_record)
     sampling: dict[str, Any]     # {"video_framerate", "max_frames", "video_backend"}
     entries: dict[str, Entry] = field(default_factory=dict)
     failed: dict[str, Failure] = field(default_factory=dict)

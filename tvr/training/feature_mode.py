@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from tvr.data.cached_clips import to_device
+from tvr.data.cached_frames import to_device
 from tvr.data.clip_features import MANIFEST, FeatureStore, SplitWriter, StoredSplit, to_tensor
 from tvr.data.datasets import Batch, RetrievalDataset, collate_skipping
 from tvr.data.loaders import ResumableSampler, SeededItems

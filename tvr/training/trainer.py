@@ -25,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tvr.data.cached_clips import to_device
+from tvr.data.cached_frames import to_device
 from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.loaders import build_split, train_loader
 from tvr.evaluation.evaluate import evaluate, metric_variants

@@ -1,6 +1,6 @@
 """Text-video retrieval datasets keyed by ``--datatype`` (docs/behaviour.md §4).
 
-``build_dataset(datatype, split, anno_path, video_path, tokenizer, clip_loader, max_words,
+``build_dataset(datatype, split, anno_path, video_path, tokenizer, frame_loader, max_words,
 skip_bad_videos=False)`` gives a :class:`RetrievalDataset`; see :mod:`.base` for the item
 structure and the evaluation views, :mod:`.skipping` for unreadable videos, :mod:`.registry`
 for adding a dataset.

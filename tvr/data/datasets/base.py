@@ -5,7 +5,7 @@ of its videos. Indexing it gives one training pair, a :class:`RetrievalItem`::
 
     text_ids    LongTensor (max_words,)   CLIP token ids, 0-padded (docs/behaviour.md §2)
     text_mask   LongTensor (max_words,)   1 on real tokens
-    video       FloatTensor (F, 3, S, S)  frames from the injected clip loader, 0-padded
+    video       FloatTensor (F, 3, S, S)  frames from the injected frame loader, 0-padded
     video_mask  LongTensor (F,)           1 on real frames
     index       int                       caption index: row of this pair in ``pairs``
     video_index int                       position of its video in ``video_ids``
@@ -83,9 +83,10 @@ class CaptionTokenizer(Protocol):
     def encode_caption(self, text: str, max_words: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-ClipLoader = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+FrameLoader = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 """``loader(path, start=None, end=None) -> (video (F,3,S,S) float, video_mask (F,) long)``,
-raising ``VideoReadError`` for a video it cannot read (``tvr.data.video``)."""
+raising ``VideoReadError`` for a video it cannot read: ``tvr.data.frames.VideoFrameLoader`` or
+``tvr.data.cached_frames.CachedFrameLoader``."""
 
 
 class VideoFiles:
@@ -117,13 +118,13 @@ class RetrievalDataset(Dataset):
     """Caption-video pairs of one split; see the module docstring."""
 
     def __init__(self, annotations: Annotations, video_files: VideoFiles,
-                 tokenizer: CaptionTokenizer, clip_loader: ClipLoader, max_words: int,
+                 tokenizer: CaptionTokenizer, frame_loader: FrameLoader, max_words: int,
                  skip_bad_videos: bool = False, name: str = "retrieval"):
         self.pairs = list(annotations.pairs)
         self.video_ids = list(annotations.video_ids)
         self.video_files = video_files
         self.tokenizer = tokenizer
-        self.clip_loader = clip_loader
+        self.frame_loader = frame_loader
         self.max_words = max_words
         self.skip_bad_videos = skip_bad_videos
         self.name = name
@@ -169,7 +170,7 @@ class RetrievalDataset(Dataset):
         return torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask, dtype=torch.long)
 
     def load_video(self, video_index: int) -> tuple[torch.Tensor, torch.Tensor] | SkippedVideo:
-        """``(video, video_mask)`` of video ``video_index`` from the clip loader.
+        """``(video, video_mask)`` of video ``video_index`` from the frame loader.
 
         A ``VideoReadError`` (file not found under any accepted name, or unreadable) propagates,
         or becomes a :class:`SkippedVideo` marker when ``skip_bad_videos`` is set.
@@ -179,7 +180,7 @@ class RetrievalDataset(Dataset):
         path = None
         try:
             path = str(self.video_files(video_id))
-            return self.clip_loader(path, start, end)
+            return self.frame_loader(path, start, end)
         except VideoReadError as err:
             if not self.skip_bad_videos:
                 raise
@@ -188,10 +189,10 @@ class RetrievalDataset(Dataset):
 
     def __getitem__(self, index: int) -> RetrievalItem | SkippedVideo:
         video_index = self.caption_to_video[index]
-        clip = self.load_video(video_index)
-        if isinstance(clip, SkippedVideo):
-            return clip
-        return RetrievalItem(*self.encode_text(index), *clip, index, video_index)
+        loaded = self.load_video(video_index)
+        if isinstance(loaded, SkippedVideo):
+            return loaded
+        return RetrievalItem(*self.encode_text(index), *loaded, index, video_index)
 
     def captions(self) -> CaptionView:
         """A Dataset over the captions (no video decoding), in caption-index order."""
@@ -226,7 +227,7 @@ class VideoView(Dataset):
         return len(self.dataset.video_ids)
 
     def __getitem__(self, video_index: int) -> VideoItem | SkippedVideo:
-        clip = self.dataset.load_video(video_index)
-        if isinstance(clip, SkippedVideo):
-            return clip
-        return VideoItem(*clip, video_index)
+        loaded = self.dataset.load_video(video_index)
+        if isinstance(loaded, SkippedVideo):
+            return loaded
+        return VideoItem(*loaded, video_index)

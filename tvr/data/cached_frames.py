@@ -1,29 +1,30 @@
-"""Clips from a frame cache (``--frame_cache``), transformed in the loader or on the GPU.
+"""Frames from a frame cache (``--frame_cache``), transformed in the loader or on the GPU.
 
-:class:`CachedClipLoader` is a drop-in for :class:`tvr.data.video.VideoClipLoader`: same call,
+:class:`CachedFrameLoader` is a drop-in for :class:`tvr.data.frames.VideoFrameLoader`: same call,
 same output, frames read from a :class:`tvr.data.frame_cache.FrameCache` instead of decoded from
-the video.
+the video, then the same functions of :mod:`tvr.data.frames` (transform, padding, mask).
 
 Two places to turn stored frames into model input:
 
 - ``on_device=False`` (the CPU path): the loader (a DataLoader worker) decodes the JPEGs and
-  applies the CLIP transform, as the video path does;
-- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingClip`;
+  applies the frame transform, as the video path does;
+- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingFrames`;
   the collate keeps these as a list, and :func:`to_device` (called by the trainer and the
   evaluator on every batch) decodes all JPEGs of the batch in one ``torchvision.io.decode_jpeg``
   call on the GPU and applies the transform there. ``--frame_decode auto`` picks this when the
   run is on CUDA.
 
-Both paths draw the clip's augmentation from the same seed: the loader takes one number from
+Both paths draw a video's augmentation from the same seed: the loader takes one number from
 torch's generator (seeded per item by :class:`tvr.data.loaders.SeededItems`), and the transform
-runs under a generator seeded with it, wherever it runs. So a batch gets the same augmentation on
-either path (and the same frames bit for bit on the CPU).
+runs under a generator seeded with it (:func:`tvr.data.frames.seeded_frame_transform`), wherever
+it runs. So a batch gets the same augmentation on either path (and the same frames bit for bit on
+the CPU).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -31,16 +32,16 @@ from torchvision.io import decode_jpeg
 
 from tvr.data.datasets.skipping import Uncollated
 from tvr.data.frame_cache import FrameCache, cache_key
-from tvr.data.transforms import ClipEvalTransform, build_clip_transform
-from tvr.data.video import VideoReadError, frame_mask, pad_clip
+from tvr.data.frames import frame_mask, frames_to_input, pad_frames, seeded_frame_transform
+from tvr.data.video import VideoReadError
 
 
 @dataclass
-class PendingClip(Uncollated):
-    """A clip's stored frames, to be decoded and transformed by :func:`to_device`.
+class PendingFrames(Uncollated):
+    """A video's stored frames, to be decoded and transformed by :func:`to_device`.
 
     ``data``: the JPEG files of the frames back to back (uint8 1-D, one tensor so that a worker
-    hands over one shared-memory block per clip) with each frame's byte count in ``lengths``,
+    hands over one shared-memory block per video) with each frame's byte count in ``lengths``,
     or, for a raw cache, the uint8 (T, H, W, 3) pixels with ``lengths`` None; ``seed``: the
     augmentation seed; ``image_size``, ``augment``: which transform.
     """
@@ -56,33 +57,21 @@ class PendingClip(Uncollated):
         return self.data.shape[0] if self.lengths is None else len(self.lengths)
 
 
-@lru_cache(maxsize=None)
-def clip_transform(image_size: int, augment: bool) -> ClipEvalTransform:
-    """The (stateless) train or eval transform, built once per process."""
-    return build_clip_transform(image_size, augment)
-
-
-def seeded_transform(clip: Tensor, seed: int, image_size: int, augment: bool) -> Tensor:
-    """The transform of a uint8 (T, 3, H, W) clip with torch's generator seeded by ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return clip_transform(image_size, augment)(clip)
-
-
-class CachedClipLoader:
+class CachedFrameLoader:
     """``loader(path, start=None, end=None) -> (video, video_mask)`` from a frame cache.
 
     ``path`` is the video file the dataset resolved under ``video_root``; the cache is looked up
-    by its relative path and the window. With ``on_device`` the ``video`` is a
-    :class:`PendingClip` instead of a float tensor. A video the cache recorded as unreadable, or
-    does not hold, raises :class:`VideoReadError` (so ``--skip_bad_videos`` works as usual).
+    by its relative path and the window; ``max_frames`` is the cache's. With ``on_device`` the
+    ``video`` is a :class:`PendingFrames` instead of a float tensor. A video the cache recorded
+    as unreadable, or does not hold, raises :class:`VideoReadError` (so ``--skip_bad_videos``
+    works as usual).
     """
 
-    def __init__(self, cache: FrameCache, video_root: str, max_frames: int, image_size: int,
-                 augment: bool, on_device: bool = False) -> None:
+    def __init__(self, cache: FrameCache, video_root: str, image_size: int, augment: bool,
+                 on_device: bool = False) -> None:
         self.cache = cache
         self.video_root = video_root
-        self.max_frames = max_frames
+        self.max_frames = cache.params.sampling.max_frames
         self.image_size = image_size
         self.augment = augment
         self.on_device = on_device
@@ -103,28 +92,27 @@ class CachedClipLoader:
         return missing
 
     def __call__(self, path: str, start: float | None = None,
-                 end: float | None = None) -> tuple[Tensor | PendingClip, Tensor]:
+                 end: float | None = None) -> tuple[Tensor | PendingFrames, Tensor]:
         key = self.key(path, start, end)
         if key in self.cache.bad:
             raise VideoReadError.for_file(path, f"the frame cache {self.cache.root} records it "
                                                 f"as unreadable: {self.cache.bad[key]}")
-        if key not in self.cache.clips:
+        if key not in self.cache.entries:
             raise VideoReadError(f"video {path} (window {start}, {end}) is not in the frame cache "
                                  f"{self.cache.root}: rebuild the cache for these annotations",
                                  path=path, reason="not in the frame cache")
         seed = int(torch.randint(2**62, ()))
         if self.on_device:
             if self.cache.params.format == "raw":
-                pending = PendingClip(torch.from_numpy(self.cache.frames(key)[0]), None, seed,
-                                      self.image_size, self.augment, self.max_frames)
+                pending = PendingFrames(torch.from_numpy(self.cache.frames(key)[0]), None, seed,
+                                        self.image_size, self.augment, self.max_frames)
             else:
-                pending = PendingClip(*self.cache.stored(key), seed, self.image_size,
-                                      self.augment, self.max_frames)
+                pending = PendingFrames(*self.cache.stored(key), seed, self.image_size,
+                                        self.augment, self.max_frames)
             return pending, frame_mask(len(pending), self.max_frames)
-        frames, _ = self.cache.frames(key)
-        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        return pad_clip(seeded_transform(clip, seed, self.image_size, self.augment),
-                        self.max_frames)
+        transform = partial(seeded_frame_transform, seed=seed, image_size=self.image_size,
+                            augment=self.augment)
+        return frames_to_input(self.cache.frames(key)[0], transform, self.max_frames)
 
 
 class CachedVideoFiles:
@@ -135,7 +123,7 @@ class CachedVideoFiles:
     def __init__(self, files, cache: FrameCache) -> None:
         self.files = files
         self.root = files.root
-        self.names = {key.split("@", 1)[0] for key in (*cache.clips, *cache.bad)}
+        self.names = {key.split("@", 1)[0] for key in (*cache.entries, *cache.bad)}
 
     def candidates(self, video_id: str) -> list:
         return self.files.candidates(video_id)
@@ -151,25 +139,25 @@ class CachedVideoFiles:
                              path=str(candidates[0]), reason="not in the frame cache")
 
 
-def decode_pending(clips: list[PendingClip], device: torch.device) -> Tensor:
-    """A batch of :class:`PendingClip` as float (B, F, 3, S, S) on ``device``: every JPEG of
-    the batch decoded in one call on ``device``, then each clip's seeded transform there."""
-    jpegs = [frame for clip in clips if clip.lengths is not None
-             for frame in clip.data.split(clip.lengths)]
+def decode_pending(batch: list[PendingFrames], device: torch.device) -> Tensor:
+    """A batch of :class:`PendingFrames` as float (B, F, 3, S, S) on ``device``: every JPEG of
+    the batch decoded in one call on ``device``, then each video's seeded transform there."""
+    jpegs = [frame for pending in batch if pending.lengths is not None
+             for frame in pending.data.split(pending.lengths)]
     decoded = iter(decode_jpeg(jpegs, device=device) if jpegs else [])
     videos = []
-    for clip in clips:
-        if clip.lengths is not None:
-            frames = torch.stack([next(decoded) for _ in clip.lengths])
+    for pending in batch:
+        if pending.lengths is not None:
+            frames = torch.stack([next(decoded) for _ in pending.lengths])
         else:
-            frames = clip.data.to(device, non_blocking=True).permute(0, 3, 1, 2)
-        video = seeded_transform(frames, clip.seed, clip.image_size, clip.augment)
-        videos.append(pad_clip(video, clip.max_frames)[0])
+            frames = pending.data.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        video = seeded_frame_transform(frames, pending.seed, pending.image_size, pending.augment)
+        videos.append(pad_frames(video, pending.max_frames)[0])
     return torch.stack(videos)
 
 
-def to_device(video: Tensor | list[PendingClip], device: torch.device) -> Tensor:
-    """A collated batch's ``video`` field on ``device``, decoding pending clips there."""
+def to_device(video: Tensor | list[PendingFrames], device: torch.device) -> Tensor:
+    """A collated batch's ``video`` field on ``device``, decoding pending frames there."""
     if isinstance(video, list):
         return decode_pending(video, device)
     return video.to(device, non_blocking=True)
