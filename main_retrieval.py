@@ -3,7 +3,7 @@
     torchrun --nproc_per_node=4 main_retrieval.py --do_train 1 --recipe msrvtt \\
         --anno_path data/MSR-VTT/anns --video_path data/MSR-VTT/videos ...
 
-Without ``--anno_path`` it runs the built-in demo (recipe ``demo`` in tvr/recipes.py): it writes
+Without ``--anno_path`` it runs the built-in demo (recipe ``demo`` in tvr/cli/recipes.py): it writes
 a small synthetic dataset of moving coloured shapes to ``data/toy`` (captions name colour, shape
 and direction of motion), trains a tiny CLIP + GARE from scratch on it and prints the test
 retrieval table. Any flag given on the command line still wins (e.g. ``--agg_module meanP``).

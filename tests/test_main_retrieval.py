@@ -15,7 +15,7 @@ import torch
 
 from tvr.data.toy import COLOURS, DIRECTIONS, SHAPES, MovingShape, all_captions, make_toy_dataset
 from tvr.models.tokenizer import ClipTokenizer
-from tvr.recipes import RECIPES
+from tvr.cli.recipes import RECIPES
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--base_encoder", "tiny", "--max_words", "16", "--max_frames", "4",

@@ -3,7 +3,7 @@
 Every flag that sets a configuration is declared once, on its field (tvr/settings.py): name,
 type, default, bounds or choices, help, and by its place in :class:`RunConfig` the
 configuration it fills. :data:`FLAGS` collects them; the parser, the range checks, the keys a
-recipe may set (tvr/recipes.py) and the model flags a checkpoint records all come from it.
+recipe may set (tvr/cli/recipes.py) and the model flags a checkpoint records all come from it.
 Defaults reproduce the published MSR-VTT recipe; every paper ablation is a flag
 (docs/behaviour.md §5-8). Only this package sees flags: everything below takes the frozen
 configurations that :func:`run_config` builds.

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 from tvr.cli.checks import (UsageError, check_data, check_run, check_values, debug_requested,
                             describe, expected_errors)
 from tvr.cli.flags import FLAGS, build_parser, given_flags, run_config
-from tvr.recipes import DEMO_DATA, RECIPES, RecipeError, load_recipe
+from tvr.cli.recipes import DEMO_DATA, RECIPES, RecipeError, load_recipe
 from tvr.storage import ConfigMismatchError
 from tvr.training.checkpoint import read_model_record, recorded_sampling, resume_path
 from tvr.training.config import RunConfig
@@ -27,7 +27,7 @@ PROG = "main_retrieval.py"
 
 def parse_args(argv: Optional[Sequence[str]] = None, for_run: bool = False
                ) -> argparse.Namespace:
-    """Parse ``argv`` over the defaults of its recipe (tvr/recipes.py).
+    """Parse ``argv`` over the defaults of its recipe (tvr/cli/recipes.py).
 
     Adds ``args.recipe`` (the recipe's name), ``args.given`` (sorted destinations of the flags
     the command line gave: they win over a checkpoint's recorded configuration only with

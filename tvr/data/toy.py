@@ -62,7 +62,7 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  
 # The sense of motion (left/right, up/down) is what the demo learns last. Runs in which the text
 # embeddings of "... to the left" and "... to the right" (or of upward / downward) stayed at
 # cosine 0.999 and half of that axis' queries failed were caused by the demo's former lr, not by
-# these phrases (issue 14, tvr/recipes.py): at lr 1e-3 "leftward"/"rightward" failed as often
+# these phrases (issue 14, tvr/cli/recipes.py): at lr 1e-3 "leftward"/"rightward" failed as often
 # (in-memory: 74 / 98 / 98 % with seeds 3 / 42 / 1), and so did "to the left / right / top /
 # bottom" for all four (98 / 77 / 94 % with seeds 1 / 3 / 42, seed 3 losing left/right).
 DIRECTION_PHRASE = {"left": "to the left", "right": "to the right", "up": "upward",

@@ -18,7 +18,7 @@ Every module maps frame embeddings (B, F, d) and the frame mask (B, F) to new fr
   on unit-scale inputs; kept for fidelity (docs/behaviour.md §5). The demo's drop from 83 % to
   77 % (seed 42) that came with this change was not its doing: at the demo's former lr a run
   kept or lost the sense of motion by chance, and differences this small (or 1 thread against
-  2) were enough to tip it (issue 14, tvr/recipes.py).
+  2) were enough to tip it (issue 14, tvr/cli/recipes.py).
 - ``seqLSTM``: a 1-layer LSTM over the real frames (packed), padded back, plus residual. As in
   the reference, positions beyond the longest real clip of the batch keep their input, so after
   the residual they hold twice the input; padded positions inside that length hold the input.

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "toy"  # written on first use
+DEMO_DATA = Path(__file__).resolve().parents[2] / "data" / "toy"  # written on first use
 _REFERENCE_RUN = dict(workers=8, n_display=50)  # the reference scripts' loader and logging
 _PARAGRAPHS = dict(max_words=64, max_frames=64, batch_size=64, batch_size_val=64)
 
