@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tvr.data.cached_frames import CachedFrameLoader, to_device
+from tvr.data.cached_frames import CachedFrameLoader
 from tvr.data.datasets import SkippedVideo, collate_skipping
+from tvr.data.device_loader import DeviceLoader
 from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, FrameCacheWriter,
                                   cache_key, resize_short_side)
 from tvr.data.loaders import SeededItems, build_split
@@ -122,7 +123,8 @@ def test_device_decoding_matches_loader_decoding_augmentation_included(toy, tmp_
     def batches(on_device):
         items = SeededItems(Clips(on_device), seed=3)
         loader = DataLoader(items, batch_size=4, collate_fn=collate_skipping)
-        return [(to_device(b.data.video, torch.device("cpu")), b.data.video_mask) for b in loader]
+        return [(b.data.video, b.data.video_mask)
+                for b in DeviceLoader(loader, torch.device("cpu"))]
 
     in_loader, on_device = batches(False), batches(True)
     assert len(in_loader) == len(on_device) == 4

@@ -8,11 +8,12 @@ Two places to turn stored frames into model input:
 
 - ``on_device=False`` (the CPU path): the loader (a DataLoader worker) decodes the JPEGs and
   applies the frame transform, as the video path does;
-- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingFrames`;
-  the collate keeps these as a list, and :func:`to_device` (called by the trainer and the
-  evaluator on every batch) decodes all JPEGs of the batch in one ``torchvision.io.decode_jpeg``
-  call on the GPU and applies the transform there. ``--frame_decode auto`` picks this when the
-  run is on CUDA.
+- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingFrames`
+  (a :class:`~tvr.data.device_loader.Deferred` field); the collate keeps these as a list, and
+  the :class:`~tvr.data.device_loader.DeviceLoader` that every consumer reads batches through
+  finishes them (:meth:`PendingFrames.finish`): all JPEGs of the batch decoded in one
+  ``torchvision.io.decode_jpeg`` call on the GPU, then the transform there. ``--frame_decode
+  auto`` picks this when the run is on CUDA.
 
 Both paths draw a video's augmentation from the same seed: the loader takes one number from
 torch's generator (seeded per item by :class:`tvr.data.loaders.SeededItems`), and the transform
@@ -30,15 +31,15 @@ import torch
 from torch import Tensor
 from torchvision.io import decode_jpeg
 
-from tvr.data.datasets.skipping import Uncollated
+from tvr.data.device_loader import Deferred
 from tvr.data.frame_cache import FrameCache, cache_key
 from tvr.data.frames import frame_mask, frames_to_input, pad_frames, seeded_frame_transform
 from tvr.data.video import VideoReadError
 
 
 @dataclass
-class PendingFrames(Uncollated):
-    """A video's stored frames, to be decoded and transformed by :func:`to_device`.
+class PendingFrames(Deferred):
+    """A video's stored frames, to be decoded and transformed on the device (:meth:`finish`).
 
     ``data``: the JPEG files of the frames back to back (uint8 1-D, one tensor so that a worker
     hands over one shared-memory block per video) with each frame's byte count in ``lengths``,
@@ -55,6 +56,24 @@ class PendingFrames(Uncollated):
 
     def __len__(self) -> int:
         return self.data.shape[0] if self.lengths is None else len(self.lengths)
+
+    @classmethod
+    def finish(cls, batch: list[PendingFrames], device: torch.device) -> Tensor:
+        """The batch as float (B, F, 3, S, S) on ``device``: every JPEG of the batch decoded in
+        one call on ``device``, then each video's seeded transform there."""
+        jpegs = [frame for pending in batch if pending.lengths is not None
+                 for frame in pending.data.split(pending.lengths)]
+        decoded = iter(decode_jpeg(jpegs, device=device) if jpegs else [])
+        videos = []
+        for pending in batch:
+            if pending.lengths is not None:
+                frames = torch.stack([next(decoded) for _ in pending.lengths])
+            else:
+                frames = pending.data.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            video = seeded_frame_transform(frames, pending.seed, pending.image_size,
+                                           pending.augment)
+            videos.append(pad_frames(video, pending.max_frames)[0])
+        return torch.stack(videos)
 
 
 class CachedFrameLoader:
@@ -137,27 +156,3 @@ class CachedVideoFiles:
                              f"{', '.join(str(p) for p in candidates)}): rebuild the cache for "
                              "these annotations and --video_path, or pass --skip_bad_videos",
                              path=str(candidates[0]), reason="not in the frame cache")
-
-
-def decode_pending(batch: list[PendingFrames], device: torch.device) -> Tensor:
-    """A batch of :class:`PendingFrames` as float (B, F, 3, S, S) on ``device``: every JPEG of
-    the batch decoded in one call on ``device``, then each video's seeded transform there."""
-    jpegs = [frame for pending in batch if pending.lengths is not None
-             for frame in pending.data.split(pending.lengths)]
-    decoded = iter(decode_jpeg(jpegs, device=device) if jpegs else [])
-    videos = []
-    for pending in batch:
-        if pending.lengths is not None:
-            frames = torch.stack([next(decoded) for _ in pending.lengths])
-        else:
-            frames = pending.data.to(device, non_blocking=True).permute(0, 3, 1, 2)
-        video = seeded_frame_transform(frames, pending.seed, pending.image_size, pending.augment)
-        videos.append(pad_frames(video, pending.max_frames)[0])
-    return torch.stack(videos)
-
-
-def to_device(video: Tensor | list[PendingFrames], device: torch.device) -> Tensor:
-    """A collated batch's ``video`` field on ``device``, decoding pending frames there."""
-    if isinstance(video, list):
-        return decode_pending(video, device)
-    return video.to(device, non_blocking=True)

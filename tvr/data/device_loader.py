@@ -55,7 +55,7 @@ def on_device(data: Any, device: torch.device) -> Any:
 
 class DeviceLoader:
     """An iterable of batches whose ``data`` is :func:`on_device` (module docstring); its
-    length and other attributes are the wrapped loader's."""
+    length is the wrapped loader's."""
 
     def __init__(self, loader: Iterable[Any], device: torch.device):
         self.loader, self.device = loader, device

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from tvr.data.cached_frames import to_device
 from tvr.data.datasets import RetrievalDataset, collate_skipping
+from tvr.data.device_loader import DeviceLoader
 from tvr.models.gare import GARE, TextFeatures, VideoFeatures
 
 
@@ -76,12 +76,13 @@ def encode_split(model: GARE, dataset: RetrievalDataset, batch_size: int, worker
         chosen = range(len(view)) if limit is None or limit >= len(view) else \
             np.unique(np.linspace(0, len(view) - 1, limit).astype(int)).tolist()
         share = Subset(view, [chosen[i] for i in _share(len(chosen))])
-        return DataLoader(share, batch_size=batch_size, num_workers=workers,
-                          collate_fn=collate_skipping, pin_memory=device.type == "cuda")
+        return DeviceLoader(DataLoader(share, batch_size=batch_size, num_workers=workers,
+                                       collate_fn=collate_skipping,
+                                       pin_memory=device.type == "cuda"), device)
 
     sentences, words, masks = [], [], []
     for batch in loader(dataset.captions()):
-        ids, mask, _ = (t.to(device, non_blocking=True) for t in batch.data)
+        ids, mask, _ = batch.data
         with autocast():
             text = model.encode_text(ids, mask)
         sentences.append(text.sentence)
@@ -96,11 +97,10 @@ def encode_split(model: GARE, dataset: RetrievalDataset, batch_size: int, worker
             continue
         video, video_mask, video_index = batch.data
         with autocast():
-            features = model.encode_video(to_device(video, device),
-                                          video_mask.to(device, non_blocking=True))
+            features = model.encode_video(video, video_mask)
         frames.append(features.frames)
         frame_masks.append(features.mask)
-        positions.append(torch.as_tensor(video_index, device=device))
+        positions.append(video_index)
 
     texts = TextFeatures(_gather_rows(torch.cat(sentences)),
                          _gather_rows(torch.cat(words)) if words else None,

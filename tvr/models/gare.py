@@ -58,10 +58,6 @@ class ClipOutputs(NamedTuple):
     frames: Tensor
     video_mask: Tensor
 
-    def to(self, device: torch.device) -> "ClipOutputs":
-        return ClipOutputs(*(None if t is None else t.to(device, non_blocking=True)
-                             for t in self))
-
 
 @dataclass(frozen=True)
 class NCLConfig:

@@ -37,15 +37,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from tvr.data.cached_frames import to_device
 from tvr.data.clip_features import MANIFEST, FeatureStore, SplitWriter, StoredSplit, to_tensor
 from tvr.data.datasets import Batch, RetrievalDataset, collate_skipping
+from tvr.data.device_loader import DeviceLoader
 from tvr.data.loaders import ResumableSampler, SeededItems
 from tvr.data.video import VideoReadError
 from tvr.evaluation.encode import EncodedSplit, encode_split
 from tvr.models.clip import CLIP
 from tvr.models.gare import GARE, ClipOutputs, TextFeatures, VideoFeatures
 from tvr.training.config import RunConfig
+from tvr.training.optim import freeze_clip_towers
 
 AUGMENTED = ".augmented"  # store name suffix of a training split extracted with augmentation
 
@@ -120,15 +121,15 @@ def extract_split(model: GARE, dataset: RetrievalDataset, writer: SplitWriter, *
         loader = DataLoader(Subset(dataset.captions(), range(done, captions)),
                             batch_size=batch_size, num_workers=workers,
                             collate_fn=collate_skipping, generator=torch.Generator())
-        for batch in _progress(loader, f"{writer.name}: captions"):
+        for batch in _progress(DeviceLoader(loader, device), f"{writer.name}: captions"):
             ids, mask, _ = batch.data
             with autocast():
-                text = model.encode_text(ids.to(device), mask)
+                text = model.encode_text(ids, mask)
             rows = slice(done, done + len(ids))
             writer.array("text_sentence")[rows] = text.sentence.float().cpu().numpy()
             if words:
                 writer.array("text_words")[rows] = text.words.float().cpu().numpy()
-            writer.array("text_mask")[rows] = mask.numpy()
+            writer.array("text_mask")[rows] = mask.cpu().numpy()
             done += len(ids)
             writer.commit("text", done)
     position = {video_id: v for v, video_id in enumerate(dataset.video_ids)}
@@ -141,18 +142,19 @@ def extract_split(model: GARE, dataset: RetrievalDataset, writer: SplitWriter, *
         loader = DataLoader(Subset(items, range(done, videos)), batch_size=batch_size,
                             num_workers=workers, collate_fn=collate_skipping,
                             generator=torch.Generator())
-        for batch in _progress(loader, f"{writer.name}: videos, view {view + 1}/{views}"):
+        for batch in _progress(DeviceLoader(loader, device),
+                               f"{writer.name}: videos, view {view + 1}/{views}"):
             skipped = [{"video_index": position[m.video_id], "video_id": m.video_id,
                         "path": m.path, "reason": m.reason} for m in batch.skipped]
             done += len(skipped)
             if batch.data is not None:
                 video, mask, index = batch.data
                 with autocast():
-                    frames = model.frame_embeddings(to_device(video, device))
-                rows = index.numpy()
+                    frames = model.frame_embeddings(video)
+                rows = index.cpu().numpy()
                 writer.array("video_frames")[view, rows] = frames.float().cpu().numpy()
                 if view == 0:
-                    writer.array("video_mask")[rows] = mask.numpy()
+                    writer.array("video_mask")[rows] = mask.cpu().numpy()
                 done += len(rows)
             writer.commit(task, done, skipped)
 
@@ -202,8 +204,18 @@ class FeatureMode:
                 f"--train_augment none (every view would be the same)")
         if world_size > 1 and not (Path(folder) / MANIFEST).is_file():
             raise RuntimeError(single_process(folder, "does not exist yet"))
+        frozen = freeze_clip_towers(model)
         self.store = FeatureStore(folder, store_key(config, model, precision))
         self.opened: dict[str, StoredSplit] = {}
+        train = config.train
+        log(f"feature mode: CLIP outputs cached in {self.store.root}; {frozen} CLIP tower "
+            f"tensors frozen (the recipe would train them at lr x coef_lr = "
+            f"{train.lr * train.coef_lr:g}); logit_scale trains; docs/feature_mode.md")
+
+    @staticmethod
+    def inputs(data: ClipOutputs) -> dict[str, Any]:
+        """The model's inputs for a batch of cached outputs (tvr/training/sources.py)."""
+        return {"clip_outputs": data}
 
     def stored(self, dataset: RetrievalDataset, train: bool) -> StoredSplit:
         """The cached outputs of ``dataset`` (the training split with its views when

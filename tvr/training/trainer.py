@@ -25,12 +25,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tvr.data.cached_frames import to_device
 from tvr.data.datasets import RetrievalDataset, SkipReport
-from tvr.data.loaders import build_split, train_loader
+from tvr.data.device_loader import DeviceLoader
+from tvr.data.loaders import build_split
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
-from tvr.models.gare import ClipOutputs
 from tvr.models.factory import create_model
 from tvr.training import checkpoint
 from tvr.training.config import RunConfig
@@ -38,7 +37,8 @@ from tvr.training.distributed import (DistContext, barrier, check_batch_size, cl
                                       gather_rows, init_distributed, share_sizes, unwrap_model)
 from tvr.training.monitor import RunMonitor
 from tvr.training.feature_mode import FeatureMode
-from tvr.training.optim import build_optimizer, clamp_logit_scale, freeze_clip_towers
+from tvr.training.optim import build_optimizer, clamp_logit_scale
+from tvr.training.sources import TowerSource, VideoSource
 
 
 def seed_everything(seed: int) -> None:
@@ -84,28 +84,20 @@ class Trainer:
         self.log(f"process {self.ctx.rank}/{self.ctx.world_size} on {self.ctx.device}; "
                  f"precision {self.precision}; code {checkpoint.code_version()}; arguments: "
                  f"{json.dumps(config.arguments, sort_keys=True)}")
-        self.features = self.setup_feature_mode() if config.features.clip_features else None
-        if train.coef_lr == 0 and not self.features:
-            freeze_clip_towers(self.model)
-            self.log("--coef_lr 0: CLIP's towers are frozen (no backward through them)")
+        self.source = self.tower_source()
 
-    def setup_feature_mode(self) -> FeatureMode:
-        """--clip_features: freeze the CLIP towers, open (or create) the store; the CLIP
-        weights must be the run's final ones already (a resumed run's are read here)."""
-        train = self.config.train
-        frozen = freeze_clip_towers(self.model)
-        features = FeatureMode(self.config, self.model, self.ctx.device, self.autocast,
+    def tower_source(self) -> TowerSource:
+        """Where the towers' outputs come from (tvr/training/sources.py): the one place the
+        trainer knows which source a run uses."""
+        if self.config.features.clip_features:
+            return FeatureMode(self.config, self.model, self.ctx.device, self.autocast,
                                self.precision, self.ctx.world_size, self.log)
-        self.log(f"feature mode: CLIP outputs cached in {features.store.root}; {frozen} CLIP "
-                 f"tower tensors frozen (the recipe would train them at lr x coef_lr = "
-                 f"{train.lr * train.coef_lr:g}); logit_scale trains; docs/feature_mode.md")
-        return features
+        return VideoSource(self.config, self.model, self.log)
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, dataset: RetrievalDataset, name: str, step: int,
                  bank: Optional[RetrievalDataset] = None) -> Optional[dict]:
         evaluation, ncl_tau = self.config.eval, self.config.model.gare.ncl.tau
-        encode = {} if self.features is None else {"encode": self.features.encode}
         # Evaluation draws nothing from the training generators (its DataLoaders would take a
         # seed from torch's): training is then independent of when and how it validates,
         # e.g. from cached features (feature mode) or not.
@@ -118,7 +110,7 @@ class Trainer:
                                bank_size=evaluation.eval_bank_size, qb_beta=evaluation.qb_beta,
                                qb_k=evaluation.qb_k, ncl_tau=ncl_tau,
                                engine=evaluation.eval_engine, log=self.monitor.log.warning,
-                               **encode)
+                               encode=self.source.encode)
         barrier()
         if results is None:
             return None
@@ -142,15 +134,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
-        cfg, ctx, data = self.config.train, self.ctx, self.config.data
+        cfg, ctx = self.config.train, self.ctx
         local_batch = check_batch_size(cfg.batch_size, ctx.world_size)
-        if self.features is not None:
-            loader, sampler, items = self.features.train_loader(train_set, ctx.rank,
-                                                                ctx.world_size, local_batch)
-        else:
-            loader, sampler, items = train_loader(
-                train_set, ctx.rank, ctx.world_size, local_batch, seed=cfg.seed,
-                workers=data.workers, per_video=data.augment_per == "video")
+        loader, sampler, items = self.source.train_loader(train_set, ctx.rank, ctx.world_size,
+                                                          local_batch)
+        loader = DeviceLoader(loader, ctx.device)
         steps_per_epoch = sampler.batches_per_epoch
         optimizer = build_optimizer(self.model, cfg.lr, cfg.coef_lr, cfg.weight_decay,
                                     cfg.warmup_proportion, steps_per_epoch, cfg.epochs)
@@ -211,16 +199,10 @@ class Trainer:
         self.log(f"training done: best validation t2v R@1 {best}")
 
     def train_step(self, model, optimizer, scaler, data, gather) -> dict[str, float]:
-        """One update on this process' share of a global batch; returns the logged values.
+        """One update on this process' share of a global batch (``data`` on the device, as
+        :class:`~tvr.data.device_loader.DeviceLoader` yields it); returns the logged values.
         With --skip_bad_videos the shares may differ in size: ``gather`` joins them."""
-        device = self.ctx.device
-        if isinstance(data, ClipOutputs):  # feature mode: cached CLIP outputs
-            inputs = {"clip_outputs": data.to(device)}
-        else:
-            ids, mask, video_mask = (t.to(device, non_blocking=True) for t in
-                                     (data.text_ids, data.text_mask, data.video_mask))
-            video = to_device(data.video, device)  # frames pending decoding are decoded there
-            inputs = {"text_ids": ids, "text_mask": mask, "video": video, "video_mask": video_mask}
+        inputs = self.source.inputs(data)
         with self.autocast():
             out = model(**inputs, gather=gather)
         optimizer.zero_grad(set_to_none=True)

@@ -1,7 +1,7 @@
-"""Skipping unreadable videos (``skip_bad_videos=True``) without ever producing a zero clip.
+"""Skipping unreadable videos (``skip_bad_videos=True``) without ever producing an all-zero video.
 
 A dataset built with ``skip_bad_videos=True`` returns a :class:`SkippedVideo` marker instead of
-an item whose video the clip loader could not read. :func:`collate_skipping` drops the markers
+an item whose video the frame loader could not read. :func:`collate_skipping` drops the markers
 and carries them in the batch, so the information travels from DataLoader worker processes to
 the main process with the data itself (no shared state). The trainer feeds every batch to a
 :class:`SkipReport` and prints it at the end of the epoch::
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from torch.utils.data import default_collate
+from tvr.data.device_loader import collate
 
 
 class SkippedVideo(NamedTuple):
@@ -44,26 +44,12 @@ class Batch(NamedTuple):
     skipped: list[SkippedVideo]
 
 
-class Uncollated:
-    """Base of item fields that :func:`collate_skipping` keeps as a list instead of stacking
-    (e.g. a clip's stored frames, decoded later on the GPU)."""
-
-
-def _collate(items: list[Any]) -> Any:
-    first = items[0]
-    if isinstance(first, tuple) and hasattr(first, "_fields") \
-            and any(isinstance(value, Uncollated) for value in first):
-        return type(first)(*(list(column) if isinstance(column[0], Uncollated)
-                             else default_collate(list(column)) for column in zip(*items)))
-    return default_collate(items)
-
-
 def collate_skipping(samples: list[Any]) -> Batch:
-    """Collate ``samples``, dropping :class:`SkippedVideo` markers into ``Batch.skipped``;
-    :class:`Uncollated` fields become lists."""
+    """Collate ``samples`` (:func:`tvr.data.device_loader.collate`), dropping
+    :class:`SkippedVideo` markers into ``Batch.skipped``."""
     kept = [s for s in samples if not isinstance(s, SkippedVideo)]
     skipped = [s for s in samples if isinstance(s, SkippedVideo)]
-    return Batch(_collate(kept) if kept else None, skipped)
+    return Batch(collate(kept) if kept else None, skipped)
 
 
 class SkipReport:
