@@ -16,9 +16,10 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.device_loader import DeviceLoader
-from tvr.data.loaders import build_split
+from tvr.data.loaders import ResumableSampler, build_split
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
 from tvr.models.factory import create_model
@@ -37,7 +38,7 @@ from tvr.training.distributed import (DistContext, barrier, check_batch_size, cl
                                       gather_rows, init_distributed, share_sizes, unwrap_model)
 from tvr.training.monitor import RunMonitor
 from tvr.training.feature_mode import FeatureMode
-from tvr.training.optim import build_optimizer, clamp_logit_scale
+from tvr.training.optim import BertAdam, build_optimizer, clamp_logit_scale
 from tvr.training.sources import TowerSource, VideoSource
 
 
@@ -56,6 +57,22 @@ def autocast_for(precision: str, device: torch.device):
         return precision, contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return precision, lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainingRun:
+    """A training run in progress: what it trains with and where it stands."""
+
+    model: torch.nn.Module          # the model, wrapped in DDP on several processes
+    optimizer: BertAdam
+    scaler: torch.amp.GradScaler
+    loader: DeviceLoader
+    sampler: ResumableSampler
+    items: Any                      # what carries the epoch of the augmentation draws
+    steps_per_epoch: int
+    epoch: int = 0
+    global_step: int = 0
+    best: Optional[float] = None
 
 
 class Trainer:
@@ -134,11 +151,25 @@ class Trainer:
 
     # ---------------------------------------------------------------- training
     def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
+        """Train for the configured epochs (from where a resumed run stopped), validating and
+        writing ``ckpt_last.pt`` after each epoch."""
+        run = self.prepare_training(train_set)
+        skipped = SkipReport()
+        while run.epoch < self.config.train.epochs:
+            self.train_epoch(run, val_set, skipped)
+            self.report_skipped(skipped, run.epoch)
+            run.best = self.validate(val_set, run.model, run.epoch, run.global_step, run.best)
+            self.save_last(run.model, run.optimizer, run.epoch, run.global_step, run.best)
+            run.epoch += 1
+        self.log(f"training done: best validation t2v R@1 {run.best}")
+
+    def prepare_training(self, train_set: RetrievalDataset) -> TrainingRun:
+        """The loader, optimiser and (distributed) model of a training run, resumed when the
+        run resumes."""
         cfg, ctx = self.config.train, self.ctx
         local_batch = check_batch_size(cfg.batch_size, ctx.world_size)
         loader, sampler, items = self.source.train_loader(train_set, ctx.rank, ctx.world_size,
                                                           local_batch)
-        loader = DeviceLoader(loader, ctx.device)
         steps_per_epoch = sampler.batches_per_epoch
         optimizer = build_optimizer(self.model, cfg.lr, cfg.coef_lr, cfg.weight_decay,
                                     cfg.warmup_proportion, steps_per_epoch, cfg.epochs)
@@ -147,56 +178,68 @@ class Trainer:
         if ctx.distributed:
             model = DistributedDataParallel(
                 model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-        epoch, global_step, best = 0, 0, None
+        run = TrainingRun(model, optimizer, scaler, DeviceLoader(loader, ctx.device), sampler,
+                          items, steps_per_epoch)
         if self.resume_from:
             state = checkpoint.load_checkpoint(self.resume_from, model, optimizer)
-            global_step, best = state.global_step, state.best_metric
-            epoch = global_step // steps_per_epoch
-            self.log(f"resumed from {self.resume_from} at step {global_step} (epoch {epoch})")
-        total_steps = steps_per_epoch * cfg.epochs
-        skipped = SkipReport()
-        while epoch < cfg.epochs:
-            sampler.set_epoch(epoch)
-            items.epoch = epoch
-            sampler.start_batch = global_step - epoch * steps_per_epoch
-            model.train()
-            progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                            disable=not ctx.is_main, initial=sampler.start_batch,
-                            total=steps_per_epoch,
-                            mininterval=0.5 if sys.stderr.isatty() else 30)
-            tic = time.time()
-            for batch in progress:
-                skipped.add(batch)
-                global_step += 1
-                sizes = share_sizes(0 if batch.data is None else len(batch.data[0]), ctx.device)
-                if min(sizes) == 0 or sum(sizes) < 2:
-                    self.log(f"step {global_step}: no update, too few readable videos in the "
-                             f"batch ({sum(sizes)} of {cfg.batch_size}; see the epoch's "
-                             f"skip report)")
-                else:
-                    values = self.train_step(model, optimizer, scaler, batch.data,
-                                             partial(gather_rows, sizes=sizes))
-                    self.monitor.scalars(global_step, values, prefix="train")
-                    progress.set_postfix(loss=f"{values['loss']:.4f}")
-                    if global_step % cfg.n_display == 0 or global_step == 1:
-                        done = global_step - epoch * steps_per_epoch - sampler.start_batch
-                        self.log(f"step {global_step}/{total_steps} epoch {epoch + 1} "
-                                 + " ".join(f"{k} {v:.5g}" for k, v in values.items())
-                                 + f" ({(time.time() - tic) / max(1, done):.2f} s/step)")
-                end_of_epoch = global_step % steps_per_epoch == 0
-                if cfg.eval_every_steps and global_step % cfg.eval_every_steps == 0 \
-                        and not end_of_epoch:
-                    best = self.validate(val_set, model, epoch, global_step, best)
-                    model.train()
-                if end_of_epoch:
-                    break
-                if cfg.save_every_steps and global_step % cfg.save_every_steps == 0:
-                    self.save_last(model, optimizer, epoch, global_step, best)
-            self.report_skipped(skipped, epoch)
-            best = self.validate(val_set, model, epoch, global_step, best)
-            self.save_last(model, optimizer, epoch, global_step, best)
-            epoch += 1
-        self.log(f"training done: best validation t2v R@1 {best}")
+            run.global_step, run.best = state.global_step, state.best_metric
+            run.epoch = run.global_step // steps_per_epoch
+            self.log(f"resumed from {self.resume_from} at step {run.global_step} (epoch "
+                     f"{run.epoch})")
+        return run
+
+    def train_epoch(self, run: TrainingRun, val_set: RetrievalDataset,
+                    skipped: SkipReport) -> None:
+        """The rest of epoch ``run.epoch``: its batches from where the run stands, with the
+        step-wise validation and saves the configuration asks for."""
+        cfg, ctx = self.config.train, self.ctx
+        run.sampler.set_epoch(run.epoch)
+        run.items.epoch = run.epoch
+        run.sampler.start_batch = run.global_step - run.epoch * run.steps_per_epoch
+        run.model.train()
+        progress = tqdm(run.loader, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+                        disable=not ctx.is_main, initial=run.sampler.start_batch,
+                        total=run.steps_per_epoch,
+                        mininterval=0.5 if sys.stderr.isatty() else 30)
+        tic = time.time()
+        for batch in progress:
+            skipped.add(batch)
+            run.global_step += 1
+            values = self.update(run, batch)
+            if values is not None:
+                progress.set_postfix(loss=f"{values['loss']:.4f}")
+                self.log_step(run, values, tic)
+            end_of_epoch = run.global_step % run.steps_per_epoch == 0
+            if cfg.eval_every_steps and run.global_step % cfg.eval_every_steps == 0 \
+                    and not end_of_epoch:
+                run.best = self.validate(val_set, run.model, run.epoch, run.global_step, run.best)
+                run.model.train()
+            if end_of_epoch:
+                break
+            if cfg.save_every_steps and run.global_step % cfg.save_every_steps == 0:
+                self.save_last(run.model, run.optimizer, run.epoch, run.global_step, run.best)
+
+    def update(self, run: TrainingRun, batch) -> Optional[dict[str, float]]:
+        """One optimiser update on ``batch`` (recorded as the step's scalars), or None when the
+        processes hold too few readable videos between them."""
+        sizes = share_sizes(0 if batch.data is None else len(batch.data[0]), self.ctx.device)
+        if min(sizes) == 0 or sum(sizes) < 2:
+            self.log(f"step {run.global_step}: no update, too few readable videos in the batch "
+                     f"({sum(sizes)} of {self.config.train.batch_size}; see the epoch's skip "
+                     f"report)")
+            return None
+        values = self.train_step(run.model, run.optimizer, run.scaler, batch.data,
+                                 partial(gather_rows, sizes=sizes))
+        self.monitor.scalars(run.global_step, values, prefix="train")
+        return values
+
+    def log_step(self, run: TrainingRun, values: dict[str, float], tic: float) -> None:
+        step, cfg = run.global_step, self.config.train
+        if step % cfg.n_display == 0 or step == 1:
+            done = step - run.epoch * run.steps_per_epoch - run.sampler.start_batch
+            self.log(f"step {step}/{run.steps_per_epoch * cfg.epochs} epoch {run.epoch + 1} "
+                     + " ".join(f"{k} {v:.5g}" for k, v in values.items())
+                     + f" ({(time.time() - tic) / max(1, done):.2f} s/step)")
 
     def train_step(self, model, optimizer, scaler, data, gather) -> dict[str, float]:
         """One update on this process' share of a global batch (``data`` on the device, as
