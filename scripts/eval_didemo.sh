@@ -2,7 +2,7 @@
 # Evaluate a GARE checkpoint on the DiDeMo (paragraph retrieval) test split.
 #   CKPT=outputs/didemo/ckpt_best.pt DATA=/path/to/didemo bash scripts/eval_didemo.sh [more flags]
 # The model is rebuilt from the configuration the checkpoint records; the data settings are
-# the recipe 'didemo' in tvr/recipes.py. Results go to outputs/didemo_eval unless --output_dir is given.
+# the recipe 'didemo' in tvr/cli/recipes.py. Results go to outputs/didemo_eval unless --output_dir is given.
 set -euo pipefail
 DATA=${DATA:-data/didemo}
 exec "$(dirname "$0")/launch.sh" --do_eval 1 --recipe didemo \

@@ -2,7 +2,7 @@
 # Train GARE on ActivityNet Captions (paragraph retrieval, delta on the video side), then test the best checkpoint.
 #   DATA=/path/to/activitynet NGPU=4 bash scripts/train_activitynet.sh [more flags]
 # DATA holds anns/ (annotation files) and videos/ (best re-encoded with
-# preprocess/compress_video.py). The settings are the recipe 'activitynet' in tvr/recipes.py; flags
+# preprocess/compress_video.py). The settings are the recipe 'activitynet' in tvr/cli/recipes.py; flags
 # given here win over it. Outputs go to outputs/activitynet unless --output_dir is given.
 set -euo pipefail
 DATA=${DATA:-data/activitynet}

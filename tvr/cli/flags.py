@@ -157,7 +157,7 @@ def recorded_run(arguments: dict[str, Any]) -> RunConfig:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The frozen configuration of parsed flags (the only way from flags to configurations).
-    ``args.resume`` must already be a file (:func:`tvr.cli.checks.resolved_resume`)."""
+    ``args.resume`` must already be a file (:func:`tvr.cli.retrieval.resolve`)."""
     nested: dict[str, Any] = {}
     for name, flag in FLAGS.items():
         level = nested

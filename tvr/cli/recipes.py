@@ -36,23 +36,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The built-in demo (data/toy, generated on first use): a tiny CLIP trained from scratch,
     # so a higher lr with CLIP at full lr, and no colour augmentation (colour is in the
     # captions). max_words 16 holds every toy caption (at most 13 tokens with SOT/EOT); 6
-    # frames, because left/right was learned more reliably than with 4 (in-memory runs of 414
-    # steps, t2v R@1 with seeds 42/1/2: 98/96/98 % against 77/96/100 %) for ~12 % more time per
-    # step; 9 epochs fit the 5-minute budget on 2 CPU cores.
-    # lr 5e-4 reached after a 30 % warm-up (step 124), not 1e-3 at step 41 (issue 14). The
-    # sense of motion (left vs right, up vs down) is a symmetric saddle: while the video side
-    # cannot tell a clip from its time reversal, nothing pushes the text apart, and the other
-    # way round, so both towers must leave it together; a run does so or not in its first
-    # ~100 steps. At 1e-3 after the reference's 10 % warm-up those steps are too noisy: about
-    # half the runs lost one axis' sense for good (the text embeddings of "... to the left" and
-    # "... to the right", or of upward and downward, at cosine >= 0.997 from step 46 on).
-    # In-memory replicas of the demo gave t2v R@1 82 / 85 / 77 % in 3 of 6 runs, 97-99 % in
-    # the others; which run fails is chance, not the seed (the same seed with 1 thread or 2
-    # goes either way). At 5e-4, 12 of 13 runs gave 97-100 %, and learned faster (R@1 after 3
-    # epochs 69-79 % against 59-75 % at 1e-3, seeds 0, 1, 2, 4); the one 88 % run left the
-    # saddle only in epoch 5, so the warm-up was lengthened as well: 5e-4 after 30 %, 6 of 6
-    # in-memory runs 98-100 %, and main_retrieval.py --seed 0..4 99 / 98 / 98 / 100 / 100 %,
-    # the default seed 42 92 %, each in 2 min 19 s - 2 min 39 s on 2 CPU cores.
+    # frames, as left/right is learned more reliably than with 4; 9 epochs fit a 5-minute
+    # budget on 2 CPU cores; lr 5e-4 after a long warm-up, as larger early steps often lose
+    # the sense of motion (left/right, up/down) for good. Why, with the measurements:
+    # docs/demo.md §3-§4.
     "demo": dict(datatype="msrvtt", do_train=1, base_encoder="tiny", max_words=16, max_frames=6,
                  video_framerate=3, batch_size=32, batch_size_val=100, epochs=9, lr=5e-4,
                  warmup_proportion=0.3, coef_lr=1.0, n_display=50, workers=2,

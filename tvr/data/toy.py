@@ -10,12 +10,10 @@ but not left from right or up from down: only a model that uses frame order can.
 colours ("the blue bar slides upward and a white triangle drifts downward").
 
 The defaults are chosen so that the CPU demo's tiny CLIP, trained from scratch for a few
-minutes, can learn every attribute (in-memory runs of the demo's 414 steps, 100 test queries,
-with the model code of the time): a square was taken for a circle of the same colour in 24
-queries (both about 10 pixels wide at the model's 32-pixel input), a bar almost never is; with
-two-object videos (30 % of training) 28 queries failed on the object count, a one-object
-caption retrieving a two-object video that contains its object, so videos show one object
-unless ``two_object_prob`` says otherwise.
+minutes, can learn every attribute: a bar rather than a square, which at the model's 32-pixel
+input looks like a circle of the same width, and one object per video unless
+``two_object_prob`` says otherwise, as a one-object caption tends to retrieve a two-object
+video that contains its object (measurements: docs/demo.md §1).
 
 :func:`make_toy_dataset` writes, under ``root``::
 
@@ -32,8 +30,8 @@ the manifest). There are 10 x 3 x 4 = 120 single-object contents, so the 100 tes
 defaults cover most of them: the right video is found only with colour, shape and direction all
 right. Video ids are ``video0`` ... for training, then the test videos. Everything is a
 function of the parameters and the seed: the same call gives identical files (with the same
-ffmpeg binary). With the defaults (300 train, 100 test videos, 64 x 64, 12 frames at 3 fps)
-generation takes about 12 s on 2 CPU cores (1.9 MB).
+ffmpeg binary). The defaults are 300 train and 100 test videos, 64 x 64, 12 frames at 3 fps;
+generating them takes seconds (docs/demo.md §1).
 """
 from __future__ import annotations
 
@@ -55,16 +53,10 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 40), "blue": (50, 80, 240),
            "lime": (160, 250, 80)}
 SHAPES = ("circle", "triangle", "bar")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image x, y
-# One phrase per direction: with three each ("left", "to the left", "leftward", ...) the tiny
-# text tower, trained from scratch, never told the directions apart within the demo's budget.
-# The bare words ("moves left", "moves up") were worse still: the axis was never learned
-# (in-memory demo run at the former lr 1e-3, seed 1: t2v R@1 40 %).
-# The sense of motion (left/right, up/down) is what the demo learns last. Runs in which the text
-# embeddings of "... to the left" and "... to the right" (or of upward / downward) stayed at
-# cosine 0.999 and half of that axis' queries failed were caused by the demo's former lr, not by
-# these phrases (issue 14, tvr/cli/recipes.py): at lr 1e-3 "leftward"/"rightward" failed as often
-# (in-memory: 74 / 98 / 98 % with seeds 3 / 42 / 1), and so did "to the left / right / top /
-# bottom" for all four (98 / 77 / 94 % with seeds 1 / 3 / 42, seed 3 losing left/right).
+# One phrase per direction: the tiny text tower, trained from scratch, tells four phrases apart
+# within the demo's budget, but not several synonyms per direction nor the bare words ("moves
+# left"). The sense of motion, learned last, hinges on the demo's early learning rate, not on
+# these phrases (why, with the measurements: docs/demo.md §1, §4).
 DIRECTION_PHRASE = {"left": "to the left", "right": "to the right", "up": "upward",
                     "down": "downward"}
 CLAUSES = ("a {colour} {shape} moves {way}", "the {colour} {shape} slides {way}",

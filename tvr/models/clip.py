@@ -196,13 +196,8 @@ class CLIP(nn.Module):
 
         conv1 is frozen, so its random patch embeddings (per-dimension std about 1 on normalised
         pixels) never shrink; a position table 1/sqrt(width) as large is lost beside them after
-        ln_pre, and a model trained from scratch then barely knows where an object is. On the
-        toy set with one object per video (10 colours; circle, square, triangle; 4 directions)
-        that left the axis and sense of motion near chance: text-to-video R@1 24 % after the
-        demo's 414 steps, 71 % with this table. (Sin-cos tables for the patches and for
-        seqTransf's frames, position linear from the start, were no better on today's toy set:
-        100 %, 40 %, 99 % with seeds 42, 1, 2, against 77 %, 96 %, 100 % for N(0, 1) tables.)
-        Loaded checkpoints replace all of it.
+        ln_pre, and a model trained from scratch then barely knows where an object is
+        (measurements: docs/demo.md §2). Loaded checkpoints replace all of it.
         """
         cfg = self.config
         nn.init.normal_(self.token_embedding.weight, std=0.02)

@@ -9,16 +9,12 @@ Every module maps frame embeddings (B, F, d) and the frame mask (B, F) to new fr
   ``num_hidden_layers`` blocks of CLIP's text transformer (:meth:`SeqTransf.init_from_clip`).
   A CLIP trained from scratch (``tiny``) has no learned positions to give: its table is random
   at std 0.01, which beside frame embeddings of norm ~sqrt(d) leaves frame order invisible to
-  the blocks. The table then keeps ``nn.Embedding``'s N(0, 1) initialisation. On the demo's
-  toy data of the time (in-memory runs, 400 steps) t2v R@1 was 55 % and 51 % (seeds 0, 1) with
-  it against 35 % with the copy, and only with it were left and right told apart.
+  the blocks. The table then keeps ``nn.Embedding``'s N(0, 1) initialisation, so frame order
+  is visible (why: docs/demo.md §2).
   The blocks' LayerNorms use eps 1e-12 (:data:`SEQ_TRANSF_LN_EPS`), not CLIP's 1e-5: the
   reference builds this transformer from the CLIP4Clip/DRL cross-module code, whose TF-style
-  LayerNorm has eps 1e-12, and loads only the weights from CLIP. The outputs differ by ~3e-5
-  on unit-scale inputs; kept for fidelity (docs/behaviour.md §5). The demo's drop from 83 % to
-  77 % (seed 42) that came with this change was not its doing: at the demo's former lr a run
-  kept or lost the sense of motion by chance, and differences this small (or 1 thread against
-  2) were enough to tip it (issue 14, tvr/cli/recipes.py).
+  LayerNorm has eps 1e-12, and loads only the weights from CLIP. Kept for fidelity
+  (docs/behaviour.md §5; the demo: docs/demo.md §5).
 - ``seqLSTM``: a 1-layer LSTM over the real frames (packed), padded back, plus residual. As in
   the reference, positions beyond the longest real clip of the batch keep their input, so after
   the residual they hold twice the input; padded positions inside that length hold the input.
