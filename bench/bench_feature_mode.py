@@ -33,7 +33,7 @@ import torch
 from tvr.data.clip_features import FeatureStore
 from tvr.data.loaders import ResumableSampler
 from tvr.models.clip import CLIP, CLIP_CONFIGS
-from tvr.models.gare import GARE, ClipOutputs
+from tvr.models.gare import GARE, CLIPOutputs
 from tvr.training.feature_mode import FeatureBatches
 from tvr.training.optim import build_optimizer, clamp_logit_scale, freeze_clip_towers
 
@@ -107,7 +107,7 @@ def run(arch: str, batch: int, frames: int, words: int, full_steps: int, feature
     ids, text_mask, video, video_mask = batch_inputs(model, batch, frames, words)
     with torch.no_grad():
         text = model.encode_text(ids, text_mask)
-        cached = ClipOutputs(text.sentence, None, text_mask, model.frame_embeddings(video),
+        cached = CLIPOutputs(text.sentence, None, text_mask, model.frame_embeddings(video),
                              video_mask)
     raw = {"text_ids": ids, "text_mask": text_mask, "video": video, "video_mask": video_mask}
     times = {"full": timed_steps(model, raw, 1e-3, full_steps, min(warmup, 1))}

@@ -51,6 +51,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from bench.common import run_child
 from bench.synthetic_index import SyntheticGallery, make_gallery, open_index
 from tvr.evaluation.retrieval import Stage1Search, faiss_available, topk_containment
 from tvr.index.search import VideoIndex
@@ -314,9 +315,7 @@ def main() -> None:
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
-    if options.measure:
-        options.n = options.measure
-        print(json.dumps(measure_size(options)))
+    if run_child(options, "n", measure_size):
         return
     print(f"machine: {machine()}; threads {options.threads}; faiss "
           f"{'installed' if faiss_available() else 'not installed'}; "

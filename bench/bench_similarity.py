@@ -31,6 +31,7 @@ import time
 import numpy as np
 import torch
 
+from bench.common import perturb_parameters, run_child
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
 
@@ -40,15 +41,7 @@ def build(n: int, dim: int, frames: int, device: str, dtype=torch.float32, seed:
     torch.manual_seed(seed)
     model = GapAwareSimilarity(SimilarityConfig(dim=dim))
     g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "layer_norm" in name:
-                p.copy_(1.0 + 0.3 * noise if name.endswith("weight") else 0.2 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.2 * noise)
-            else:
-                p.copy_(noise / math.sqrt(p.shape[1]))
+    perturb_parameters(model, g)
     common = torch.randn(dim, generator=g)
     text = common + 0.5 * torch.randn(n, dim, generator=g)
     video = common + 0.5 * torch.randn(n, frames, dim, generator=g)
@@ -191,9 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.measure:
-        args.method = args.measure
-        print(json.dumps(measure(args)))
+    if run_child(args, "method", measure):
         return
     if args.precision_check:
         precision_check(args)

@@ -3,13 +3,13 @@ two-stage retrieval against the naive module."""
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from bench.common import perturb_parameters
 from tvr.data.datasets.base import Annotations, Pair, RetrievalDataset, VideoFiles
 from tvr.evaluation.engine import (CHECK_TOLERANCE, EngineCheckError, SimilarityEngine,
                                    build_engine)
@@ -38,16 +38,7 @@ def trained(config: SimilarityConfig, dtype: torch.dtype, seed: int = 1) -> GapA
     """Every LayerNorm and Linear moved away from its initialisation, in eval mode."""
     torch.manual_seed(0)
     model = GapAwareSimilarity(config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "layer_norm" in pname:
-                p.copy_(1.0 + 0.3 * noise if pname.endswith("weight") else 0.2 * noise)
-            elif pname.endswith("bias"):
-                p.copy_(0.2 * noise)
-            else:
-                p.copy_(noise / math.sqrt(p.shape[1]))
+    perturb_parameters(model, torch.Generator().manual_seed(seed))
     return model.to(dtype).eval()
 
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tvr.data.cached_frames import CachedFrameLoader
-from tvr.data.datasets import SkippedVideo, collate_skipping
+from tvr.data.datasets import collate_skipping
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, FrameCacheWriter,
                                   cache_key, resize_short_side)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from tvr.models.clip import CLIP, CLIP_CONFIGS, CLIPConfig
-from tvr.models.gare import GARE, TextFeatures, VideoFeatures
+from tvr.models.gare import GARE, TextFeatures
 from tvr.models.temporal import SeqLSTM, SeqTransf, build_temporal
 from tvr.cli.flags import build_parser, run_config
 from tvr.cli.retrieval import parse_args

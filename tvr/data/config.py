@@ -16,7 +16,7 @@ class SamplingConfig:
     it, so the index, the frame cache and feature mode sample as training did."""
 
     video_framerate: int = setting(1, "frames sampled per second", POSITIVE)
-    max_frames: int = setting(12, "frames per clip", integer(1))
+    max_frames: int = setting(12, "frames sampled per video (at most)", integer(1))
     video_backend: str = setting("opencv", "video decoder", choices=tuple(VIDEO_BACKENDS))
 
     def __post_init__(self) -> None:
@@ -35,7 +35,7 @@ class DataConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train_augment: str = setting(
         "randaugment", "training frame augmentation: the reference's RandAugment with one draw "
-                       "per clip, or none", choices=("randaugment", "none"))
+                       "per video clip, or none", choices=("randaugment", "none"))
     augment_per: str = setting(
         "caption", "training augmentation seeded per caption (seed, epoch, caption index: the "
                    "default) or per video (seed, epoch, video index: all captions of a video "

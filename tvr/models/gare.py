@@ -6,7 +6,7 @@ Public surface (everything a trainer, an evaluator or a forked ablation needs):
 - :meth:`GARE.encode_video` — frames and frame mask -> :class:`VideoFeatures`;
 - :meth:`GARE.score` — a block of texts against a block of videos -> scores (and Δ);
 - :meth:`GARE.loss` / :meth:`GARE.forward` — the training loss of a batch (docs/behaviour.md §7,
-§8); ``forward(clip_outputs=...)`` starts from cached CLIP outputs (:class:`ClipOutputs`,
+§8); ``forward(clip_outputs=...)`` starts from cached CLIP outputs (:class:`CLIPOutputs`,
 :meth:`GARE.frame_embeddings`, :meth:`GARE.aggregate`; feature mode, docs/feature_mode.md).
 
 Precision: the CLIP encoders run under whatever autocast the caller set up; their outputs are
@@ -45,7 +45,7 @@ class VideoFeatures(NamedTuple):
     mask: Tensor
 
 
-class ClipOutputs(NamedTuple):
+class CLIPOutputs(NamedTuple):
     """What the CLIP towers give for a batch of pairs, as feature mode caches it
     (tvr/training/feature_mode.py): the fp32 caption ``sentence`` (B, d) and ``words`` (B, L, d)
     (None when the similarity does not use them), the caption ``text_mask`` (B, L), the
@@ -198,7 +198,7 @@ class GARE(nn.Module):
     def forward(self, text_ids: Optional[Tensor] = None, text_mask: Optional[Tensor] = None,
                 video: Optional[Tensor] = None, video_mask: Optional[Tensor] = None,
                 gather: Callable[[Tensor], Tensor] = _identity,
-                clip_outputs: Optional[ClipOutputs] = None) -> dict[str, Tensor]:
+                clip_outputs: Optional[CLIPOutputs] = None) -> dict[str, Tensor]:
         """Encode a (local) batch, ``gather`` the features across processes, return the loss.
 
         ``gather`` must be autograd-aware (each rank's features keep their gradient path), e.g.

@@ -16,7 +16,7 @@ Every module maps frame embeddings (B, F, d) and the frame mask (B, F) to new fr
   LayerNorm has eps 1e-12, and loads only the weights from CLIP. Kept for fidelity
   (docs/behaviour.md §5; the demo: docs/demo.md §5).
 - ``seqLSTM``: a 1-layer LSTM over the real frames (packed), padded back, plus residual. As in
-  the reference, positions beyond the longest real clip of the batch keep their input, so after
+  the reference, positions beyond the longest real video of the batch keep their input, so after
   the residual they hold twice the input; padded positions inside that length hold the input.
 - ``meanP`` / ``None``: no aggregation (GARE pools frames itself; the names are the reference's).
 """

@@ -11,8 +11,8 @@ What is cached, per split:
   words``), the projected token states ``words``, plus the token mask;
 - videos: the CLIP image embedding of each of the ``max_frames`` frame slots (padded slots
   included: they enter the temporal module and the pooling) and the frame mask. The training
-  split holds ``E = --feature_views`` augmented views: view ``e`` of video ``v`` is the clip the
-  training transform gives with torch's generator seeded from ``(seed, e, v)`` (the seeding of
+  split holds ``E = --feature_views`` augmented views: view ``e`` of video ``v`` is the frames
+  the training transform gives with torch's generator seeded from ``(seed, e, v)`` (the seeding of
   :class:`tvr.data.loaders.SeededItems`), and epoch ``k`` reads view ``k mod E``. The full
   model draws per caption by default; ``--augment_per video`` makes it draw per video, with
   the same seeds, so the two see the same pixels for the first E epochs. Evaluation splits are
@@ -44,7 +44,7 @@ from tvr.data.loaders import ResumableSampler, SeededItems
 from tvr.data.video import VideoReadError
 from tvr.evaluation.encode import EncodedSplit, encode_split
 from tvr.models.clip import CLIP
-from tvr.models.gare import GARE, ClipOutputs, TextFeatures, VideoFeatures
+from tvr.models.gare import GARE, CLIPOutputs, TextFeatures, VideoFeatures
 from tvr.training.config import RunConfig
 from tvr.training.optim import freeze_clip_towers
 
@@ -65,7 +65,7 @@ def clip_fingerprint(clip: CLIP) -> str:
 
 
 def dataset_fingerprint(dataset: RetrievalDataset) -> str:
-    """sha256 of a split's captions, clip windows and video list, and each video file's size."""
+    """sha256 of a split's captions, caption windows and video list, and each video file's size."""
     digest = hashlib.sha256(json.dumps([dataset.pairs, dataset.video_ids]).encode())
     for video_id in dataset.video_ids:
         try:
@@ -113,7 +113,7 @@ def extract_split(model: GARE, dataset: RetrievalDataset, writer: SplitWriter, *
                   words: bool) -> None:
     """Fill ``writer``'s arrays with the CLIP outputs of ``dataset`` (resuming where its
     progress says); views as the module docstring says. Draws nothing from the global
-    generators: the augmentation of each clip is seeded per video."""
+    generators: the augmentation of each video is seeded per video."""
     model.eval()
     captions, videos = len(dataset.pairs), len(dataset.video_ids)
     done = writer.done("text")
@@ -160,7 +160,7 @@ def extract_split(model: GARE, dataset: RetrievalDataset, writer: SplitWriter, *
 
 
 class FeatureBatches:
-    """The training batches of feature mode: :class:`Batch` of :class:`ClipOutputs`, in the
+    """The training batches of feature mode: :class:`Batch` of :class:`CLIPOutputs`, in the
     order of ``sampler`` (positions into ``captions``), view ``epoch mod E``. Plays both the
     loader and the per-epoch ``items`` of the trainer (``.epoch``)."""
 
@@ -179,7 +179,7 @@ class FeatureBatches:
         for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
             rows = self.captions[order[start:start + self.batch_size]]
             videos = self.caption_to_video[rows]
-            yield Batch(ClipOutputs(
+            yield Batch(CLIPOutputs(
                 to_tensor(self.stored.sentence, rows),
                 to_tensor(self.stored.words, rows) if self.words else None,
                 to_tensor(self.stored.text_mask, rows, torch.long),
@@ -213,7 +213,7 @@ class FeatureMode:
             f"{train.lr * train.coef_lr:g}); logit_scale trains; docs/feature_mode.md")
 
     @staticmethod
-    def inputs(data: ClipOutputs) -> dict[str, Any]:
+    def inputs(data: CLIPOutputs) -> dict[str, Any]:
         """The model's inputs for a batch of cached outputs (tvr/training/sources.py)."""
         return {"clip_outputs": data}
 

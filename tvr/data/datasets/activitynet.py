@@ -11,7 +11,7 @@ The reference has train and val only; val (``val_1``) also serves as the test sp
 video is ONE caption: its sentences, stripped and joined with a space in order (paragraph
 retrieval), over the whole video: start 0, end ``ceil(duration)`` as in the reference (the
 per-sentence timestamps are not used). The usual setting is 64 words and 64 frames, chosen by
-the caller (``max_words``, the clip loader). Every listed video must have captions; in val/test
+the caller (``max_words``, the frame loader). Every listed video must have captions; in val/test
 every captioned video must be listed (:func:`~tvr.data.datasets.annotations.check_listed`).
 
 Video files are named after the id, ``v_`` included: ``<video_path>/<id>.mp4``
