@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from tvr.data.datasets.registry import DATASETS
 from tvr.data.video import VIDEO_BACKENDS
 from tvr.settings import POSITIVE, check_settings, integer, setting
 
-DATATYPES = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class DataConfig:
     """The dataset, its files and the loaders that feed it."""
 
     datatype: str = setting("msrvtt", "dataset (also picks dataset-specific defaults)",
-                            choices=DATATYPES)
+                            choices=tuple(DATASETS))
     anno_path: Optional[str] = setting(
         None, "annotation folder; without it the main job runs the built-in demo", kind=str)
     video_path: Optional[str] = setting(None, "video folder", kind=str)
