@@ -105,7 +105,7 @@ def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
     @app.get("/")
     def page() -> str:
         """The search form, with the results of the query ``q`` when there is one."""
-        query = flask.request.args.get("q", "").strip()
+        query = flask.request.values.get("q", "").strip()
         hits = []
         if query:
             with search_lock:
