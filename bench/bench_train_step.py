@@ -9,33 +9,49 @@ forward + backward, best of ``--repeats``, for:
 
 - ``losses``: the loss terms alone on a given (B, B, d) Δ and (B, B) score matrix;
 - ``similarity+losses``: the GARE similarity from (B, d) texts and (B, F, d) frames, then the losses;
-- ``full step`` (``--full``): the tiny CLIP backbone + seqTransf + similarity + losses, from pixels
-  and token ids (the losses swapped the same way), fp32. On a CPU the similarity and losses stay
-  in fp32 in this project (gare.py leaves autocast for them); ``--autocast-bf16`` wraps only the
-  encoders in bf16 autocast; fp16 is never used on a CPU.
+- ``full step`` (``--full``): the trainer's own step, ``Trainer.train_step``
+  (tvr/training/trainer.py) of a Trainer built from main_retrieval.py's flags with
+  ``--base_encoder --arch`` (random weights): CLIP encoders + seqTransf + similarity + losses
+  from pixels and token ids, backward, global clip, BertAdam, logit clamp, on one synthetic
+  batch that a DeviceLoader moved to the device (bench/trainer_steps.py). For "reference" the
+  loss function that ``GARE.loss`` calls is swapped for the reference's formulation while it is
+  timed. Each formulation starts from the same weights and the printed loss is its first
+  step's (BertAdam's first update has learning rate 0, so the timed steps are alike too).
+  Encoders in fp32 (``--precision fp32``); ``--autocast-bf16`` runs the step under bf16
+  autocast (``--precision bf16``), which gare.py leaves for the similarity and losses (they
+  stay fp32); fp16 is never used on a CPU.
 
     python -m bench.bench_train_step --batches 32 64 128 --threads 1 [--full]
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import os
 import time
+from typing import Optional, Sequence
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
+from bench.trainer_steps import TrainStep, bench_trainer, resident, synthetic_pairs
 from tvr.losses.contrastive import symmetric_info_nce
 from tvr.losses.gare_terms import GARELossWeights, gare_loss
+from tvr.models import gare as gare_model
 from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from tvr.training.trainer import Trainer
 
 WEIGHTS = GARELossWeights()
 
 
-def reference_losses(scores: torch.Tensor, delta: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """The reference's formulation, term by term (values equal gare_loss's)."""
+def reference_loss(scores: torch.Tensor, delta: torch.Tensor, logit_scale: torch.Tensor,
+                   weights: GARELossWeights, biases=None) -> dict[str, torch.Tensor]:
+    """The reference's formulation, term by term, in :func:`gare_loss`'s signature (its total
+    equals gare_loss's; the reference has no NCL biases)."""
+    if biases is not None:
+        raise ValueError("the reference formulation has no NCL biases")
     nce = symmetric_info_nce(scores, logit_scale)
     mu, sigma = delta.mean(dim=0), delta.std(dim=0) + 1e-6
     kl = kl_divergence(Independent(Normal(mu, sigma), 1),
@@ -43,26 +59,24 @@ def reference_losses(scores: torch.Tensor, delta: torch.Tensor, logit_scale: tor
     z = F.normalize(delta, dim=2)
     direction = 0.0
     for i in range(delta.shape[0]):
-        direction = direction + torch.log(torch.exp(-WEIGHTS.alpha * (1 - z[i] @ z[i].T)).mean() + 1e-8)
+        direction = direction + torch.log(torch.exp(-weights.alpha * (1 - z[i] @ z[i].T)).mean() + 1e-8)
     direction = direction / delta.shape[0]
     radius = -delta.norm(p=2, dim=2).var(dim=1).mean()
-    radius = radius if radius >= -WEIGHTS.lambda_lower else 0
-    return nce + WEIGHTS.beta * kl + WEIGHTS.lambda_dir * direction + WEIGHTS.lambda_epsilon * radius
+    radius = radius if radius >= -weights.lambda_lower else 0
+    return {"loss": nce + weights.beta * kl + weights.lambda_dir * direction
+            + weights.lambda_epsilon * radius}
 
 
-def vectorised_losses(scores, delta, logit_scale) -> torch.Tensor:
-    return gare_loss(scores, delta, logit_scale, WEIGHTS)["loss"]
-
-
-LOSSES = {"reference": reference_losses, "vectorised": vectorised_losses}
+LOSSES = {"reference": reference_loss, "vectorised": gare_loss}
 
 
 def best_time(step, repeats: int) -> tuple[float, float]:
-    """(best seconds, loss value) of ``step()`` (forward + backward; ``.item()`` synchronises)."""
+    """(best seconds of ``repeats`` calls, loss value of the untimed first call) of ``step()``
+    (``.item()`` synchronises)."""
     value, best = step(), float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        value = step()
+        step()
         best = min(best, time.perf_counter() - start)
     return best, value
 
@@ -81,7 +95,7 @@ def similarity_rows(batch: int, dim: int, frames: int, repeats: int, device: str
     for name, losses in LOSSES.items():
         def loss_only():
             delta = fixed_delta.clone().requires_grad_()
-            loss = losses(fixed_scores.clone().requires_grad_(), delta, logit_scale)
+            loss = losses(fixed_scores.clone().requires_grad_(), delta, logit_scale, WEIGHTS)["loss"]
             loss.backward()
             return loss.item()
 
@@ -89,7 +103,7 @@ def similarity_rows(batch: int, dim: int, frames: int, repeats: int, device: str
             torch.manual_seed(1)                       # same dropout masks for both formulations
             model.zero_grad(set_to_none=True)
             scores, delta = model(text, video, mask)
-            loss = losses(scores, delta, logit_scale)
+            loss = losses(scores, delta, logit_scale, WEIGHTS)["loss"]
             loss.backward()
             return loss.item()
 
@@ -102,43 +116,27 @@ def similarity_rows(batch: int, dim: int, frames: int, repeats: int, device: str
     return out
 
 
-def full_step_rows(batch: int, frames: int, repeats: int, autocast: bool, device: str,
-                   arch: str = "tiny") -> list[str]:
-    from tvr.models.clip import CLIP, CLIP_CONFIGS
-    from tvr.models.gare import GARE
-
-    torch.manual_seed(0)
-    model = GARE(CLIP(CLIP_CONFIGS[arch])).to(device).train()
-    g = torch.Generator().manual_seed(1)
-    size = CLIP_CONFIGS[arch].image_size
-    video = torch.randn(batch, frames, 3, size, size, generator=g)
-    video_mask = torch.ones(batch, frames, dtype=torch.long)
-    ids = torch.randint(1, 49000, (batch, 32), generator=g)
-    ids[:, 0], ids[:, 20] = 49406, 49407
-    ids[:, 21:] = 0
-    text_mask = (ids != 0).long()
-    video, video_mask, ids, text_mask = (x.to(device) for x in (video, video_mask, ids, text_mask))
-    encoders = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if autocast
-                else contextlib.nullcontext())
+def full_step_rows(trainer: Trainer, batch: int, frames: int, repeats: int) -> list[str]:
+    """One row per loss formulation: ``Trainer.train_step`` on a B-pair batch, best of
+    ``repeats``, each formulation from the trainer's initial weights."""
+    data = resident(synthetic_pairs(batch, frames, 32, trainer.image_size), trainer.ctx.device)
+    initial = copy.deepcopy(trainer.model.state_dict())
     out = []
     for name, losses in LOSSES.items():
-        def step():
-            torch.manual_seed(2)
-            model.zero_grad(set_to_none=True)
-            with encoders:
-                text = model.encode_text(ids, text_mask)
-                features = model.encode_video(video, video_mask)
-            scores, delta = model.score(text, features)
-            loss = losses(scores, delta, model.clip.logit_scale)
-            loss.backward()
-            return loss.item()
+        trainer.model.load_state_dict(initial)
+        train_step = TrainStep(trainer, repeats + 1)
 
-        seconds, value = best_time(step, repeats)
+        def step():
+            torch.manual_seed(2)                       # same dropout masks for both formulations
+            return train_step(data)["loss"]
+
+        with mock.patch.object(gare_model, "gare_loss", losses):
+            seconds, value = best_time(step, repeats)
         out.append(f"| {batch} | {name} | {1e3 * seconds:.0f} | {value:.5f} |")
     return out
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--dim", type=int, default=512)
@@ -151,7 +149,7 @@ def main() -> None:
     parser.add_argument("--skip-similarity", action="store_true",
                         help="only the full step (e.g. for a large --arch)")
     parser.add_argument("--autocast-bf16", action="store_true", help="bf16 autocast for the encoders")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, threads {args.threads}, "
           f"load {os.getloadavg()[0]:.2f}, d = {args.dim}, F = {args.frames}\n")
@@ -165,9 +163,12 @@ def main() -> None:
         print(f"\nfull step, {args.arch} CLIP, F = {args.frames}, "
               f"encoders {'bf16 autocast' if args.autocast_bf16 else 'fp32'}\n")
         print("| B | losses | step ms | loss |\n|---|---|---|---|")
-        for batch in args.batches:
-            print("\n".join(full_step_rows(batch, args.frames, args.repeats, args.autocast_bf16,
-                                             args.device, args.arch)), flush=True)
+        precision = "bf16" if args.autocast_bf16 else "fp32"
+        with bench_trainer(args.arch, args.device, ["--precision", precision,
+                                                    "--max_frames", str(args.frames)]) as trainer:
+            for batch in args.batches:
+                print("\n".join(full_step_rows(trainer, batch, args.frames, args.repeats)),
+                      flush=True)
 
 
 if __name__ == "__main__":
