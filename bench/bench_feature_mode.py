@@ -3,8 +3,9 @@
     python -m bench.bench_feature_mode --arch tiny ViT-B/32 --threads 1
 
 Per architecture (random weights: the timing does not depend on them), one batch of B captions
-and B clips of F frames (224 px for ViT-B/32) is made once and every step reuses it, so data
-loading is excluded on both sides:
+and B videos of F frames (224 px for ViT-B/32) is made once and every step reuses it, so data
+loading is excluded on both sides. Each step is ``Trainer.train_step`` of a trainer built as
+main_retrieval.py builds it (bench/trainer_steps.py):
 
 - ``full``: the trainer's step of the recipe (``--coef_lr 1e-3``): both CLIP towers forward
   and backward, seqTransf, the GARE similarity and losses on the B x B matrix, global norm
@@ -30,41 +31,35 @@ import time
 import numpy as np
 import torch
 
+from bench.trainer_steps import TrainStep, bench_trainer, seconds_per_step
 from tvr.data.clip_features import FeatureStore
+from tvr.data.datasets import RetrievalItem
 from tvr.data.loaders import ResumableSampler
-from tvr.models.clip import CLIP, CLIP_CONFIGS
+from tvr.models.clip import CLIP_CONFIGS
 from tvr.models.gare import GARE, CLIPOutputs
 from tvr.training.feature_mode import FeatureBatches
-from tvr.training.optim import build_optimizer, clamp_logit_scale, freeze_clip_towers
 
 DEFAULT_BATCH = {"tiny": 32, "ViT-B/32": 32}
 
 
-def batch_inputs(model: GARE, batch: int, frames: int, words: int):
+def batch_inputs(model: GARE, batch: int, frames: int, words: int) -> RetrievalItem:
+    """One batch of random captions and videos (some shorter than ``frames``) on the CPU."""
     size = model.clip.config.image_size
     video = torch.randn(batch, frames, 3, size, size)
     video_mask = torch.ones(batch, frames, dtype=torch.long)
-    video_mask[batch // 2:, frames * 2 // 3:] = 0  # some short clips
+    video_mask[batch // 2:, frames * 2 // 3:] = 0  # some short videos
     ids = torch.randint(1, 49000, (batch, words))
     ids[:, -1] = 49407  # EOT, the highest id
-    return ids, torch.ones_like(ids), video, video_mask
+    index = torch.arange(batch)
+    return RetrievalItem(ids, torch.ones_like(ids), video, video_mask, index, index)
 
 
-def timed_steps(model: GARE, inputs: dict, coef_lr: float, steps: int, warmup: int) -> float:
-    """Seconds per training step (the trainer's loop, without data loading)."""
-    optimizer = build_optimizer(model, 1e-4, coef_lr, 0.2, 0.1, steps + warmup, 1)
-    model.train()
-    tic = time.perf_counter()
-    for step in range(warmup + steps):
-        if step == warmup:
-            tic = time.perf_counter()
-        loss = model(**inputs)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        clamp_logit_scale(model)
-    return (time.perf_counter() - tic) / steps
+@torch.no_grad()
+def clip_outputs(model: GARE, data: RetrievalItem) -> CLIPOutputs:
+    """The CLIP outputs of a batch, as feature mode reads them from its store."""
+    text = model.encode_text(data.text_ids, data.text_mask)
+    return CLIPOutputs(text.sentence, None, data.text_mask, model.frame_embeddings(data.video),
+                       data.video_mask)
 
 
 def batch_read_ms(batch: int, frames: int, dim: int, words: int, repeats: int = 20) -> float:
@@ -99,28 +94,28 @@ def batch_read_ms(batch: int, frames: int, dim: int, words: int, repeats: int = 
         return 1000 * (time.perf_counter() - tic) / count
 
 
+STEPS = (("full", ["--coef_lr", "1e-3"], False), ("full, coef_lr 0", ["--coef_lr", "0"], False),
+         ("feature", ["--coef_lr", "1e-3"], True))
+
+
 def run(arch: str, batch: int, frames: int, words: int, full_steps: int, feature_steps: int,
         warmup: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = GARE(CLIP(CLIP_CONFIGS[arch]))
-    initial = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
-    ids, text_mask, video, video_mask = batch_inputs(model, batch, frames, words)
-    with torch.no_grad():
-        text = model.encode_text(ids, text_mask)
-        cached = CLIPOutputs(text.sentence, None, text_mask, model.frame_embeddings(video),
-                             video_mask)
-    raw = {"text_ids": ids, "text_mask": text_mask, "video": video, "video_mask": video_mask}
-    times = {"full": timed_steps(model, raw, 1e-3, full_steps, min(warmup, 1))}
-    model.load_state_dict(initial, strict=False)
-    freeze_clip_towers(model)
-    times["full, coef_lr 0"] = timed_steps(model, raw, 0.0, full_steps, min(warmup, 1))
-    model.load_state_dict(initial, strict=False)
-    times["feature"] = timed_steps(model, {"clip_outputs": cached}, 1e-3, feature_steps, warmup)
-    times["read_ms"] = batch_read_ms(batch, frames, model.clip.config.embed_dim, words)
+    """Seconds per ``Trainer.train_step`` of each kind (:data:`STEPS`), and the batch read."""
+    times, cpu = {}, torch.device("cpu")
+    for name, flags, feature_mode in STEPS:
+        with bench_trainer(arch, "cpu", flags, feature_mode) as trainer:
+            data = batch_inputs(trainer.model, batch, frames, words)
+            if feature_mode:
+                data = clip_outputs(trainer.model, data)
+            steps, warm = (feature_steps, warmup) if feature_mode else (full_steps,
+                                                                         min(warmup, 1))
+            step = TrainStep(trainer, warm + steps)
+            times[name] = seconds_per_step((step(data) for _ in range(warm + steps)), warm, cpu)
+    times["read_ms"] = batch_read_ms(batch, frames, CLIP_CONFIGS[arch].embed_dim, words)
     return times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", default=["tiny", "ViT-B/32"],
                         choices=sorted(CLIP_CONFIGS))
@@ -133,7 +128,7 @@ def main() -> None:
     parser.add_argument("--feature_steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "

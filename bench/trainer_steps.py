@@ -3,10 +3,9 @@ bench_feed.py, bench_train_step.py).
 
 :func:`bench_trainer` builds a real :class:`~tvr.training.trainer.Trainer` from the command
 line of main_retrieval.py (``parse_args``, then ``run_config``) with a bench's flags, its log
-in a temporary folder. CLIP weights are random (timings do not depend on them): ``tiny`` starts
-random anyway; for the OpenAI sizes a random state dict is saved in that folder and given as
-``--clip_path``, so no release file is needed. :class:`TrainStep` is one call of
-``Trainer.train_step`` with the optimiser and gradient scaler that ``Trainer.train`` builds;
+in a temporary folder, and a model of random weights handed to it (timings do not depend on
+them; no CLIP release file is needed). :class:`TrainStep` is one call of
+``Trainer.train_step`` with the optimiser and gradient scaler of ``Trainer.optimisation``;
 batches reach the device through :class:`~tvr.data.device_loader.DeviceLoader`, as in training.
 """
 from __future__ import annotations
@@ -16,7 +15,6 @@ import itertools
 import tempfile
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -26,33 +24,28 @@ from tvr.cli.flags import run_config
 from tvr.cli.retrieval import parse_args
 from tvr.data.datasets import Batch, RetrievalItem
 from tvr.data.device_loader import DeviceLoader
-from tvr.models.clip import CLIP, CLIP_CONFIGS
+from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.factory import create_model
 from tvr.training.distributed import gather_rows
-from tvr.training.optim import build_optimizer
 from tvr.training.trainer import Trainer
 
 SOT_ID, EOT_ID = 49406, 49407  # CLIP's start and end of text; EOT is the highest id
 
 
-def random_clip_flags(arch: str, folder: Path) -> list[str]:
-    """``--clip_path`` of a randomly initialised CLIP ``arch`` saved in ``folder`` (no flag for
-    ``tiny``, which has no release file)."""
-    if arch == "tiny":
-        return []
-    path = folder / "random_clip.pt"
-    torch.save(CLIP(CLIP_CONFIGS[arch]).state_dict(), path)
-    return ["--clip_path", str(path)]
-
-
 @contextlib.contextmanager
-def bench_trainer(arch: str, device: str, flags: Sequence[str] = ()) -> Iterator[Trainer]:
-    """A Trainer of ``--base_encoder arch --device device`` and main_retrieval.py ``flags``,
-    with random weights; its log goes to a temporary folder, removed on exit."""
+def bench_trainer(arch: str, device: str, flags: Sequence[str] = (),
+                  feature_mode: bool = False) -> Iterator[Trainer]:
+    """A Trainer of ``--base_encoder arch --device device`` and main_retrieval.py ``flags``
+    (``feature_mode``: with a CLIP-feature store, i.e. feature mode's tower source), with a
+    model of random weights, the same for every call (no CLIP release file); its log and store
+    go to a temporary folder, removed on exit."""
     with tempfile.TemporaryDirectory() as folder:
         argv = ["--base_encoder", arch, "--device", device, "--anno_path", folder,
-                "--video_path", folder, "--output_dir", folder,
-                *random_clip_flags(arch, Path(folder)), *flags]
-        trainer = Trainer(run_config(parse_args(argv)))
+                "--video_path", folder, "--output_dir", folder, *flags,
+                *(["--clip_features", f"{folder}/features"] if feature_mode else [])]
+        config = run_config(parse_args(argv))
+        torch.manual_seed(0)
+        trainer = Trainer(config, model=create_model(config.model, CLIP_CONFIGS[arch]))
         try:
             yield trainer
         finally:
@@ -65,15 +58,12 @@ class TrainStep:
     returns the step's logged values."""
 
     def __init__(self, trainer: Trainer, steps: int):
-        train = trainer.config.train
         self.trainer = trainer
-        self.optimizer = build_optimizer(trainer.model, train.lr, train.coef_lr,
-                                         train.weight_decay, train.warmup_proportion, steps, 1)
-        self.scaler = torch.amp.GradScaler(enabled=trainer.precision == "fp16")
+        self.optimizer, self.scaler = trainer.optimisation(steps)
         trainer.model.train()
 
-    def __call__(self, data: RetrievalItem) -> dict[str, float]:
-        gather = partial(gather_rows, sizes=[len(data.text_ids)])
+    def __call__(self, data: Any) -> dict[str, float]:
+        gather = partial(gather_rows, sizes=[len(data[0])])
         return self.trainer.train_step(self.trainer.model, self.optimizer, self.scaler, data,
                                        gather)
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from bench import bench_feed, bench_model_step, bench_train_step
+from bench import bench_feature_mode, bench_feed, bench_model_step, bench_train_step
 
 
 def table_rows(output: str) -> list[list[str]]:
@@ -44,3 +44,11 @@ def test_bench_feed_steps_with_the_frame_cache_loader(capsys):
     assert [row[0] for row in rows] == ["step on a resident batch",
                                         "step with the loader in the loop", "loader alone"]
     assert all(positive(seconds) and positive(clips) for _, seconds, clips in rows)
+
+
+def test_bench_feature_mode_times_the_trainers_step_of_each_source(capsys):
+    bench_feature_mode.main(["--arch", "tiny", "--batch", "4", "--frames", "2", "--words", "8",
+                             "--full_steps", "1", "--feature_steps", "1", "--warmup", "1",
+                             "--threads", str(torch.get_num_threads())])
+    (arch, _, *figures), = table_rows(capsys.readouterr().out)
+    assert arch == "tiny" and all(positive(value.rstrip("x")) for value in figures)

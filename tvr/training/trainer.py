@@ -32,6 +32,7 @@ from tvr.data.loaders import ResumableSampler, build_split
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
 from tvr.models.factory import create_model
+from tvr.models.gare import GARE
 from tvr.training import checkpoint
 from tvr.training.config import RunConfig
 from tvr.training.distributed import (DistContext, barrier, check_batch_size, cleanup,
@@ -76,7 +77,9 @@ class TrainingRun:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, model: Optional[GARE] = None):
+        """``model``: one the caller built (a benchmark, a test), used instead of the one the
+        configuration describes."""
         self.config = config
         train = config.train
         self.ctx: DistContext = init_distributed(
@@ -88,14 +91,16 @@ class Trainer:
         self.precision, self.autocast = autocast_for(train.precision, self.ctx.device)
         self.resume_from = Path(config.resume) if config.resume else None
         source = config.resume or config.init_model
-        if source:
+        if model is not None:
+            self.model = model
+        elif source:
             self.model, meta = checkpoint.load_model(source, config.model)
         else:
             self.model = create_model(config.model)
         self.model.to(self.ctx.device)
         self.record = checkpoint.model_record(config.model, config.data.sampling, self.model)
         self.image_size = self.model.clip.config.image_size
-        if config.init_model and not self.resume_from:
+        if config.init_model and not self.resume_from and model is None:
             self.log(f"weights from {config.init_model} ({meta.get('kind')}, step "
                      f"{meta.get('global_step')}, code {meta.get('code_version')})")
         self.log(f"process {self.ctx.rank}/{self.ctx.world_size} on {self.ctx.device}; "
@@ -171,9 +176,7 @@ class Trainer:
         loader, sampler, items = self.source.train_loader(train_set, ctx.rank, ctx.world_size,
                                                           local_batch)
         steps_per_epoch = sampler.batches_per_epoch
-        optimizer = build_optimizer(self.model, cfg.lr, cfg.coef_lr, cfg.weight_decay,
-                                    cfg.warmup_proportion, steps_per_epoch, cfg.epochs)
-        scaler = torch.amp.GradScaler(enabled=self.precision == "fp16")
+        optimizer, scaler = self.optimisation(steps_per_epoch)
         model = self.model
         if ctx.distributed:
             model = DistributedDataParallel(
@@ -187,6 +190,14 @@ class Trainer:
             self.log(f"resumed from {self.resume_from} at step {run.global_step} (epoch "
                      f"{run.epoch})")
         return run
+
+    def optimisation(self, steps_per_epoch: int) -> tuple[BertAdam, torch.amp.GradScaler]:
+        """The optimiser (its schedule over the configured epochs) and the gradient scaler of
+        a training run."""
+        cfg = self.config.train
+        optimizer = build_optimizer(self.model, cfg.lr, cfg.coef_lr, cfg.weight_decay,
+                                    cfg.warmup_proportion, steps_per_epoch, cfg.epochs)
+        return optimizer, torch.amp.GradScaler(enabled=self.precision == "fp16")
 
     def train_epoch(self, run: TrainingRun, val_set: RetrievalDataset,
                     skipped: SkipReport) -> None:
