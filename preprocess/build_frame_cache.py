@@ -5,7 +5,8 @@ The cache's format and guarantees: tvr/data/frame_cache.py.
 It takes main_retrieval.py's own data flags, so the cache holds exactly the frames that a run
 with the same flags samples: the frames of every caption window of the ``--splits`` of
 ``--datatype`` (train, val and test by default), at ``--video_framerate``, ``--max_frames``, with
-``--video_backend``; then the short side is brought down to ``--short_side`` px and the frames
+``--video_backend`` (or, given ``--init_model CKPT``, the sampling that checkpoint was trained
+with, as the run that evaluates it samples); then the short side is brought down to ``--short_side`` px and the frames
 are stored as JPEG (``--format jpeg``, quality ``--quality``, 4:4:4) or raw RGB (``--format raw``,
 ~5x larger, exact) in ~1 GiB shard files::
 
@@ -37,8 +38,7 @@ from tqdm import tqdm  # noqa: E402
 from tvr.data.datasets import build_dataset  # noqa: E402
 from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
                                   FrameCacheWriter, cache_key, resize_short_side)
-from tvr.cli.flags import run_config  # noqa: E402
-from tvr.cli.retrieval import parse_args  # noqa: E402
+from tvr.cli.retrieval import parse_args, resolve  # noqa: E402
 from tvr.data.config import DataConfig  # noqa: E402
 from tvr.data.frames import sample_frames  # noqa: E402
 from tvr.data.video import VideoReadError  # noqa: E402
@@ -123,7 +123,8 @@ def build_cache(entries: list[tuple[str, str, float | None, float | None]], outp
 
 def main(argv: list[str] | None = None) -> int:
     own, rest = build_parser().parse_known_args(argv)
-    config = run_config(parse_args(rest))
+    config = resolve(parse_args(rest), warn=lambda note: print(f"warning: {note}",
+                                                                 file=sys.stderr))
     params = CacheParams(config.data.sampling, own.short_side, own.format, own.quality)
     entries = dataset_entries(config.data, config.model.max_words, own.splits)
     tic = time.time()

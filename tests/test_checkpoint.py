@@ -1,5 +1,4 @@
 """Training checkpoints: exact resume, RNG states, atomic writes, weights for evaluation."""
-import argparse
 import os
 import random
 from pathlib import Path
@@ -47,7 +46,7 @@ def draws():
 
 
 CONFIG = {"net": "Net", "widths": [6, 8, 3]}  # what a model's recorded configuration stands for
-ARGS = argparse.Namespace(lr=0.05, output_dir=Path("/tmp/run"), batch_size=8, flags=[1, "a"])
+ARGS = dict(lr=0.05, output_dir=Path("/tmp/run"), batch_size=8, flags=[1, "a"])
 
 
 def test_resume_continues_identically(tmp_path):

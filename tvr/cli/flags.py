@@ -164,7 +164,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         for key in flag.path[:-1]:
             level = level.setdefault(key, {})
         level[flag.path[-1]] = getattr(args, name)
-    nested["arguments"], nested["local_rank"] = plain_args(args), args.local_rank
+    nested["arguments"], nested["local_rank"] = plain_args(vars(args)), args.local_rank
     if nested["output_dir"] is None:
         nested["output_dir"] = str(Path("outputs") / args.datatype)
     return config_from_dict(RunConfig, nested)

@@ -34,6 +34,7 @@ from tvr.evaluation.engine import coarse_vectors
 from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
                              thumbnail_dir, walk_videos, write_shard)
 from tvr.models.gare import GARE
+from tvr.storage import require_same
 from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
 
 THUMBNAIL_SIDE = 160  # short side of the frame thumbnails, pixels
@@ -177,14 +178,12 @@ def _open_manifest(out: Path, root: Path, identity: dict[str, Any], model_config
     if not (out / "manifest.json").exists():
         return Manifest(str(root), identity, model_config, asdict(sampling))
     manifest = Manifest.load(out)
-    for what, ours, theirs in (("checkpoint (sha256)", identity["sha256"],
-                                manifest.checkpoint["sha256"]),
-                               ("sampling", asdict(sampling), manifest.sampling),
-                               ("videos folder", str(root), manifest.videos_root)):
-        if ours != theirs:
-            raise IndexStoreError(f"index {out} was built with another {what} ({theirs}, now "
-                                  f"{ours}); choose another --out, or pass --rebuild to start "
-                                  f"it over")
+    require_same({"checkpoint (sha256)": manifest.checkpoint["sha256"],
+                  "sampling": manifest.sampling, "videos folder": manifest.videos_root},
+                 {"checkpoint (sha256)": identity["sha256"], "sampling": asdict(sampling),
+                  "videos folder": str(root)}, IndexStoreError,
+                 f"index {out} was built with another checkpoint, sampling or videos folder",
+                 "Choose another --out, or pass --rebuild to start it over")
     return manifest
 
 

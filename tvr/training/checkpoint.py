@@ -36,7 +36,6 @@ previous file or the new one under the final name, never a partial file.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import pickle
 import random
@@ -46,7 +45,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -85,10 +84,9 @@ class TrainingState:
     args: dict[str, Any] = field(default_factory=dict)
 
 
-def plain_args(args: Union[argparse.Namespace, dict[str, Any], None]) -> dict[str, Any]:
+def plain_args(args: Optional[dict[str, Any]]) -> dict[str, Any]:
     """The run's arguments as a dict of plain values (others, e.g. paths, become strings)."""
-    items = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    return {str(k): _plain(v) for k, v in items.items()}
+    return {str(k): _plain(v) for k, v in (args or {}).items()}
 
 
 def _plain(value: Any) -> Any:
@@ -153,7 +151,7 @@ def _provenance(config: Optional[dict[str, Any]]) -> dict[str, Any]:
 def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optimizer, *, epoch: int,
                     global_step: int, best_metric: Optional[float],
                     config: Optional[dict[str, Any]],
-                    args: Union[argparse.Namespace, dict[str, Any], None] = None) -> Path:
+                    args: Optional[dict[str, Any]] = None) -> Path:
     """Write the full training state (``ckpt_last.pt``) atomically; call on rank 0 only.
     ``config``: the model's recorded configuration (module docstring)."""
     return atomic_save({
@@ -167,7 +165,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optimizer, *, e
 
 def save_model(path: PathLike, model: nn.Module, *, epoch: int, global_step: int,
                metric: Optional[float], config: Optional[dict[str, Any]],
-               args: Union[argparse.Namespace, dict[str, Any], None] = None) -> Path:
+               args: Optional[dict[str, Any]] = None) -> Path:
     """Write model weights and their provenance (``ckpt_best.pt``) atomically; rank 0 only.
     ``config``: the model's recorded configuration (module docstring)."""
     return atomic_save({
