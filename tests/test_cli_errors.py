@@ -4,6 +4,7 @@ Most cases run ``main(argv)`` in this process with the model, the trainer and th
 replaced by tripwires: the error must come before any of them is built (so before any video is
 decoded). Two cases run the real script to check its exit status and stderr end to end.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -80,16 +81,19 @@ RANGES = [  # flag, bad value, expected words
     ("--lr", "0", "> 0"), ("--lr", "-1e-4", "> 0"), ("--coef_lr", "-1", ">= 0"),
     ("--weight_decay", "-0.1", ">= 0"), ("--warmup_proportion", "1", "[0, 1)"),
     ("--epochs", "0", "integer >= 1"), ("--epochs", "-3", "integer >= 1"),
-    ("--max_frames", "0", "integer >= 1"), ("--video_framerate", "0", "> 0"),
+    ("--max_frames", "0", "[1, 1024]"), ("--max_frames", "5000", "[1, 1024]"),
+    ("--video_framerate", "0", "> 0"),
     ("--max_words", "2", "[3, 77]"), ("--max_words", "100", "[3, 77]"),
     ("--batch_size", "0", "integer >= 1"), ("--batch_size_val", "0", "integer >= 1"),
-    ("--workers", "-1", "integer >= 0"), ("--n_display", "0", "integer >= 1"),
+    ("--workers", "-1", "[0, 256]"), ("--workers", "100000", "[0, 256]"),
+    ("--n_display", "0", "integer >= 1"),
     ("--eval_every_steps", "-1", ">= 0"), ("--save_every_steps", "-1", ">= 0"),
     ("--eval_bank_size", "-1", ">= 0"), ("--eval_dsl_temp", "0", "> 0"),
     ("--qb_k", "0", ">= 1"), ("--qb_beta", "nan", "> 0"), ("--seed", "-1", "[0, 4294967295]"),
     ("--temp", "0", "> 0"), ("--temp", "-inf", "> 0"), ("--psi_dropout", "1", "[0, 1)"),
     ("--beta", "nan", ">= 0"), ("--lambda_dir", "-1", ">= 0"), ("--lambda_lower", "inf",
                                                                  "finite"),
+    ("--lambda_lower", "-1", ">= 0"),  # the loss configuration refuses it: one declaration
     ("--lambda_epsilon", "-0.01", ">= 0"), ("--alpha", "0", "> 0"),
     ("--kl_prior_std", "0", "> 0"), ("--ncl_tau", "0", "> 0"), ("--ncl_iters", "0", ">= 1"),
     ("--ncl_queue", "0", ">= 1"), ("--num_hidden_layers", "0", ">= 1"),
@@ -222,6 +226,9 @@ def write_bad_checkpoint(path: Path, kind: str) -> str:
     if kind == "a dict of junk":
         torch.save({"epochs": 3, "note": "hello"}, path)
         return "neither a checkpoint nor a state dict"
+    if kind == "a forbidden object":  # an intact file that weights_only loading refuses
+        torch.save({"format_version": 1, "model": {}, "args": argparse.Namespace(lr=1)}, path)
+        return "holds objects other than tensors and plain values (e.g. argparse.Namespace)"
     if kind == "TorchScript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -231,7 +238,7 @@ def write_bad_checkpoint(path: Path, kind: str) -> str:
 
 
 CORRUPT = ["empty", "text", "random bytes", "truncated", "a list", "a dict of junk",
-           "TorchScript"]
+           "a forbidden object", "TorchScript"]
 
 
 @pytest.mark.parametrize("kind", CORRUPT)
@@ -348,3 +355,27 @@ def test_the_script_exits_1_on_a_malformed_annotation_without_a_traceback(data):
         f"annotation files that --anno_path holds, and their format, are described in "
         f"tvr/data/datasets/msrvtt.py)"]
     assert not Path(data[data.index("--output_dir") + 1]).exists()  # nothing was started
+
+
+def test_clip_features_naming_a_file_is_a_usage_error(data, nothing_built, tmp_path, capsys):
+    store = tmp_path / "store.txt"
+    store.write_text("not a folder")
+    code, message = fail(["--do_train", "1", *TINY, *data, "--clip_features", str(store)],
+                         capsys)
+    assert code == 2 and message.startswith("argument --clip_features:") and "is a file" in message
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x93\x11 random bytes" * 64, "is not a CLIP checkpoint: neither a TorchScript archive"),
+    ("state dict", "is not a CLIP ViT checkpoint this project can build"),
+])
+def test_a_clip_path_that_is_not_a_clip_file_is_one_line(content, expected, data, tmp_path,
+                                                         capsys):
+    path = tmp_path / "ViT-B-32.pt"
+    if content == "state dict":
+        torch.save({"weight": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(content)
+    code, message = fail(["--do_eval", "1", *TINY, *data, "--base_encoder", "ViT-B/32",
+                          "--num_hidden_layers", "2", "--clip_path", str(path)], capsys)
+    assert code == 1 and message.startswith(str(path)) and expected in message, message

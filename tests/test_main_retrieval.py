@@ -224,3 +224,50 @@ def test_device_flag_is_honoured(toy, tmp_path):
     result = run_main(["--do_eval", "1", *SMALL, *data_flags(toy), "--device", "cuda",
                        "--output_dir", str(tmp_path)], check=False)
     assert result.returncode != 0 and "--device cuda" in result.stderr
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line a failed run ends with (no traceback before it)."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("main_retrieval.py: error: "), result.stderr[-3000:]
+    return last
+
+
+def test_a_non_finite_loss_stops_the_run_at_that_step(toy, tmp_path):
+    """--temp 1e-320 passes the flag check (a finite positive number) but overflows the
+    pooling softmax: the run stops at step 1 naming the loss terms, and saves nothing."""
+    result = run_main(["--do_train", "1", "--epochs", "2", *SMALL, *data_flags(toy),
+                       "--temp", "1e-320", "--output_dir", str(tmp_path)], check=False)
+    line = error_line(result)
+    assert "step 1: the loss is not finite (nce nan" in line, line
+    assert not list(tmp_path.glob("ckpt_*.pt"))
+
+
+def test_a_split_with_no_readable_video_is_one_line(toy, tmp_path):
+    data = tmp_path / "toy"
+    shutil.copytree(toy.root, data)
+    for video in (data / toy.video_path.name).glob("*.mp4"):
+        video.write_bytes(b"not a video at all")
+    flags = [*SMALL, "--anno_path", str(data), "--video_path", str(data / toy.video_path.name),
+             "--skip_bad_videos"]
+    trained = run_main(["--do_train", "1", *flags, "--output_dir", str(tmp_path / "t")],
+                       check=False)
+    assert "epoch 1 made no update: no batch held two readable videos" in error_line(trained)
+    evaluated = run_main(["--do_eval", "1", *flags, "--output_dir", str(tmp_path / "e")],
+                         check=False)
+    assert "no video of msrvtt/test could be read (12 unreadable" in error_line(evaluated)
+
+
+def test_the_metrics_files_name_the_videos_left_out(toy, tmp_path):
+    data = tmp_path / "toy"
+    shutil.copytree(toy.root, data)
+    test_id = (data / "MSRVTT_JSFUSION_test.csv").read_text().splitlines()[1].split(",")[2]
+    corrupt = data / toy.video_path.name / f"{test_id}.mp4"
+    corrupt.write_bytes(b"not a video at all")
+    run_main(["--do_eval", "1", *SMALL, "--anno_path", str(data), "--video_path",
+              str(corrupt.parent), "--skip_bad_videos", "--output_dir", str(tmp_path / "out")])
+    record = json.loads((tmp_path / "out" / "metrics_test.json").read_text())
+    assert record["skipped_videos"] == {"count": 1, "videos": [str(corrupt)]}
+    table = (tmp_path / "out" / "metrics_test.md").read_text()
+    assert "1 unreadable video(s) left out of the gallery" in table and str(corrupt) in table

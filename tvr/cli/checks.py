@@ -29,7 +29,7 @@ from tvr.data.video import VideoReadError
 from tvr.cli.flags import FLAGS
 from tvr.models.clip import CLIP_CONFIGS
 from tvr.models.factory import CONTEXT_LENGTH
-from tvr.models.pretrained import CheckpointNotFoundError, find_checkpoint
+from tvr.models.pretrained import CheckpointNotFoundError, CLIPFileError, find_checkpoint
 from tvr.training.checkpoint import CheckpointError, check_checkpoint, resume_path
 from tvr.training.distributed import check_batch_size
 
@@ -107,6 +107,8 @@ def check_run(args: argparse.Namespace) -> None:
     _writable(args, "output_dir")
     if getattr(args, "frame_cache", None):
         _exists(args, "frame_cache")
+    if args.clip_features and Path(args.clip_features).exists():
+        _folder(args, "clip_features", "the folder of a CLIP-feature store (or a new one)")
     if args.clip_path:
         _exists(args, "clip_path")
     if not (args.init_model or args.resume) and args.base_encoder != "tiny":
@@ -189,13 +191,10 @@ def check_data(args: argparse.Namespace) -> None:
 
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The failures that main_retrieval.py reports in one line, without a traceback."""
-    errors: tuple[type[BaseException], ...] = (
-        UsageError, AnnotationError, VideoReadError, CheckpointError, CheckpointNotFoundError)
-    try:  # the frame cache is optional
-        from tvr.data.frame_cache import FrameCacheError
-    except ImportError:
-        return errors
-    return (*errors, FrameCacheError)
+    from tvr.data.frame_cache import FrameCacheError  # imported when a run needs them
+    from tvr.training.trainer import NonFiniteLossError
+    return (UsageError, AnnotationError, VideoReadError, CheckpointError,
+            CheckpointNotFoundError, CLIPFileError, FrameCacheError, NonFiniteLossError)
 
 
 def describe(error: BaseException, args: Optional[argparse.Namespace] = None) -> str:

@@ -8,6 +8,8 @@ from tvr.data.datasets.registry import DATASETS
 from tvr.data.video import VIDEO_BACKENDS
 from tvr.settings import POSITIVE, check_settings, integer, setting
 
+MAX_FRAMES = 1024  # frames per video: more is a typo (the paragraph recipes use 64)
+MAX_WORKERS = 256  # loader processes per rank: more is a typo, not a machine
 
 
 @dataclass(frozen=True)
@@ -16,7 +18,7 @@ class SamplingConfig:
     it, so the index, the frame cache and feature mode sample as training did."""
 
     video_framerate: int = setting(1, "frames sampled per second", POSITIVE)
-    max_frames: int = setting(12, "frames sampled per video (at most)", integer(1))
+    max_frames: int = setting(12, "frames sampled per video (at most)", integer(1, MAX_FRAMES))
     video_backend: str = setting("opencv", "video decoder", choices=tuple(VIDEO_BACKENDS))
 
     def __post_init__(self) -> None:
@@ -44,7 +46,7 @@ class DataConfig:
     skip_bad_videos: bool = setting(
         False, "skip unreadable videos and list them at the end of each epoch (default: stop "
                "with an error naming the file)")
-    workers: int = setting(4, "data loading processes per rank", integer(0))
+    workers: int = setting(4, "data loading processes per rank", integer(0, MAX_WORKERS))
     frame_cache: Optional[str] = setting(
         None, "read the sampled frames from this cache (written by "
               "preprocess/build_frame_cache.py with the same sampling flags) instead of "

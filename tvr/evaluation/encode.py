@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from tvr.data.datasets import RetrievalDataset, collate_skipping
 from tvr.data.device_loader import DeviceLoader
+from tvr.data.video import VideoReadError
 from tvr.models.gare import GARE, TextFeatures, VideoFeatures
 
 
@@ -102,6 +103,10 @@ def encode_split(model: GARE, dataset: RetrievalDataset, batch_size: int, worker
         frame_masks.append(features.mask)
         positions.append(video_index)
 
+    if not frames:  # every video of this process' share was skipped
+        raise VideoReadError(f"no video of {dataset.name} could be read ({len(skipped)} "
+                             f"unreadable, e.g. {skipped[0] if skipped else 'none listed'}): "
+                             f"check --video_path and the files")
     texts = TextFeatures(_gather_rows(torch.cat(sentences)),
                          _gather_rows(torch.cat(words)) if words else None,
                          _gather_rows(torch.cat(masks)))

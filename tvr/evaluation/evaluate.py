@@ -21,7 +21,7 @@ from tvr.data.datasets import RetrievalDataset
 from tvr.evaluation.encode import EncodedSplit, encode_split
 from tvr.evaluation.engine import (ENGINE_MODES, EngineMode, Prepared, SimilarityEngine,
                                   build_engine)
-from tvr.evaluation.metrics import compare_normalisers
+from tvr.evaluation.metrics import compare_normalisers, format_table
 from tvr.models.gare import GARE, TextFeatures
 
 INFO_KEYS = ("engine", "skipped_videos")
@@ -32,6 +32,18 @@ def metric_variants(results: dict[str, Any]) -> dict[str, Any]:
     :data:`INFO_KEYS`: what :func:`~tvr.evaluation.metrics.format_table` and
     :func:`~tvr.evaluation.metrics.save_json` take."""
     return {k: v for k, v in results.items() if k not in INFO_KEYS}
+
+
+def result_files(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """What a run writes of :func:`evaluate`'s results: the JSON object (the metric variants
+    and ``skipped_videos``: their count and files) and the markdown (the table, then a line
+    naming the skipped videos, so a score on a shrunken gallery never passes for a full one)."""
+    skipped = list(results.get("skipped_videos", []))
+    record = {**metric_variants(results),
+              "skipped_videos": {"count": len(skipped), "videos": skipped}}
+    note = (f"\n{len(skipped)} unreadable video(s) left out of the gallery (not the full "
+            f"benchmark): {', '.join(skipped)}\n" if skipped else "")
+    return record, format_table(metric_variants(results)) + note
 
 
 def split_scores(engine: SimilarityEngine, split: EncodedSplit, dataset: RetrievalDataset

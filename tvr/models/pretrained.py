@@ -36,6 +36,10 @@ class CheckpointNotFoundError(FileNotFoundError):
     """Raised when no CLIP checkpoint file is found; the message says where to put one."""
 
 
+class CLIPFileError(ValueError):
+    """A file found as the CLIP checkpoint that is not one; the message names the file."""
+
+
 def find_checkpoint(base_encoder: str, clip_path: str | os.PathLike | None = None) -> Path:
     """Return the checkpoint file for ``base_encoder`` following the lookup order above."""
     if base_encoder not in CHECKPOINTS:
@@ -69,10 +73,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise ValueError(f"{path} is neither a TorchScript archive nor a torch.save state "
-                             f"dict that loads with weights_only=True: {error}") from error
+            raise CLIPFileError(f"{path} is not a CLIP checkpoint: neither a TorchScript archive "
+                                f"nor a torch.save state dict that loads with "
+                                f"weights_only=True ({error})") from error
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise CLIPFileError(f"{path} is not a CLIP checkpoint: it does not hold a state dict of "
+                            f"tensors")
     return {k: v for k, v in state_dict.items() if k not in NON_PARAMETER_KEYS}
 
 
@@ -88,4 +94,11 @@ def load_clip(base_encoder: str, clip_path: str | os.PathLike | None = None) -> 
     """The CLIP for ``--base_encoder``: pretrained weights from disk, or random for ``tiny``."""
     if base_encoder == "tiny":
         return CLIP(CLIP_CONFIGS["tiny"])
-    return clip_from_state_dict(read_state_dict(find_checkpoint(base_encoder, clip_path)))
+    path = find_checkpoint(base_encoder, clip_path)
+    state_dict = read_state_dict(path)
+    try:
+        return clip_from_state_dict(state_dict)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise CLIPFileError(f"{path} is not a CLIP ViT checkpoint this project can build "
+                            f"({type(error).__name__}: {error}); --clip_path takes an OpenAI "
+                            f"release file such as ViT-B-32.pt") from error

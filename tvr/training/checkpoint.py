@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import random
+import re
 import subprocess
 import warnings
 import zipfile
@@ -348,6 +349,11 @@ def _unreadable(path: Path, is_zip: bool, error: Exception) -> str:
                 if any(name.endswith("constants.pkl") for name in archive.namelist()):
                     return ("it is a TorchScript archive (an OpenAI CLIP release file goes to "
                             "--clip_path)")
+                if archive.testzip() is None:  # intact: what it holds was refused
+                    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+                    what = f" (e.g. {found.group(1)})" if found else ""
+                    return (f"it holds objects other than tensors and plain values{what}, "
+                            f"which loading refuses: loading never runs pickled code")
         return "it is a damaged zip archive (truncated or corrupt)"
     with open(path, "rb") as f:
         head = f.read(512)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import sys
 import time
@@ -29,7 +30,8 @@ from tqdm import tqdm
 from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.loaders import ResumableSampler, build_split
-from tvr.evaluation.evaluate import evaluate, metric_variants
+from tvr.data.video import VideoReadError
+from tvr.evaluation.evaluate import evaluate, metric_variants, result_files
 from tvr.evaluation.metrics import format_table, save_json
 from tvr.models.factory import create_model
 from tvr.models.gare import GARE
@@ -58,6 +60,10 @@ def autocast_for(precision: str, device: torch.device):
         return precision, contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return precision, lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A training step's loss is NaN or infinite: the run stops there."""
 
 
 @dataclass
@@ -150,9 +156,9 @@ class Trainer:
     def write_results(self, results: dict, name: str) -> None:
         if not self.ctx.is_main:
             return
-        variants = metric_variants(results)
-        save_json(variants, self.output_dir / f"metrics_{name}.json")
-        (self.output_dir / f"metrics_{name}.md").write_text(format_table(variants))
+        record, table = result_files(results)
+        save_json(record, self.output_dir / f"metrics_{name}.json")
+        (self.output_dir / f"metrics_{name}.md").write_text(table)
 
     # ---------------------------------------------------------------- training
     def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
@@ -212,12 +218,13 @@ class Trainer:
                         disable=not ctx.is_main, initial=run.sampler.start_batch,
                         total=run.steps_per_epoch,
                         mininterval=0.5 if sys.stderr.isatty() else 30)
-        tic = time.time()
+        tic, updates = time.time(), 0
         for batch in progress:
             skipped.add(batch)
             run.global_step += 1
             values = self.update(run, batch)
             if values is not None:
+                updates += 1
                 progress.set_postfix(loss=f"{values['loss']:.4f}")
                 self.log_step(run, values, tic)
             end_of_epoch = run.global_step % run.steps_per_epoch == 0
@@ -229,6 +236,10 @@ class Trainer:
                 break
             if cfg.save_every_steps and run.global_step % cfg.save_every_steps == 0:
                 self.save_last(run.model, run.optimizer, run.epoch, run.global_step, run.best)
+        if updates == 0 and run.sampler.start_batch < run.steps_per_epoch:
+            raise VideoReadError(f"epoch {run.epoch + 1} made no update: no batch held two "
+                                 f"readable videos ({len(skipped)} unreadable files, e.g. "
+                                 f"{skipped.files[:3]}); check --video_path and the files")
 
     def update(self, run: TrainingRun, batch) -> Optional[dict[str, float]]:
         """One optimiser update on ``batch`` (recorded as the step's scalars), or None when the
@@ -241,6 +252,12 @@ class Trainer:
             return None
         values = self.train_step(run.model, run.optimizer, run.scaler, batch.data,
                                  partial(gather_rows, sizes=sizes))
+        if not math.isfinite(values["loss"]):
+            terms = ", ".join(f"{k} {v:.5g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                f"step {run.global_step}: the loss is not finite ({terms}); training stopped, "
+                f"and nothing after this step was saved to {self.output_dir}. Check the "
+                f"learning rate and the temperatures (--lr, --temp, --ncl_tau)")
         self.monitor.scalars(run.global_step, values, prefix="train")
         return values
 
