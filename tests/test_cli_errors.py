@@ -368,7 +368,7 @@ def test_clip_features_naming_a_file_is_a_usage_error(data, nothing_built, tmp_p
 @pytest.mark.parametrize("content, expected", [
     (b"\x93\x11 random bytes" * 64, "is not a CLIP checkpoint: neither a TorchScript archive"),
     ("state dict", "is not a CLIP ViT checkpoint this project can build"),
-])
+], ids=["random bytes", "another state dict"])
 def test_a_clip_path_that_is_not_a_clip_file_is_one_line(content, expected, data, tmp_path,
                                                          capsys):
     path = tmp_path / "ViT-B-32.pt"
