@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
+import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ VIDEO_EXTENSIONS = frozenset({
 })
 FPS = 3
 SHORT_SIDE = 224
+MAX_WORKERS = 256  # ffmpeg processes at once: more is a typo, not a machine
 # Short side to SHORT_SIDE; -2 makes the other side keep the aspect ratio, rounded to even.
 SCALE_FILTER = (f"scale='if(gt(iw,ih),-2,{SHORT_SIDE})':'if(gt(iw,ih),{SHORT_SIDE},-2)'"
                 ":flags=bicubic")
@@ -264,12 +266,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ffmpeg", default=None,
                         help="ffmpeg binary (default: ffmpeg on PATH, else imageio-ffmpeg's)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an expected error under its one line")
     args = parser.parse_args(argv)
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        parser.error(f"argument --workers: must be an integer in [1, {MAX_WORKERS}], got "
+                     f"{args.workers}")
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         summary = compress_folder(args.input_root, args.output_root, args.workers, args.ffmpeg,
                                   progress=not args.no_progress)
     except (OSError, ValueError, RuntimeError) as err:
+        if args.debug or os.environ.get("TVR_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
         print(f"compress_video: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -187,3 +187,12 @@ def test_interrupt_kills_ffmpeg_and_removes_temporary_files(tmp_path, signum, st
     assert len(ffmpegs) == workers and not any(_running(pid) for pid in ffmpegs)
     if signum == signal.SIGINT:
         assert "interrupted; finished videos are kept" in err
+
+
+@pytest.mark.parametrize("workers", ["0", "-3", "100000"])
+def test_a_worker_count_out_of_range_is_one_line(workers, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        compress_video.main(["--input_root", str(tmp_path), "--output_root",
+                             str(tmp_path / "out"), "--workers", workers])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and "argument --workers: must be an integer in [1, 256]" in error
