@@ -3,16 +3,21 @@
 Every loader in this package reads its files through these helpers, so a malformed file (missing,
 not parseable, a missing column or key, an empty caption, a duplicated id) raises
 :class:`AnnotationError` instead of a ``KeyError`` deep inside a DataLoader worker.
+
+No annotation file can run code. JSON, CSV and plain text are parsed as data and nothing else;
+pickles (MSVD's captions) are read by :class:`DataUnpickler`, which refuses every class and
+function a pickle names.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import pickle
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 
 class AnnotationError(ValueError):
@@ -69,13 +74,34 @@ def read_json(path: Path) -> Any:
         raise AnnotationError(path, f"invalid JSON: {err.msg}", line=err.lineno) from err
 
 
+class DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only. Dicts, lists, tuples, strings, numbers, booleans and None have
+    opcodes of their own; anything else is built by calling a class or function that the pickle
+    names (``os.system``, ``pathlib.Path.touch``, ...), and naming one is refused here."""
+
+    def __init__(self, file: BinaryIO, path: Path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise AnnotationError(self.path, f"refuses to load {module}.{name}: annotation pickles "
+                                         "hold only dicts, lists, tuples, strings, numbers, "
+                                         "booleans and None")
+
+
 def read_pickle(path: Path) -> Any:
-    """The unpickled content of ``path``."""
+    """The unpickled content of ``path``, plain data only (:class:`DataUnpickler`).
+
+    The file is read whole first: a damaged length field then ends in "truncated" instead of
+    a read of that length from the file."""
+    data = path.read_bytes()
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise AnnotationError(path, f"cannot unpickle: {err}") from err
+        return DataUnpickler(io.BytesIO(data), path).load()
+    except AnnotationError:
+        raise
+    except Exception as err:  # a damaged pickle can fail with any error (pickle's docs)
+        raise AnnotationError(path, f"cannot unpickle ({type(err).__name__}: {err}): is it "
+                                    "the right file?") from err
 
 
 def read_id_list(path: Path) -> list[tuple[int, str]]:
