@@ -6,7 +6,7 @@ not parseable, a missing column or key, an empty caption, a duplicated id) raise
 
 No annotation file can run code. JSON, CSV and plain text are parsed as data and nothing else;
 pickles (MSVD's captions) are read by :class:`DataUnpickler`, which refuses every class and
-function a pickle names.
+function a pickle names. Text files are UTF-8, with or without a byte-order mark.
 """
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ def annotation_file(anno_path: Path, name: str) -> Path:
 
 @contextlib.contextmanager
 def text_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
-    """``path`` opened as UTF-8 text; a file that is not (e.g. a binary file given in place of
-    an annotation file) raises :class:`AnnotationError`."""
+    """``path`` opened as UTF-8 text, a leading byte-order mark dropped; a file that is not UTF-8
+    (e.g. a binary file given in place of an annotation file) raises :class:`AnnotationError`."""
     try:
-        with open(path, encoding="utf-8", newline=newline) as f:
+        with open(path, encoding="utf-8-sig", newline=newline) as f:
             yield f
     except UnicodeDecodeError as err:
         raise AnnotationError(path, f"not UTF-8 text ({err.reason}): is it the right "
