@@ -1,4 +1,5 @@
-"""Annotation files cannot run code and may carry a UTF-8 byte-order mark.
+"""Annotation files cannot run code, may carry a UTF-8 byte-order mark and cannot point a video
+id outside the video folder.
 
 Each dataset is loaded through its ``load(split, anno_path)`` in :data:`DATASETS`, as
 ``check_data`` of the command line does before any model is built.
@@ -12,8 +13,8 @@ import pickle
 
 import pytest
 
-from fixtures_annotations import (write_activitynet, write_didemo, write_lsmdc, write_msrvtt,
-                                  write_msvd)
+from fixtures_annotations import (write_activitynet, write_csv, write_didemo, write_lsmdc,
+                                  write_msrvtt, write_msvd)
 from tvr.data.datasets import DATASETS, AnnotationError
 
 
@@ -82,3 +83,56 @@ def test_text_files_with_a_byte_order_mark(tmp_path, datatype, split):
         if path.suffix != ".pkl":
             path.write_bytes(codecs.BOM_UTF8 + path.read_bytes())
     assert load(datatype, split, folder) == plain
+
+
+# --- video ids outside the video folder --------------------------------------------------------
+def _msrvtt_test(anno, video_id):
+    write_msrvtt(anno, {"video0": ["c"]}, ["video0"], [])
+    write_csv(anno / "MSRVTT_JSFUSION_test.csv", ["key", "vid_key", "video_id", "sentence"],
+              [["r0", "m0", "video0", "fine"], ["r1", "m1", video_id, "a caption"]])
+
+
+def _msrvtt_train(anno, video_id):
+    write_msrvtt(anno, {"video0": ["c"], video_id: ["d"]}, ["video0", video_id], [])
+
+
+OUTSIDE = {  # datatype, split, writer(anno, video_id), where the error points
+    "msrvtt test": ("msrvtt", "test", _msrvtt_test, "MSRVTT_JSFUSION_test.csv:3"),
+    "msrvtt train": ("msrvtt", "train", _msrvtt_train, "MSRVTT_train.9k.csv:3"),
+    "msvd": ("msvd", "test", lambda a, v: write_msvd(a, {"v0": ["a"], v: ["b"]},
+                                                     {"test": ["v0", v]}), "test_list.txt:2"),
+    "lsmdc": ("lsmdc", "test", lambda a, v: write_lsmdc(a, "test", [("c_0", "a"), (v, "b")]),
+              "publictect.csv:2"),
+    "activitynet": ("activitynet", "val",
+                    lambda a, v: write_activitynet(a, "val", {"v_0": (1.0, ["a"]),
+                                                              v: (1.0, ["b"])}),
+                    "val_ids.json [[1]]"),
+    "didemo": ("didemo", "val", lambda a, v: write_didemo(a, "val", [("x", "a"), (v, "b")]),
+               "val_data.json [[1]]"),
+}
+
+
+@pytest.mark.parametrize("video_id", ["../x", "a/../../x", "/etc/x", "..", "sub/../../x_1"])
+@pytest.mark.parametrize("case", OUTSIDE, ids=list(OUTSIDE))
+def test_video_id_outside_the_video_folder(tmp_path, case, video_id):
+    datatype, split, write, where = OUTSIDE[case]
+    write(tmp_path / "anno", video_id)
+    with pytest.raises(AnnotationError) as info:
+        load(datatype, split, tmp_path / "anno")
+    assert f"{where}: video id {video_id!r} points outside the video folder" in str(info.value)
+    assert str(tmp_path / "anno") in str(info.value)
+
+
+def test_lsmdc_movie_folder_outside_the_video_folder(tmp_path):
+    """An LSMDC clip is also looked for in its movie's folder: the id up to its last ``_``."""
+    write_lsmdc(tmp_path, "test", [(".._clip", "a caption")])
+    with pytest.raises(AnnotationError, match=r"publictect.csv:1: video id '.._clip' points "
+                                              r"outside the video folder \(as '../.._clip.mp4'\)"):
+        load("lsmdc", "test", tmp_path)
+
+
+@pytest.mark.parametrize("case", OUTSIDE, ids=list(OUTSIDE))
+def test_video_ids_inside_the_video_folder_load(tmp_path, case):
+    datatype, split, write, _ = OUTSIDE[case]
+    write(tmp_path / "anno", "sub/..x_1")
+    assert "sub/..x_1" in load(datatype, split, tmp_path / "anno").video_ids

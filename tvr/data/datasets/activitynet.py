@@ -23,7 +23,8 @@ import math
 from pathlib import Path
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_listed, read_json, required, split_file)
+                                           check_listed, check_video_id, read_json, required,
+                                           split_file)
 from tvr.data.datasets.base import Annotations, Pair
 
 ID_LISTS = {"train": "train_ids.json", "val": "val_ids.json", "test": "val_ids.json"}
@@ -67,9 +68,7 @@ def _read_ids(path: Path) -> list[str]:
         raise AnnotationError(path, f"expected a list of video ids, got {type(ids).__name__}")
     seen: dict[str, int] = {}
     for i, video_id in enumerate(ids):
-        if not isinstance(video_id, str) or not video_id:
-            raise AnnotationError(path, f"video id must be a non-empty string, got {video_id!r}",
-                                  key=f"[{i}]")
+        check_video_id(video_id, video_names, path, key=f"[{i}]")
         if video_id in seen:
             raise AnnotationError(path, f"duplicate video id {video_id!r} (first at "
                                         f"[{seen[video_id]}])", key=f"[{i}]")

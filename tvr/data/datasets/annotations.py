@@ -1,8 +1,9 @@
 """Reading annotation files with errors that name the file, the line or key, and the problem.
 
 Every loader in this package reads its files through these helpers, so a malformed file (missing,
-not parseable, a missing column or key, an empty caption, a duplicated id) raises
-:class:`AnnotationError` instead of a ``KeyError`` deep inside a DataLoader worker.
+not parseable, a missing column or key, an empty caption, a duplicated id, a video id that leaves
+the video folder) raises :class:`AnnotationError` instead of a ``KeyError`` deep inside a
+DataLoader worker.
 
 No annotation file can run code. JSON, CSV and plain text are parsed as data and nothing else;
 pickles (MSVD's captions) are read by :class:`DataUnpickler`, which refuses every class and
@@ -14,8 +15,9 @@ import contextlib
 import csv
 import io
 import json
+import os
 import pickle
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -150,6 +152,23 @@ def caption_text(value: Any, path: Path, *, line: int | None = None,
     if not text:
         raise AnnotationError(path, "empty caption", line=line, key=key)
     return text
+
+
+def check_video_id(value: Any, names: Callable[[str], Iterable[str]], path: Path, *,
+                   line: int | None = None, key: str | None = None) -> str:
+    """``value``, a video id: a non-blank string which, like each of its file names
+    ``names(value)``, stays inside the video folder (not absolute, no ``..`` part)."""
+    if not isinstance(value, str) or not value.strip():
+        got = repr(value) if isinstance(value, str) else type(value).__name__
+        raise AnnotationError(path, f"video id must be a non-empty string, got {got}",
+                              line=line, key=key)
+    for name in (value, *names(value)):
+        if os.path.isabs(name) or ".." in name.replace(os.sep, "/").split("/"):
+            raise AnnotationError(path, f"video id {value!r} points outside the video folder "
+                                        f"(as {name!r}): ids are names under --video_path, "
+                                        "without a leading '/' or a '..' part",
+                                  line=line, key=key)
+    return value
 
 
 def required(mapping: Any, name: str, path: Path, key: str) -> Any:
