@@ -1,5 +1,5 @@
-"""Annotation files cannot run code, may carry a UTF-8 byte-order mark and cannot point a video
-id outside the video folder.
+"""Annotation files cannot run code, may carry a UTF-8 byte-order mark, cannot point a video id
+outside the video folder, and cannot hold a caption that the tokenizer would clean away.
 
 Each dataset is loaded through its ``load(split, anno_path)`` in :data:`DATASETS`, as
 ``check_data`` of the command line does before any model is built.
@@ -12,14 +12,29 @@ import pathlib
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fixtures_annotations import (write_activitynet, write_csv, write_didemo, write_lsmdc,
                                   write_msrvtt, write_msvd)
 from tvr.data.datasets import DATASETS, AnnotationError
+from tvr.data.datasets.annotations import caption_text
+from tvr.models.tokenizer import ClipTokenizer
 
 
 def load(datatype, split, anno):
     return DATASETS[datatype].load(split, anno)
+
+
+def refused(case, value, anno):
+    """``(where, message)``: ``case`` = (datatype, split, writer, where) written with ``value``
+    in ``anno`` fails to load with an AnnotationError whose message names the folder."""
+    datatype, split, write, where = case
+    write(anno, value)
+    with pytest.raises(AnnotationError) as info:
+        load(datatype, split, anno)
+    assert str(anno) in str(info.value)
+    return where, str(info.value)
 
 
 # --- pickles that run code ---------------------------------------------------------------------
@@ -115,12 +130,8 @@ OUTSIDE = {  # datatype, split, writer(anno, video_id), where the error points
 @pytest.mark.parametrize("video_id", ["../x", "a/../../x", "/etc/x", "..", "sub/../../x_1"])
 @pytest.mark.parametrize("case", OUTSIDE, ids=list(OUTSIDE))
 def test_video_id_outside_the_video_folder(tmp_path, case, video_id):
-    datatype, split, write, where = OUTSIDE[case]
-    write(tmp_path / "anno", video_id)
-    with pytest.raises(AnnotationError) as info:
-        load(datatype, split, tmp_path / "anno")
-    assert f"{where}: video id {video_id!r} points outside the video folder" in str(info.value)
-    assert str(tmp_path / "anno") in str(info.value)
+    where, message = refused(OUTSIDE[case], video_id, tmp_path / "anno")
+    assert f"{where}: video id {video_id!r} points outside the video folder" in message
 
 
 def test_lsmdc_movie_folder_outside_the_video_folder(tmp_path):
@@ -136,3 +147,52 @@ def test_video_ids_inside_the_video_folder_load(tmp_path, case):
     datatype, split, write, _ = OUTSIDE[case]
     write(tmp_path / "anno", "sub/..x_1")
     assert "sub/..x_1" in load(datatype, split, tmp_path / "anno").video_ids
+
+
+# --- captions that clean to nothing ------------------------------------------------------------
+EMPTY = {  # datatype, split, writer(anno, caption), where the error points
+    "msrvtt test": ("msrvtt", "test",
+                    lambda a, c: (write_msrvtt(a, {"video0": ["c"]}, ["video0"], []),
+                                  write_csv(a / "MSRVTT_JSFUSION_test.csv",
+                                            ["key", "vid_key", "video_id", "sentence"],
+                                            [["r0", "m", "video0", "ok"], ["r1", "m", "v1", c]])),
+                    "MSRVTT_JSFUSION_test.csv:3"),
+    "msrvtt train": ("msrvtt", "train",
+                     lambda a, c: write_msrvtt(a, {"video0": ["a", c]}, ["video0"], []),
+                     "MSRVTT_data.json [sentences[1]]"),
+    "msvd": ("msvd", "test", lambda a, c: write_msvd(a, {"v0": ["a", c]}, {"test": ["v0"]}),
+             "raw-captions.pkl ['v0' caption 1]"),
+    "lsmdc": ("lsmdc", "test", lambda a, c: write_lsmdc(a, "test", [("c_0", "a"), ("c_1", c)]),
+              "publictect.csv:2"),
+    "activitynet": ("activitynet", "val",
+                    lambda a, c: write_activitynet(a, "val", {"v_0": (1.0, ["a"]),
+                                                              "v_1": (1.0, [c])}),
+                    "val_1.json [v_1]"),
+    "didemo": ("didemo", "val", lambda a, c: write_didemo(a, "val", [("x", "a"), ("y", c)]),
+               "val_data.json [[1]]"),
+}
+
+
+@pytest.mark.parametrize("caption", ["\x00\x07", "\x1b[31m", "&nbsp;", " \x7f\u3000 "])
+@pytest.mark.parametrize("case", EMPTY, ids=list(EMPTY))
+def test_caption_empty_after_cleaning(tmp_path, case, caption):
+    where, message = refused(EMPTY[case], caption, tmp_path / "anno")
+    assert f"{where}: empty caption" in message
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> ClipTokenizer:
+    return ClipTokenizer()
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(text=st.lists(st.characters(exclude_categories=()) | st.sampled_from(
+    ["&", "amp;", "nbsp;", "#32;", "\x1b[", "0", "m", " ", "\x00", "\u3000", "a"])).map("".join))
+def test_caption_is_empty_exactly_when_the_tokenizer_finds_no_token(tokenizer, text):
+    """Also for the loaders' shortcut past the cleaning (printable ASCII without ``&``)."""
+    try:
+        caption_text(text, pathlib.Path("f.json"), key="k")
+    except AnnotationError as err:
+        assert err.problem.startswith("empty caption") and tokenizer.tokenize(text) == []
+    else:
+        assert tokenizer.tokenize(text) != []

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from tvr.models.tokenizer import clean_text
+
 
 class AnnotationError(ValueError):
     """A malformed annotation file.
@@ -144,14 +146,27 @@ def read_csv(path: Path, columns: Iterable[str]) -> Iterator[tuple[int, dict[str
 
 def caption_text(value: Any, path: Path, *, line: int | None = None,
                  key: str | None = None) -> str:
-    """``value`` stripped; it must be a string with at least one non-blank character."""
+    """``value`` stripped; it must be a string that the tokenizer's cleaning
+    (:func:`tvr.models.tokenizer.clean_text`) does not reduce to nothing, as it does whitespace,
+    control characters, terminal escapes or ``&nbsp;``."""
     if not isinstance(value, str):
         raise AnnotationError(path, f"caption must be a string, got {type(value).__name__}",
                               line=line, key=key)
     text = value.strip()
-    if not text:
-        raise AnnotationError(path, "empty caption", line=line, key=key)
+    if not _keeps_text(text):
+        raise AnnotationError(path, "empty caption (nothing is left once whitespace and control "
+                                    "characters are removed): write it or delete it",
+                              line=line, key=key)
     return text
+
+
+def _keeps_text(text: str) -> bool:
+    """Whether :func:`clean_text` leaves anything of ``text`` (stripped). The cleaning changes
+    only the case and the runs of spaces of printable ASCII without ``&`` (most captions), which
+    therefore skips ftfy's cost."""
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return bool(text)
+    return bool(clean_text(text))
 
 
 def check_video_id(value: Any, names: Callable[[str], Iterable[str]], path: Path, *,
