@@ -20,7 +20,9 @@ Video files are named after the id, ``v_`` included: ``<video_path>/<id>.mp4``
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
                                            check_listed, check_video_id, read_json, required,
@@ -53,13 +55,19 @@ def load(split: str, anno_path: Path) -> Annotations:
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
             raise AnnotationError(caption_path, "'sentences' must be a list of strings",
                                   key=video_id)
-        if not isinstance(duration, (int, float)) or duration <= 0:
-            raise AnnotationError(caption_path, f"'duration' must be a positive number, got "
-                                                f"{duration!r}", key=video_id)
         paragraph = " ".join(s.strip() for s in sentences if s.strip())
         pairs.append(Pair(caption_text(paragraph, caption_path, key=video_id), video_id,
-                          0.0, float(math.ceil(duration))))
+                          0.0, _end(duration, caption_path, video_id)))
     return Annotations(pairs, listed)
+
+
+def _end(duration: Any, path: Path, video_id: str) -> float:
+    """``ceil(duration)``, as the reference; ``duration`` must be a positive, finite number."""
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) \
+            or not 0 < duration <= sys.float_info.max:
+        raise AnnotationError(path, f"'duration' must be a positive number of seconds, got "
+                                    f"{duration!r}", key=video_id)
+    return float(math.ceil(duration))
 
 
 def _read_ids(path: Path) -> list[str]:

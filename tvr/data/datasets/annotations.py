@@ -71,11 +71,14 @@ def text_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
 
 def read_json(path: Path) -> Any:
     """The parsed JSON content of ``path``."""
+    with text_file(path) as f:
+        text = f.read()
     try:
-        with text_file(path) as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise AnnotationError(path, f"invalid JSON: {err.msg}", line=err.lineno) from err
+    except (ValueError, RecursionError) as err:  # an overlong integer, too deep a nesting
+        raise AnnotationError(path, f"invalid JSON: {err}") from err
 
 
 class DataUnpickler(pickle.Unpickler):
@@ -130,18 +133,26 @@ def read_csv(path: Path, columns: Iterable[str]) -> Iterator[tuple[int, dict[str
     """
     with text_file(path, newline="") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise AnnotationError(path, f"missing column(s) {', '.join(map(repr, missing))} "
-                                        f"(header: {', '.join(header) or 'empty'})", line=1)
-        for row in reader:
-            if None in row or None in row.values():
-                found = len(header) + len(row[None]) if None in row else sum(
-                    v is not None for v in row.values())
-                raise AnnotationError(path, f"expected {len(header)} fields, found {found}",
-                                      line=reader.line_num)
-            yield reader.line_num, row
+        try:
+            yield from _checked_rows(reader, columns, path)
+        except csv.Error as err:  # e.g. a field over the csv module's size limit
+            raise AnnotationError(path, f"invalid CSV: {err}", line=reader.line_num) from err
+
+
+def _checked_rows(reader: csv.DictReader, columns: Iterable[str],
+                  path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    header = reader.fieldnames or []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise AnnotationError(path, f"missing column(s) {', '.join(map(repr, missing))} "
+                                    f"(header: {', '.join(header) or 'empty'})", line=1)
+    for row in reader:
+        if None in row or None in row.values():
+            found = len(header) + len(row[None]) if None in row else sum(
+                v is not None for v in row.values())
+            raise AnnotationError(path, f"expected {len(header)} fields, found {found}",
+                                  line=reader.line_num)
+        yield reader.line_num, row
 
 
 def caption_text(value: Any, path: Path, *, line: int | None = None,
