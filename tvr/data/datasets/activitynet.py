@@ -20,10 +20,13 @@ Video files are named after the id, ``v_`` included: ``<video_path>/<id>.mp4``
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_listed, read_json, required, split_file)
+                                           check_listed, check_video_id, read_json, required,
+                                           split_file)
 from tvr.data.datasets.base import Annotations, Pair
 
 ID_LISTS = {"train": "train_ids.json", "val": "val_ids.json", "test": "val_ids.json"}
@@ -52,13 +55,19 @@ def load(split: str, anno_path: Path) -> Annotations:
         if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
             raise AnnotationError(caption_path, "'sentences' must be a list of strings",
                                   key=video_id)
-        if not isinstance(duration, (int, float)) or duration <= 0:
-            raise AnnotationError(caption_path, f"'duration' must be a positive number, got "
-                                                f"{duration!r}", key=video_id)
         paragraph = " ".join(s.strip() for s in sentences if s.strip())
         pairs.append(Pair(caption_text(paragraph, caption_path, key=video_id), video_id,
-                          0.0, float(math.ceil(duration))))
+                          0.0, _end(duration, caption_path, video_id)))
     return Annotations(pairs, listed)
+
+
+def _end(duration: Any, path: Path, video_id: str) -> float:
+    """``ceil(duration)``, as the reference; ``duration`` must be a positive, finite number."""
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) \
+            or not 0 < duration <= sys.float_info.max:
+        raise AnnotationError(path, f"'duration' must be a positive number of seconds, got "
+                                    f"{duration!r}", key=video_id)
+    return float(math.ceil(duration))
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -67,9 +76,7 @@ def _read_ids(path: Path) -> list[str]:
         raise AnnotationError(path, f"expected a list of video ids, got {type(ids).__name__}")
     seen: dict[str, int] = {}
     for i, video_id in enumerate(ids):
-        if not isinstance(video_id, str) or not video_id:
-            raise AnnotationError(path, f"video id must be a non-empty string, got {video_id!r}",
-                                  key=f"[{i}]")
+        check_video_id(video_id, video_names, path, key=f"[{i}]")
         if video_id in seen:
             raise AnnotationError(path, f"duplicate video id {video_id!r} (first at "
                                         f"[{seen[video_id]}])", key=f"[{i}]")

@@ -25,8 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_listed, read_id_list, read_json, required,
-                                           split_file)
+                                           check_listed, check_video_id, read_id_list, read_json,
+                                           required, split_file)
 from tvr.data.datasets.base import Annotations, Pair
 
 MOMENTS = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
@@ -49,10 +49,8 @@ def load(split: str, anno_path: Path) -> Annotations:
     descriptions: dict[str, list[str]] = {}
     for i, moment in enumerate(moments):
         key = f"[{i}]"
-        video_id = required(moment, "video", json_path, key)
-        if not isinstance(video_id, str) or not video_id.strip():
-            raise AnnotationError(json_path, f"'video' must be a non-empty string, got "
-                                             f"{video_id!r}", key=key)
+        video_id = check_video_id(required(moment, "video", json_path, key), video_names,
+                                  json_path, key=key)
         text = caption_text(required(moment, "description", json_path, key), json_path, key=key)
         descriptions.setdefault(video_id, []).append(text)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           split_file, text_file)
+                                           check_video_id, split_file, text_file)
 from tvr.data.datasets.base import Annotations, Pair
 
 FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
@@ -55,9 +55,7 @@ def load(split: str, anno_path: Path) -> Annotations:
                 raise AnnotationError(path, f"expected {len(FIELDS)} tab-separated fields "
                                             f"({', '.join(FIELDS)}), found {len(fields)}",
                                       line=line_no)
-            clip_id = fields[0].strip()
-            if not clip_id:
-                raise AnnotationError(path, "empty clip id", line=line_no)
+            clip_id = check_video_id(fields[0].strip(), video_names, path, line=line_no)
             sentence = caption_text(fields[-1], path, line=line_no)
             if clip_id not in EXCLUDED_CLIPS:
                 pairs.append(Pair(sentence, clip_id))

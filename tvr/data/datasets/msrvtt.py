@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           read_csv, read_json, required, split_file)
+                                           check_video_id, read_csv, read_json, required,
+                                           split_file)
 from tvr.data.datasets.base import Annotations, Pair
 
 TRAIN_LIST = "MSRVTT_train.9k.csv"
@@ -40,9 +41,7 @@ def load(split: str, anno_path: Path) -> Annotations:
 def _load_train(list_path: Path, anno_path: Path) -> Annotations:
     listed: dict[str, int] = {}
     for line, row in read_csv(list_path, ["video_id"]):
-        video_id = row["video_id"].strip()
-        if not video_id:
-            raise AnnotationError(list_path, "empty video_id", line=line)
+        video_id = check_video_id(row["video_id"].strip(), video_names, list_path, line=line)
         if video_id in listed:
             raise AnnotationError(list_path, f"duplicate video_id {video_id!r} (first on line "
                                              f"{listed[video_id]})", line=line)
@@ -55,7 +54,8 @@ def _load_train(list_path: Path, anno_path: Path) -> Annotations:
     pairs = []
     for i, item in enumerate(sentences):
         key = f"sentences[{i}]"
-        video_id = required(item, "video_id", json_path, key)
+        video_id = check_video_id(required(item, "video_id", json_path, key), video_names,
+                                  json_path, key=key)
         text = required(item, "caption", json_path, key)
         if video_id in listed:
             pairs.append(Pair(caption_text(text, json_path, key=key), video_id))
@@ -76,8 +76,6 @@ def _load_test(path: Path) -> Annotations:
             raise AnnotationError(path, f"duplicate key {row['key']!r} (first on line "
                                         f"{keys[row['key']]})", line=line)
         keys[row["key"]] = line
-        video_id = row["video_id"].strip()
-        if not video_id:
-            raise AnnotationError(path, "empty video_id", line=line)
+        video_id = check_video_id(row["video_id"].strip(), video_names, path, line=line)
         pairs.append(Pair(caption_text(row["sentence"], path, line=line), video_id))
     return Annotations(pairs, list(dict.fromkeys(pair.video_id for pair in pairs)))

@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           read_id_list, read_pickle, split_file)
+                                           check_video_id, read_id_list, read_pickle,
+                                           split_file)
 from tvr.data.datasets.base import Annotations, Pair
 
 LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
@@ -44,6 +45,7 @@ def load(split: str, anno_path: Path) -> Annotations:
                                             f"{type(captions).__name__}")
     pairs = []
     for line, video_id in listed:
+        check_video_id(video_id, video_names, list_path, line=line)
         if video_id not in captions:
             raise AnnotationError(caption_path, f"no captions for video {video_id!r} "
                                                 f"({list_path.name} line {line})", key=video_id)
