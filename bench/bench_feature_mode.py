@@ -68,15 +68,15 @@ def batch_read_ms(batch: int, frames: int, dim: int, words: int, repeats: int = 
     captions = videos * per_video
     with tempfile.TemporaryDirectory() as root:
         store = FeatureStore(root, {"bench": True})
-        writer = store.writer("train", {"views": 1}, {
-            "text_sentence": ((captions, dim), "float32"),
-            "text_mask": ((captions, words), "uint8"),
-            "video_frames": ((1, videos, frames, dim), "float32"),
-            "video_mask": ((videos, frames), "uint8")})
-        rng = np.random.default_rng(0)
-        for name, array in writer.arrays.items():
-            array[...] = rng.standard_normal(array.shape) if array.dtype == np.float32 else 1
-        stored = writer.finish({})
+        with store.writer("train", {"views": 1}, {
+                "text_sentence": ((captions, dim), "float32"),
+                "text_mask": ((captions, words), "uint8"),
+                "video_frames": ((1, videos, frames, dim), "float32"),
+                "video_mask": ((videos, frames), "uint8")}) as writer:
+            rng = np.random.default_rng(0)
+            for name, array in writer.arrays.items():
+                array[...] = rng.standard_normal(array.shape) if array.dtype == np.float32 else 1
+            stored = writer.finish({})
         sampler = ResumableSampler(np.arange(captions), 1, 0, 0, batch)
         batches = FeatureBatches(stored, np.arange(captions),
                                  np.repeat(np.arange(videos), per_video), sampler, batch, False)

@@ -19,6 +19,9 @@ shard ended (a folder built with other parameters is refused). Videos that canno
 listed at the end with their reason and recorded in the cache (a run then stops on them, or skips
 them with ``--skip_bad_videos``); they make the exit status 1. Decoding runs in ``--workers``
 threads (OpenCV and PyAV decode without holding the GIL).
+
+One build writes a cache folder at a time: a second one stops at once (exit status 2, naming the
+process that writes it), or with ``--wait`` waits for it and then adds what is still missing.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from tqdm import tqdm  # noqa: E402
 
 from tvr.data.datasets import build_dataset  # noqa: E402
 from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
-                                  FrameCacheWriter, cache_key, resize_short_side)
+                                  FrameCacheError, FrameCacheWriter, cache_key,
+                                  resize_short_side)
 from tvr.cli.retrieval import parse_args, resolve  # noqa: E402
 from tvr.data.config import DataConfig  # noqa: E402
 from tvr.data.frames import sample_frames  # noqa: E402
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames are shrunk (never enlarged) to this short side in px")
     parser.add_argument("--workers", type=int, default=4, help="decoding threads")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--wait", action="store_true",
+                        help="if another build is writing --output, wait for it (else stop)")
     return parser
 
 
@@ -91,11 +97,12 @@ def decode(path: str, start: float | None, end: float | None,
 
 
 def build_cache(entries: list[tuple[str, str, float | None, float | None]], output: str | Path,
-                params: CacheParams, workers: int = 4,
-                progress: bool = False) -> dict[str, str]:
+                params: CacheParams, workers: int = 4, progress: bool = False,
+                wait: bool = False) -> dict[str, str]:
     """Add the ``entries`` (:func:`dataset_entries`) the cache at ``output`` lacks; returns
-    ``{path: reason}`` of the bad ones (including those recorded by an earlier, resumed build)."""
-    writer = FrameCacheWriter(output, params)
+    ``{path: reason}`` of the bad ones (including those recorded by an earlier, resumed build).
+    ``wait``: if another build writes ``output``, wait for it (else :class:`FrameCacheError`)."""
+    writer = FrameCacheWriter(output, params, wait=wait)
     todo = [entry for entry in entries if entry[0] not in writer.done]
     bad: dict[str, str] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -128,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     params = CacheParams(config.data.sampling, own.short_side, own.format, own.quality)
     entries = dataset_entries(config.data, config.model.max_words, own.splits)
     tic = time.time()
-    bad = build_cache(entries, own.output, params, own.workers, progress=not own.no_progress)
+    try:
+        bad = build_cache(entries, own.output, params, own.workers, not own.no_progress,
+                          own.wait)
+    except FrameCacheError as error:
+        print(f"build_frame_cache.py: error: {error}", file=sys.stderr)
+        return 2
     print(f"frame cache {own.output}: {len(entries) - len(bad)} of {len(entries)} entries of "
           f"{config.data.datatype} {'/'.join(own.splits)} cached in {time.time() - tic:.0f} s",
           file=sys.stderr)

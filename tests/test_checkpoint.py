@@ -1,6 +1,9 @@
 """Training checkpoints: exact resume, RNG states, atomic writes, weights for evaluation."""
 import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +115,39 @@ def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
                          epoch=0, global_step=2, best_metric=None)
     assert events[:2] == ["fsync", "replace"]
     assert ckpt.load_checkpoint(path, make()[0]).global_step == 2
+
+
+KILLED_SAVE = """
+import os, signal, sys, torch
+from test_checkpoint import CONFIG, make
+from tvr.training import checkpoint as ckpt
+
+def killed(obj, f, *args, **kwargs):  # killed half-way through writing the file
+    f.write(b"half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = killed
+model, optimizer = make()
+ckpt.save_checkpoint(sys.argv[1], model, optimizer, config=CONFIG, epoch=0, global_step=0,
+                     best_metric=None)
+"""
+
+
+def test_a_killed_saves_temporary_file_is_removed_by_the_next_save(tmp_path):
+    here = Path(__file__).parent
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tmp_path / ckpt.LAST)],
+                              env={**os.environ,
+                                   "PYTHONPATH": f"{here.parent}{os.pathsep}{here}"})
+    assert killed.wait() == -signal.SIGKILL
+    leftover = tmp_path / f".{ckpt.LAST}.{killed.pid}.tmp"
+    assert leftover.read_bytes() == b"half a checkpoint"
+    live = tmp_path / f".{ckpt.BEST}.{os.getppid()}.tmp"  # another process writing right now
+    live.write_bytes(b"being written")
+    model, optimizer = make()
+    ckpt.save_checkpoint(tmp_path / ckpt.LAST, model, optimizer, config=CONFIG, epoch=0,
+                         global_step=0, best_metric=None)
+    assert sorted(os.listdir(tmp_path)) == sorted([ckpt.LAST, live.name])
 
 
 def test_save_unwraps_ddp(tmp_path):

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -24,6 +25,7 @@ from tvr.data.loaders import build_split
 from tvr.data.toy import make_toy_dataset
 from tvr.models.factory import create_model
 from tvr.training.feature_mode import FeatureMode, store_key
+from tvr.storage import StoreBusyError
 from tvr.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +135,30 @@ def test_a_store_with_word_states_serves_a_run_without_them(toy, tmp_path):
     FeatureStore(tmp_path / "store", store_key(words, model, "fp32"))
     plain = configure(flags(toy, tmp_path / "out"))
     assert FeatureStore(tmp_path / "store", store_key(plain, model, "fp32")).has_words
+
+
+ARRAYS = {"text_sentence": ((2, 3), "float32"), "text_mask": ((2, 4), "uint8"),
+          "video_frames": ((1, 2, 4, 3), "float32"), "video_mask": ((2, 4), "uint8")}
+
+
+def test_one_writer_at_a_time_and_no_run_loses_anothers_split(tmp_path):
+    root = tmp_path / "store"
+    first, second = FeatureStore(root, {"k": 1}), FeatureStore(root, {"k": 1})  # two runs
+    (root / "train").mkdir()
+    killed = [root / f".manifest.json.{os.getpid()}.tmp", root / "train" / ".progress.json.1.tmp"]
+    for path in killed:
+        path.write_text("{")
+    with first.writer("train", {"views": 1}, ARRAYS) as writer:
+        assert not any(path.exists() for path in killed)  # removed under the lock
+        with pytest.raises(StoreBusyError) as error:
+            second.writer("test", {"views": 1}, ARRAYS)
+        assert str(error.value) == (
+            f"another process is writing {root} (pid {os.getpid()} on {socket.gethostname()}); "
+            f"wait for it to finish, then run again")
+        writer.finish({})
+    with second.writer("test", {"views": 1}, ARRAYS) as writer:
+        writer.finish({})
+    assert sorted(FeatureStore(root, {"k": 1}).manifest["splits"]) == ["test", "train"]
 
 
 def test_an_interrupted_extraction_resumes_to_the_same_arrays(toy, tmp_path, monkeypatch):

@@ -2,7 +2,11 @@
 preprocess/build_frame_cache.py): same frames as the video path, refused when built otherwise,
 resumable, bad videos reported."""
 import json
+import os
+import socket
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,8 +166,11 @@ def test_an_interrupted_build_resumes_without_redoing_complete_shards(toy, tmp_p
     first = FrameCacheWriter(tmp_path, params, shard_bytes=1)  # one entry per shard
     for key, path, start, end in entries[:5]:
         first.add(key, *decoded(path, start, end, params))
-    # killed while the sixth entry was being written: its shard has no index
+    # killed while the sixth entry was being written: its shard has no index, and the process
+    # and its lock are gone
     (tmp_path / "shard_00005.bin").write_bytes(b"partial")
+    (tmp_path / f".shard_00005.json.{os.getpid()}.tmp").write_text("{")
+    del first
     calls = []
     real = build_frame_cache.decode
     monkeypatch.setattr(build_frame_cache, "decode",
@@ -174,6 +181,61 @@ def test_an_interrupted_build_resumes_without_redoing_complete_shards(toy, tmp_p
     assert sorted(cache.entries) == sorted(key for key, *_ in entries)
     for key, path, start, end in entries:
         np.testing.assert_array_equal(cache.frames(key)[0], decoded(path, start, end, params)[0])
+    assert not list(tmp_path.glob(".*.tmp"))  # the killed write's temporary file is gone
+
+
+def test_a_second_build_stops_or_waits_then_adds_the_rest(toy, tmp_path, monkeypatch, capsys):
+    from test_main_retrieval import SMALL, data_flags
+    params = CacheParams(SAMPLING, format="raw")
+    entries = entries_of(toy, windows=((None, None),))
+    cache = tmp_path / "cache"
+    first = FrameCacheWriter(cache, params)
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    with pytest.raises(FrameCacheError) as error:
+        build_frame_cache.build_cache(entries, cache, params)
+    assert str(error.value) == (f"another process is writing {cache} ({holder}); wait for it, "
+                                f"or pass --wait")
+    assert build_frame_cache.main(["--output", str(cache), "--no_progress", *SMALL,
+                                   *data_flags(toy)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"build_frame_cache.py: error: {error.value}"
+
+    calls = []
+    real = build_frame_cache.decode
+    monkeypatch.setattr(build_frame_cache, "decode",
+                        lambda path, *rest: calls.append(path) or real(path, *rest))
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(build_frame_cache.build_cache, entries, cache, params, wait=True)
+        printed, deadline = "", time.time() + 60
+        while "waiting" not in printed:
+            assert not second.done() and time.time() < deadline, "the second build did not wait"
+            time.sleep(0.05)
+            printed += capsys.readouterr().err
+        assert printed == f"{cache}: waiting for {holder}, which is writing it\n"
+        for key, path, start, end in entries[:3]:
+            first.add(key, *decoded(path, start, end, params))
+        first.close()
+        assert second.result(timeout=120) == {}
+    assert sorted(calls) == sorted(path for _, path, _, _ in entries[3:])  # only the rest
+    assert sorted(FrameCache(cache).entries) == sorted(key for key, *_ in entries)
+
+
+def test_a_reader_during_a_build_sees_whole_shards(toy, tmp_path):
+    params = CacheParams(SAMPLING, format="raw")
+    entries = entries_of(toy)[:7]
+    writer = FrameCacheWriter(tmp_path, params, shard_bytes=100_000)  # a few entries a shard
+    behind = []
+    for added, (key, path, start, end) in enumerate(entries, 1):
+        writer.add(key, *decoded(path, start, end, params))
+        reader = FrameCache(tmp_path)
+        complete = entries[:len(reader.entries)]  # the entries of the shards with an index
+        assert sorted(reader.entries) == sorted(k for k, *_ in complete)
+        for key, path, start, end in complete:
+            np.testing.assert_array_equal(reader.frames(key)[0],
+                                          decoded(path, start, end, params)[0])
+        behind.append(added - len(complete))
+    assert max(behind) > 0  # the reader came while a shard was open
+    writer.close()
+    assert len(FrameCache(tmp_path).entries) == len(entries)
 
 
 def test_unreadable_videos_are_reported_and_fail_or_skip_at_load(toy, tmp_path):

@@ -6,8 +6,11 @@ new files encoded alone, deleted ones dropped, unreadable ones listed, interrupt
 """
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +179,116 @@ def test_an_index_refuses_another_checkpoint(trained, tmp_path):
                            rebuild=True).encoded) == 2
     with pytest.raises(IndexStoreError, match="not the checkpoint that built"):
         VideoIndex.open(out, checkpoint=str(checkpoint))
+
+
+GATED_BUILD = """
+import os, sys, time
+from pathlib import Path
+from tvr.index import build
+from tvr.index.store import IndexStoreError
+
+checkpoint, videos, out, shard_size, wait, gate = sys.argv[1:]
+encode = build._encode
+
+def gated(*args):  # says it is encoding, then waits for the test to open the gate
+    Path(f"{gate}.{os.getpid()}").touch()
+    while not Path(gate).exists():
+        time.sleep(0.05)
+    return encode(*args)
+
+build._encode = gated
+try:
+    build.build_index(checkpoint, videos, out, workers=0, batch_size=2,
+                      shard_size=int(shard_size), progress=False,
+                      **({"wait": True} if wait == "wait" else {}))
+except IndexStoreError as error:
+    sys.exit(f"error: {error}")
+"""
+
+
+def index_contents(folder):
+    """{path: (entry without its shard and row, frames, mask)} of an index."""
+    index = VideoIndex.open(folder)
+    return {path: ({k: v for k, v in vars(index.manifest.entries[path]).items()
+                    if k not in ("shard", "row")}, index.gallery.frames[i], index.gallery.mask[i])
+            for i, path in enumerate(index.paths)}
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_two_builds_at_once_leave_the_index_of_one(trained, tmp_path, wait):
+    """Two builds of one folder (shards of 2 and of 3 videos: unsynchronised, their shards would
+    overwrite each other's) started together: one builds, the other stops at once or waits."""
+    checkpoint, toy = trained
+    folder, _ = gallery(tmp_path, toy, 10)
+    build_index(checkpoint, folder, tmp_path / "single", workers=0, progress=False)
+    out, gate = tmp_path / "index", tmp_path / "gate"
+    logs = [tmp_path / "build0.err", tmp_path / "build1.err"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    builds = [subprocess.Popen([sys.executable, "-c", GATED_BUILD, str(checkpoint), str(folder),
+                                str(out), size, "wait" if wait else "", str(gate)],
+                               stderr=log.open("w"), env=env, cwd=REPO)
+              for size, log in zip(("2", "3"), logs)]
+    deadline = time.time() + 300
+    while True:  # until one encodes and the other has stopped, waits, or encodes too
+        encoding = list(tmp_path.glob("gate.*"))
+        ended = [build.poll() is not None for build in builds]
+        other = any(ended) or any("waiting for" in log.read_text() for log in logs)
+        if all(ended) or encoding and (other or len(encoding) == 2):
+            break
+        assert time.time() < deadline, [log.read_text() for log in logs]
+        time.sleep(0.1)
+    gate.touch()
+    codes = [build.wait(timeout=300) for build in builds]
+    errors = [log.read_text() for log in logs]
+    first = 0 if f"gate.{builds[0].pid}" in [path.name for path in encoding] else 1
+    holder = f"pid {builds[first].pid} on {socket.gethostname()}"
+    if wait:
+        assert codes == [0, 0], errors
+        assert f"{out}: waiting for {holder}, which is writing it\n" in errors[1 - first]
+    else:
+        assert (codes[first], codes[1 - first]) == (0, 1), errors
+        assert errors[1 - first].splitlines()[-1] == (
+            f"error: another process is writing {out} ({holder}); wait for it, or pass --wait")
+    got, want = index_contents(out), index_contents(tmp_path / "single")
+    assert sorted(got) == sorted(want)
+    for path, (entry, frames, mask) in want.items():
+        assert got[path][0] == entry
+        torch.testing.assert_close(got[path][1], frames, rtol=0, atol=1e-5)
+        assert torch.equal(got[path][2], mask)
+
+
+def test_searches_during_a_build_read_the_old_or_the_new_index(trained, tmp_path,
+                                                                monkeypatch):
+    checkpoint, toy = trained
+    folder, spare = gallery(tmp_path, toy, 6)
+    out = tmp_path / "index"
+    build_index(checkpoint, folder, out, workers=0, progress=False)
+    killed = [out / f".manifest.json.{os.getpid()}.tmp", out / "shards" / ".00001.pt.1.tmp"]
+    for path in killed:  # left by killed writes
+        path.write_bytes(b"half")
+    for video in spare[:6]:
+        shutil.copy(video, folder)
+    turns, real_encode = threading.Semaphore(0), build_module._encode
+
+    def paced(*args):  # one video encoded per search
+        turns.acquire()
+        return real_encode(*args)
+
+    monkeypatch.setattr(build_module, "_encode", paced)
+    build = threading.Thread(target=build_index, args=(checkpoint, folder, out),
+                             kwargs=dict(workers=0, batch_size=1, shard_size=1, progress=False))
+    build.start()
+    sizes = []
+    try:
+        while build.is_alive():
+            index = VideoIndex.open(out)
+            assert [len(hits) for hits in index.search(QUERIES, top=3)] == [3, 3, 3]
+            sizes.append(len(index))
+            turns.release()
+    finally:
+        turns.release(100)
+        build.join()
+    assert sizes == sorted(sizes) and sizes[0] >= 6 and sizes[-1] <= 12
+    assert any(6 < size < 12 for size in sizes)  # searched mid-build
+    assert len(VideoIndex.open(out)) == 12
+    assert not any(path.exists() for path in killed)

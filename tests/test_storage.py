@@ -1,14 +1,20 @@
-"""tvr.storage: atomic writes, versioned manifests and the mismatch check every store uses."""
+"""tvr.storage: atomic writes, versioned manifests and the mismatch check every store uses; one
+writer per store, and the temporary files of killed writes removed."""
 import json
 import os
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tvr.storage import (ConfigMismatchError, atomic_save, atomic_write, atomic_write_json,
-                         differences, read_manifest, require_same)
+from tvr.storage import (ConfigMismatchError, StoreBusyError, atomic_save, atomic_write,
+                         atomic_write_json, differences, read_manifest,
+                         remove_stale_temporaries, require_same, writer_lock)
 
 
 class StoreError(ValueError):
@@ -115,3 +121,69 @@ JSON = st.recursive(st.booleans() | st.integers() | st.text(max_size=3)
 def test_differences_are_empty_exactly_for_equal_values(stored, wanted):
     assert differences(stored, stored) == []
     assert (differences(stored, wanted) == []) == (stored == wanted)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_writes_temporary_file_goes_and_a_live_writers_stays(tmp_path):
+    dead, live = dead_pid(), os.getppid()
+    (tmp_path / "shards").mkdir()
+    stale = [tmp_path / f".ckpt_last.pt.{dead}.tmp", tmp_path / "shards" / f".00001.pt.{dead}.tmp"]
+    kept = [tmp_path / f".ckpt_last.pt.{live}.tmp", tmp_path / ".notes.tmp",
+            tmp_path / f"ckpt.{dead}.tmp"]  # a live writer's, and files atomic_write does not make
+    for path in stale + kept:
+        path.write_bytes(b"half")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(tmp_path.rglob("*.tmp")) == sorted(kept)
+    assert remove_stale_temporaries(tmp_path, every=True) == [kept[0]]
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    store = tmp_path / "store"
+    with writer_lock(store, "wait for it, or pass --wait"):
+        lock = tmp_path / ".store.lock"  # beside the folder: a writer may delete the folder
+        holder = f"pid {os.getpid()} on {socket.gethostname()}"
+        assert lock.read_text() == holder + "\n"
+        with pytest.raises(StoreBusyError) as error:
+            with writer_lock(store, "wait for it, or pass --wait"):
+                pass
+        assert str(error.value) == (f"another process is writing {store} ({holder}); wait for "
+                                    f"it, or pass --wait")
+        with pytest.raises(KeyError):  # the store's own error
+            with writer_lock(store, "", error=KeyError):
+                pass
+    assert lock.read_text() == ""
+    with writer_lock(store, ""):  # free again
+        pass
+
+
+def test_a_waiting_writer_says_whom_for_and_goes_on_after_it(tmp_path, capsys):
+    events = []
+
+    def second():
+        with writer_lock(tmp_path / "store", "", wait=True):
+            events.append("second writes")
+
+    with writer_lock(tmp_path / "store", ""):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive() and not events  # waiting
+        events.append("first done")
+    waiter.join(timeout=30)
+    assert events == ["first done", "second writes"]
+    assert capsys.readouterr().err == (f"{tmp_path / 'store'}: waiting for pid {os.getpid()} on "
+                                      f"{socket.gethostname()}, which is writing it\n")
+
+
+def test_the_lock_holder_removes_every_temporary_file(tmp_path):
+    leftover = atomic_write(tmp_path / "store" / "a.bin", lambda f: f.write(b"a")).with_name(
+        f".a.bin.{os.getpid()}.tmp")
+    leftover.write_bytes(b"half")
+    with writer_lock(tmp_path / "store", ""):
+        assert os.listdir(tmp_path / "store") == ["a.bin"]

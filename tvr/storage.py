@@ -11,23 +11,46 @@ choosing; :func:`read_manifest` refuses one of another version, and :func:`requi
 refuses a store whose recorded configuration differs from the one asked for, naming each
 differing field (:func:`differences`) with both values and what to do.
 
+A store has one writer at a time: a writer holds :func:`writer_lock` of the store's folder while
+it writes, and a second one waits for it or is refused, naming the holder (its pid and host).
+The lock is ``fcntl.flock`` on ``.<name>.lock`` beside the folder ``<name>`` (outside it, so that
+a writer that deletes the folder to start over keeps it); the kernel drops it when its process
+dies, so a killed writer never leaves a stale lock. ``flock`` rather than the ``filelock``
+package: the waiting writer reads who holds the lock from the lock file, which ``filelock``'s
+Unix lock truncates on every attempt in its 3.x releases (4.x keeps it), so the message would
+depend on the version installed; the lock itself is a few lines of the standard library.
+Readers take no lock: a store replaces its manifests atomically and writes the data a manifest
+points into before the manifest, so a reader sees the old manifest or the new one, both whole.
+A write killed mid-way leaves its temporary file (``.<name>.<pid>.tmp``);
+:func:`remove_stale_temporaries` removes those when the store is next opened for writing.
+POSIX only (``fcntl``, ``os.kill``), as the rest of the project.
+
 This module is the bottom layer of ``tvr``: it imports only the standard library and torch.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
+import socket
+import sys
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterator, Union
 
 import torch
 
 PathLike = Union[str, os.PathLike]
+TEMPORARY = re.compile(r"\..+\.(\d+)\.tmp")  # atomic_write's temporary name: .<name>.<pid>.tmp
 
 
 class ConfigMismatchError(ValueError):
     """A recorded configuration differs from the one asked for."""
+
+
+class StoreBusyError(RuntimeError):
+    """Another process is writing the store."""
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -112,3 +135,70 @@ def require_same(stored: Any, wanted: Any, error: type[Exception], what: str,
     found = differences(stored, wanted)
     if found:
         raise error(f"{what}: {'; '.join(found)}. {remedy}")
+
+
+@contextlib.contextmanager
+def writer_lock(folder: PathLike, remedy: str, *, wait: bool = False,
+                error: type[Exception] = StoreBusyError) -> Iterator[None]:
+    """Hold the writer lock of the store ``folder`` (module docstring) for a ``with`` block.
+
+    When another process holds it, wait for it if ``wait`` (saying on stderr whom for), else
+    raise ``error`` (the store's): ``another process is writing {folder} (pid N on HOST);
+    {remedy}``, where ``remedy`` says what to do. Once held, the lock file names this process,
+    and the temporary files that killed writes left in the folder are removed (no one else
+    writes there).
+    """
+    path = Path(folder).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "pid unknown"
+            if not wait:
+                raise error(f"another process is writing {folder} ({holder}); {remedy}") from None
+            print(f"{folder}: waiting for {holder}, which is writing it", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        held = True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        remove_stale_temporaries(path, every=True)
+        yield
+    finally:
+        if held:  # unlocked explicitly: forked children (loader workers) share the descriptor
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: PathLike, every: bool = False) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` in ``folder`` and its subfolders (one
+    level down) whose process is not running: writes killed mid-way. ``every``: all of them,
+    for a caller that holds the folder's :func:`writer_lock`. Returns the removed paths.
+
+    A process is looked up on this host: without the lock, a temporary file of a live writer on
+    another host sharing the folder could be taken for a stale one.
+    """
+    folder = Path(folder)
+    removed = []
+    for path in [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]:
+        match = TEMPORARY.fullmatch(path.name)
+        if match and (every or not _running(int(match[1]))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -11,7 +11,8 @@ All three run before any model is built. A flag problem is a :class:`UsageError`
 :func:`tvr.cli.retrieval.parse_args` prints as argparse does (``main_retrieval.py: error: argument
 --lr: ...``, exit status 2). Failures expected at run time (:func:`expected_errors`: a
 malformed annotation file, an unreadable video, an unusable checkpoint) are printed by
-main_retrieval.py as one line (:func:`describe`), exit status 1; ``--debug`` or
+main_retrieval.py as one line (:func:`describe`), exit status 1 (also: a store, e.g. the
+``--clip_features`` folder, that another run is writing); ``--debug`` or
 ``TVR_DEBUG=1`` adds their traceback (:func:`debug_requested`). Other errors keep theirs.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tvr.cli.flags import FLAGS
 from tvr.models.clip import CLIP_CONFIGS
 from tvr.models.factory import CONTEXT_LENGTH
 from tvr.models.pretrained import CheckpointNotFoundError, CLIPFileError, find_checkpoint
+from tvr.storage import StoreBusyError
 from tvr.training.checkpoint import CheckpointError, check_checkpoint, resume_path
 from tvr.training.distributed import check_batch_size
 
@@ -194,7 +196,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from tvr.data.frame_cache import FrameCacheError  # imported when a run needs them
     from tvr.training.trainer import NonFiniteLossError
     return (UsageError, AnnotationError, VideoReadError, CheckpointError,
-            CheckpointNotFoundError, CLIPFileError, FrameCacheError, NonFiniteLossError)
+            CheckpointNotFoundError, CLIPFileError, FrameCacheError, NonFiniteLossError,
+            StoreBusyError)
 
 
 def describe(error: BaseException, args: Optional[argparse.Namespace] = None) -> str:

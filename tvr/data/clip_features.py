@@ -23,9 +23,15 @@ Writing is resumable: :class:`SplitWriter` preallocates ``<name>.npy.partial`` f
 every chunk flushes them and records in ``progress.json`` how many leading rows of each task
 are done; an interrupted extraction continues from there if the same key and split spec are
 asked again (otherwise the partial files are discarded).
+
+One process writes the store at a time: creating it and each :class:`SplitWriter` hold the
+folder's :func:`tvr.storage.writer_lock`, and a second writer is refused
+(:class:`tvr.storage.StoreBusyError`). A split is published by re-reading the manifest under
+the lock, so the splits that other runs added since this one opened the store are kept.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -34,12 +40,14 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from tvr.storage import ConfigMismatchError, atomic_write_json, read_manifest, require_same
+from tvr.storage import (ConfigMismatchError, atomic_write_json, read_manifest,
+                          require_same, writer_lock)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 PARTIAL = ".partial"
+BUSY = "wait for it to finish, then run again"
 
 
 class FeatureStoreMismatch(ConfigMismatchError):
@@ -91,19 +99,28 @@ class FeatureStore:
     def __init__(self, root: str | os.PathLike, key: dict[str, Any]):
         self.root = Path(root)
         self.key = key
-        path = self.root / MANIFEST
-        if path.is_file():
-            self.manifest = read_manifest(path, "format", FORMAT_VERSION, FeatureStoreMismatch,
-                                          "extract again into a new folder")
-            self._check(self.manifest["key"])
-        else:
+        if not (self.root / MANIFEST).is_file():
+            self._create()
+        self.manifest = self._read()
+        self._check(self.manifest["key"])
+
+    def _create(self) -> None:
+        """Make ``root`` a store of ``key`` (unless another run just did)."""
+        with writer_lock(self.root, BUSY):
+            if (self.root / MANIFEST).is_file():
+                return
             if self.root.exists() and any(self.root.iterdir()):
                 raise FeatureStoreMismatch(
                     f"--clip_features {self.root}: the folder exists and is not a feature store "
                     f"(no {MANIFEST}); give an empty or new folder")
             self.root.mkdir(parents=True, exist_ok=True)
-            self.manifest = {"format": FORMAT_VERSION, "key": key, "splits": {}}
-            atomic_write_json(path, self.manifest, pretty=True)
+            atomic_write_json(self.root / MANIFEST,
+                              {"format": FORMAT_VERSION, "key": self.key, "splits": {}},
+                              pretty=True)
+
+    def _read(self) -> dict[str, Any]:
+        return read_manifest(self.root / MANIFEST, "format", FORMAT_VERSION,
+                             FeatureStoreMismatch, "extract again into a new folder")
 
     def _check(self, stored: dict[str, Any]) -> None:
         wanted = dict(self.key)
@@ -142,6 +159,8 @@ class FeatureStore:
         return SplitWriter(self, name, spec, arrays)
 
     def _add_split(self, name: str, info: dict[str, Any]) -> None:
+        """List a complete split (its writer holds the lock): in the manifest as it is now."""
+        self.manifest = self._read()
         self.manifest["splits"][name] = info
         atomic_write_json(self.root / MANIFEST, self.manifest, pretty=True)
 
@@ -151,11 +170,20 @@ class SplitWriter:
 
     ``arrays``: name -> (shape, numpy dtype name). ``writer.array(name)`` is the writable
     memory map; after filling rows, :meth:`commit` records a task's progress (flushing first);
-    :meth:`finish` publishes the split.
+    :meth:`finish` publishes the split. A writer holds the store's lock from its creation until
+    it is closed (:meth:`close`, or the end of a ``with`` block).
     """
 
     def __init__(self, store: FeatureStore, name: str, spec: dict[str, Any],
                  arrays: dict[str, tuple[tuple[int, ...], str]]):
+        with contextlib.ExitStack() as lock:
+            lock.enter_context(writer_lock(store.root, BUSY))
+            self._open(store, name, spec, arrays)
+            self._lock = lock.pop_all()
+
+    def _open(self, store: FeatureStore, name: str, spec: dict[str, Any],
+              arrays: dict[str, tuple[tuple[int, ...], str]]) -> None:
+        """Resume the split's partial files, or start them over (module docstring)."""
         self.store, self.name, self.spec = store, name, spec
         self.folder = store.root / name
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -180,6 +208,16 @@ class SplitWriter:
                            for k, (shape, dtype) in arrays.items()}
             atomic_write_json(progress_path, self.progress, pretty=True)
         self.resumed = resume
+
+    def __enter__(self) -> "SplitWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let the next writer in; the rows committed so far stay for a resume."""
+        self._lock.close()
 
     def _path(self, array: str) -> Path:
         return self.folder / f"{array}.npy{PARTIAL}"

@@ -26,11 +26,14 @@ Layout of ``DIR``::
 
 A build that stops leaves at most one shard without its index; the next build deletes that
 shard and goes on from the entries the indexed shards hold, so no work is lost but the last
-shard's. An entry is a video file and a caption's window of it, keyed by the file's path relative
-to ``--video_path`` plus the window (:func:`cache_key`).
+shard's. One build writes a cache at a time (:func:`tvr.storage.writer_lock`); a reader takes
+no lock and sees the shards whose index was written, each whole and never written again. An
+entry is a video file and a caption's window of it, keyed by the file's path relative to
+``--video_path`` plus the window (:func:`cache_key`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, astuple, dataclass, fields
@@ -45,7 +48,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from tvr.data.config import SamplingConfig
-from tvr.storage import atomic_write_json, read_manifest, require_same
+from tvr.storage import atomic_write_json, read_manifest, require_same, writer_lock
 
 PARAMS_FILE = "frame_cache.json"
 FORMAT_VERSION = 1
@@ -143,21 +146,32 @@ class FrameCacheWriter:
     """Appends entries to a cache folder, resuming a build with the same parameters.
 
     ``writer.done`` holds the keys already cached (or recorded as bad); :meth:`add` and
-    :meth:`add_bad` record an entry; :meth:`close` completes the last shard.
+    :meth:`add_bad` record an entry; :meth:`close` completes the last shard. A writer holds the
+    folder's lock from its creation to :meth:`close`: while another one does, it waits when
+    ``wait``, else raises :class:`FrameCacheError`.
     """
 
-    def __init__(self, root: str | Path, params: CacheParams, shard_bytes: int = SHARD_BYTES):
+    def __init__(self, root: str | Path, params: CacheParams, shard_bytes: int = SHARD_BYTES,
+                 wait: bool = False):
         self.root = Path(root)
         self.params = params
         self.shard_bytes = shard_bytes
+        with contextlib.ExitStack() as lock:
+            lock.enter_context(writer_lock(self.root, "wait for it, or pass --wait", wait=wait,
+                                           error=FrameCacheError))
+            self._open()
+            self._lock = lock.pop_all()
+
+    def _open(self) -> None:
+        """Create the cache, or check its parameters and resume it (module docstring)."""
         self.root.mkdir(parents=True, exist_ok=True)
         if (self.root / PARAMS_FILE).exists():
-            require_same(_read_params(self.root).record(), params.record(), FrameCacheError,
+            require_same(_read_params(self.root).record(), self.params.record(), FrameCacheError,
                          f"{self.root} holds a frame cache built with other parameters",
                          "Choose another folder or delete it")
         else:
             atomic_write_json(self.root / PARAMS_FILE,
-                              {"version": FORMAT_VERSION, **params.record()})
+                              {"version": FORMAT_VERSION, **self.params.record()})
         shards = _shard_indices(self.root)
         self.done: set[str] = set()
         for _, index in shards:
@@ -206,9 +220,13 @@ class FrameCacheWriter:
         self._number += 1
 
     def close(self) -> None:
-        """Complete the open shard (if any); the cache is then whole for what was added."""
-        if self._file is not None:
-            self._finish_shard()
+        """Complete the open shard (if any), then let the next writer in; the cache is then
+        whole for what was added."""
+        try:
+            if self._file is not None:
+                self._finish_shard()
+        finally:
+            self._lock.close()
 
 
 class FrameCache:

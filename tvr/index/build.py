@@ -34,7 +34,7 @@ from tvr.evaluation.engine import coarse_vectors
 from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
                              thumbnail_dir, walk_videos, write_shard)
 from tvr.models.gare import GARE
-from tvr.storage import require_same
+from tvr.storage import require_same, writer_lock
 from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
 
 THUMBNAIL_SIDE = 160  # short side of the frame thumbnails, pixels
@@ -112,12 +112,24 @@ class BuildReport:
 
 def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
                 workers: int = 2, batch_size: int = 16, shard_size: int = 256,
-                rebuild: bool = False, device: str = "cpu", progress: bool = True) -> BuildReport:
+                rebuild: bool = False, device: str = "cpu", progress: bool = True,
+                wait: bool = False) -> BuildReport:
     """Create or update the index ``out`` of the videos below ``videos`` (module docstring).
 
     Raises :class:`IndexStoreError` when ``out`` was built from another checkpoint (by content
-    hash), another sampling or another videos folder, unless ``rebuild`` starts it over.
+    hash), another sampling or another videos folder, unless ``rebuild`` starts it over. One
+    build writes ``out`` at a time (:func:`tvr.storage.writer_lock`): another one waits for it
+    when ``wait``, else raises :class:`IndexStoreError` at once.
     """
+    with writer_lock(out, "wait for it, or pass --wait", wait=wait, error=IndexStoreError):
+        return _build(checkpoint, videos, out, workers, batch_size, shard_size, rebuild, device,
+                      progress)
+
+
+def _build(checkpoint: str | Path, videos: str | Path, out: str | Path, workers: int,
+           batch_size: int, shard_size: int, rebuild: bool, device: str,
+           progress: bool) -> BuildReport:
+    """:func:`build_index`, holding the lock of ``out``."""
     start = time.time()
     root, out = Path(videos).resolve(), Path(out)
     if not root.is_dir():

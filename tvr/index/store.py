@@ -15,6 +15,12 @@ frame. Files that could not be read are listed in ``failed`` with the reason; th
 again only when they change. A build writes a shard, then the manifest that points into it, so
 an interrupted build keeps every shard the manifest names and a rerun encodes the rest.
 Deleted and changed files leave unreferenced rows in their shards; ``--rebuild`` starts over.
+
+One build writes an index at a time (it holds the folder's :func:`tvr.storage.writer_lock`).
+Searches take no lock: the manifest is replaced atomically and a build writes its shards under
+new numbers before the manifest that names them, never over a shard a manifest names, so a
+search opening the index during a build reads the old index or the new one, both whole. Not
+during ``--rebuild``, which deletes the folder first.
 """
 from __future__ import annotations
 

@@ -32,7 +32,9 @@ model) raises :class:`CheckpointError`, saying what the file is and what it shou
 :func:`check_checkpoint` finds this out cheaply, before any model is built.
 
 Writes are atomic (:func:`tvr.storage.atomic_save`): a crash at any point leaves either the
-previous file or the new one under the final name, never a partial file.
+previous file or the new one under the final name, never a partial file. The temporary file of
+a write whose process was killed is removed by the next save into the folder
+(:func:`tvr.storage.remove_stale_temporaries`).
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ from torch.optim import Optimizer
 from tvr.data.config import SamplingConfig
 from tvr.models.factory import ModelConfig, config_from_record, create_model, record_of
 from tvr.models.gare import GARE
-from tvr.storage import PathLike, atomic_save
+from tvr.storage import PathLike, atomic_save, remove_stale_temporaries
 from tvr.training.distributed import unwrap_model
 
 LAST = "ckpt_last.pt"
@@ -155,7 +157,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optimizer, *, e
                     args: Optional[dict[str, Any]] = None) -> Path:
     """Write the full training state (``ckpt_last.pt``) atomically; call on rank 0 only.
     ``config``: the model's recorded configuration (module docstring)."""
-    return atomic_save({
+    return _save({
         **_provenance(config), "kind": "training",
         "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
         "epoch": int(epoch), "global_step": int(global_step),
@@ -169,12 +171,18 @@ def save_model(path: PathLike, model: nn.Module, *, epoch: int, global_step: int
                args: Optional[dict[str, Any]] = None) -> Path:
     """Write model weights and their provenance (``ckpt_best.pt``) atomically; rank 0 only.
     ``config``: the model's recorded configuration (module docstring)."""
-    return atomic_save({
+    return _save({
         **_provenance(config), "kind": "model",
         "model": unwrap_model(model).state_dict(), "epoch": int(epoch),
         "global_step": int(global_step), "best_metric": None if metric is None else float(metric),
         "args": plain_args(args),
     }, path)
+
+
+def _save(checkpoint: dict[str, Any], path: PathLike) -> Path:
+    """Write ``checkpoint`` atomically, first removing what killed writes left in its folder."""
+    remove_stale_temporaries(Path(path).parent)
+    return atomic_save(checkpoint, path)
 
 
 def load_checkpoint(path: PathLike, model: nn.Module, optimizer: Optional[Optimizer] = None,

@@ -257,22 +257,22 @@ class FeatureMode:
                   "video_mask": ((videos, frames), "uint8")}
         if words:
             arrays["text_words"] = ((captions, words_len, dim), dtype)
-        writer = self.store.writer(name, spec, arrays)
         size = sum(np.prod(shape) * np.dtype(t).itemsize for shape, t in arrays.values())
-        self.log(f"feature mode: {'resuming' if writer.resumed else 'extracting'} {name} "
-                 f"({captions} captions, {videos} videos x {spec['views']} view(s), "
-                 f"{size / 2**20:.1f} MiB) into {writer.folder}")
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         was_training = self.model.training
-        with torch.random.fork_rng(devices=devices):
-            extract_split(self.model, dataset, writer, views=spec["views"],
-                          seed=config.train.seed, batch_size=config.eval.batch_size_val,
-                          workers=config.data.workers,
-                          device=self.device, autocast=self.autocast, words=words)
-        self.model.train(was_training)
-        return writer.finish({"split": dataset.name, "captions": captions, "videos": videos,
-                              "anno_path": str(config.data.anno_path),
-                              "video_path": str(config.data.video_path)})
+        with self.store.writer(name, spec, arrays) as writer:
+            self.log(f"feature mode: {'resuming' if writer.resumed else 'extracting'} {name} "
+                     f"({captions} captions, {videos} videos x {spec['views']} view(s), "
+                     f"{size / 2**20:.1f} MiB) into {writer.folder}")
+            with torch.random.fork_rng(devices=devices):
+                extract_split(self.model, dataset, writer, views=spec["views"],
+                              seed=config.train.seed, batch_size=config.eval.batch_size_val,
+                              workers=config.data.workers,
+                              device=self.device, autocast=self.autocast, words=words)
+            self.model.train(was_training)
+            return writer.finish({"split": dataset.name, "captions": captions,
+                                  "videos": videos, "anno_path": str(config.data.anno_path),
+                                  "video_path": str(config.data.video_path)})
 
     def train_loader(self, dataset: RetrievalDataset, rank: int, world_size: int,
                      local_batch: int) -> tuple[FeatureBatches, ResumableSampler, FeatureBatches]:
