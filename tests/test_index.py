@@ -19,8 +19,9 @@ from tvr.data.toy import make_toy_dataset
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import Stage1Search, faiss_available
 from tvr.index import build as build_module
-from tvr.index.__main__ import main as index_main
-from tvr.index.build import build_index, load_checkpoint_model
+from tvr.cli.index import main as index_main
+from tvr.index.build import BuildReport, build_index, load_checkpoint_model
+from tvr.index.config import BuildConfig
 from tvr.index.search import VideoIndex
 from tvr.index.store import IndexStoreError, Manifest
 from tvr.training.checkpoint import sampling_of
@@ -47,6 +48,12 @@ def trained(tmp_path_factory):
     return root / "run" / "ckpt_best.pt", toy
 
 
+def build(checkpoint, folder, out, workers=0, **settings) -> BuildReport:
+    """Index ``folder`` into ``out`` with ``checkpoint`` (no progress bar)."""
+    return build_index(BuildConfig(str(checkpoint), str(folder), str(out), workers=workers,
+                                   **settings), progress=False)
+
+
 def gallery(tmp_path, toy, count):
     """A folder with the first ``count`` toy videos, and the rest kept aside."""
     videos = sorted(toy.video_path.glob("*.mp4"))
@@ -61,14 +68,13 @@ def test_incremental_build_follows_the_folder(trained, tmp_path, capsys):
     checkpoint, toy = trained
     folder, spare = gallery(tmp_path, toy, 10)
     out = tmp_path / "index"
-    report = build_index(checkpoint, folder, out, workers=0, batch_size=4, shard_size=4,
-                         progress=False)
+    report = build(checkpoint, folder, out, batch_size=4, shard_size=4)
     assert len(report.encoded) == 10 and not report.removed and not report.failed
 
     (folder / "more").mkdir()  # two new files, one in a subfolder: only they are encoded
     shutil.copy(spare[0], folder)
     shutil.copy(spare[1], folder / "more")
-    report = build_index(checkpoint, folder, out, workers=0, progress=False)
+    report = build(checkpoint, folder, out)
     assert sorted(report.encoded) == sorted([spare[0].name, f"more/{spare[1].name}"])
     assert not report.removed
 
@@ -87,7 +93,7 @@ def test_incremental_build_follows_the_folder(trained, tmp_path, capsys):
 
     index = VideoIndex.open(out)
     assert sorted(index.paths) == sorted(manifest.entries) and len(index) == 10
-    report = build_index(checkpoint, folder, out, workers=0, progress=False)  # nothing to do
+    report = build(checkpoint, folder, out)  # nothing to do
     assert (report.encoded, report.removed, list(report.failed)) == ([], [], [corrupt.name])
 
 
@@ -105,12 +111,11 @@ def test_an_interrupted_build_keeps_its_shards_and_resumes(trained, tmp_path, mo
 
     monkeypatch.setattr(build_module, "_encode", failing_encode)
     with pytest.raises(KeyboardInterrupt):
-        build_index(checkpoint, folder, out, workers=0, batch_size=2, shard_size=2,
-                    progress=False)
+        build(checkpoint, folder, out, batch_size=2, shard_size=2)
     kept = set(Manifest.load(out).entries)
     assert len(kept) == 4  # two shards of two were written before the interruption
     monkeypatch.setattr(build_module, "_encode", real_encode)
-    report = build_index(checkpoint, folder, out, workers=0, progress=False)
+    report = build(checkpoint, folder, out)
     assert len(report.encoded) == 5 and not kept & set(report.encoded)
     assert len(VideoIndex.open(out)) == 9
 
@@ -119,7 +124,7 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
     checkpoint, toy = trained
     folder, _ = gallery(tmp_path, toy, 24)
     out = tmp_path / "index"
-    build_index(checkpoint, folder, out, workers=2, progress=False)
+    build(checkpoint, folder, out, workers=2)
     index = VideoIndex.open(out)
     model, info = load_checkpoint_model(checkpoint)
     sampling = sampling_of(info)
@@ -165,14 +170,13 @@ def test_an_index_refuses_another_checkpoint(trained, tmp_path):
     checkpoint, toy = trained
     folder, _ = gallery(tmp_path, toy, 2)
     out = tmp_path / "index"
-    build_index(checkpoint, folder, out, workers=0, progress=False)
+    build(checkpoint, folder, out)
     other = tmp_path / "other.pt"
     saved = torch.load(checkpoint, weights_only=True)
     saved["model"]["similarity.psi.q_proj.weight"] += 0.1  # a fine-tuned model, say
     torch.save(saved, other)
     with pytest.raises(IndexStoreError, match="another checkpoint"):
-        build_index(other, folder, out, workers=0, progress=False)
-    assert len(build_index(other, folder, out, workers=0, progress=False,
-                           rebuild=True).encoded) == 2
+        build(other, folder, out)
+    assert len(build(other, folder, out, rebuild=True).encoded) == 2
     with pytest.raises(IndexStoreError, match="not the checkpoint that built"):
         VideoIndex.open(out, checkpoint=str(checkpoint))

@@ -10,19 +10,16 @@ import shutil
 import subprocess
 import threading
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from werkzeug.serving import make_server
 
 from tvr.data.toy import make_toy_dataset
-from tvr.index.build import build_index
 from tvr.index.search import VideoIndex
 from tvr.index.server import clock, create_app
-from tvr.cli.flags import run_config
-from tvr.cli.retrieval import parse_args
-from tvr.models.factory import create_model
-from tvr.training import checkpoint as ckpt
+from fixtures_index import build, tiny_checkpoint
 
 QUERY = "a red circle moves to the left"
 TOP = 6
@@ -36,23 +33,21 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory) -> VideoIndex:
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "ckpt_best.pt")
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, checkpoint) -> VideoIndex:
     """An index of 10 toy videos (one moved to :data:`NESTED`), by a tiny untrained model."""
     root = tmp_path_factory.mktemp("index")
     toy = make_toy_dataset(root / "toy", num_train=6, num_test=4, workers=1)
     (toy.video_path / NESTED).parent.mkdir()
     (toy.video_path / "video9.mp4").rename(toy.video_path / NESTED)
-    args = parse_args(["--base_encoder", "tiny", "--num_hidden_layers", "2", "--max_frames", "4",
-                       "--max_words", "16", "--video_framerate", "3", "--anno_path", "a",
-                       "--video_path", "v"])
-    config = run_config(args)
-    model = create_model(config.model)
-    record = ckpt.model_record(config.model, config.data.sampling, model)
-    checkpoint = ckpt.save_model(root / "ckpt_best.pt", model, config=record,
-                                 epoch=0, global_step=0, metric=None, args=config.arguments)
-    report = build_index(checkpoint, toy.video_path, root / "index", workers=0, progress=False)
-    assert len(report.encoded) == 10 and not report.failed
-    return VideoIndex.open(root / "index")
+    build(checkpoint, toy.video_path, root / "index")
+    index = VideoIndex.open(root / "index")
+    assert len(index) == 10
+    return index
 
 
 @pytest.fixture

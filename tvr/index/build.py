@@ -31,7 +31,8 @@ from tvr.data.config import SamplingConfig
 from tvr.data.frames import frame_transform, frames_to_input, sample_frames
 from tvr.data.video import VideoReadError
 from tvr.evaluation.engine import coarse_vectors
-from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
+from tvr.index.config import BuildConfig
+from tvr.index.store import (MANIFEST, Entry, Failure, IndexStoreError, Manifest, file_sha256,
                              thumbnail_dir, walk_videos, write_shard)
 from tvr.models.gare import GARE
 from tvr.storage import require_same
@@ -110,28 +111,72 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
-                workers: int = 2, batch_size: int = 16, shard_size: int = 256,
-                rebuild: bool = False, device: str = "cpu", progress: bool = True) -> BuildReport:
-    """Create or update the index ``out`` of the videos below ``videos`` (module docstring).
+def build_index(config: BuildConfig, progress: bool = True) -> BuildReport:
+    """Create or update the index ``config.out`` of the videos below ``config.videos`` with the
+    model of ``config.checkpoint`` (module docstring).
 
     Raises :class:`IndexStoreError` when ``out`` was built from another checkpoint (by content
-    hash), another sampling or another videos folder, unless ``rebuild`` starts it over.
+    hash), another sampling or another videos folder, unless ``rebuild`` starts it over; and,
+    before anything is loaded, when ``rebuild`` would delete a folder that is no index.
     """
     start = time.time()
-    root, out = Path(videos).resolve(), Path(out)
+    root, out = Path(config.videos).resolve(), Path(config.out)
     if not root.is_dir():
-        raise IndexStoreError(f"--videos {videos}: no such folder")
-    model, info = load_checkpoint_model(checkpoint, device)
+        raise IndexStoreError(f"--videos {config.videos}: no such folder")
+    if config.rebuild:
+        _require_index_or_empty(out)
+    model, info = load_checkpoint_model(config.checkpoint, config.device)
     record = info["config"]
-    identity = {"path": str(Path(checkpoint).resolve()), "sha256": file_sha256(checkpoint),
-                "code_version": code_version()}
+    identity = {"path": str(Path(config.checkpoint).resolve()),
+                "sha256": file_sha256(config.checkpoint), "code_version": code_version()}
     sampling = sampling_of(info)
-    if rebuild and out.exists():
+    if config.rebuild and out.exists():
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, identity, record, sampling)
     report = BuildReport()
     files = {path: stat for path, stat in walk_videos(root)}
+    _forget_changed(out, manifest, files, report)
+    todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
+
+    dataset = VideoFiles(root, todo, out, sampling, model.clip.config.image_size)
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                        collate_fn=list)
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="index",
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    pending: list[tuple[Decoded, torch.Tensor]] = []
+    for batch in loader:
+        readable = [item for item in batch if item.video is not None]
+        for item in batch:
+            if item.video is None:
+                stat = files[item.path]
+                manifest.failed[item.path] = Failure(stat.st_size, stat.st_mtime_ns, item.error)
+        if readable:
+            features = _encode(model, readable, config.device).unbind(0)
+            pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
+        while len(pending) >= config.shard_size:
+            _flush(out, manifest, pending[:config.shard_size], files, report)
+            pending = pending[config.shard_size:]
+        bar.update(len(batch))
+        bar.set_postfix(failed=len(manifest.failed))
+    _flush(out, manifest, pending, files, report)
+    bar.close()
+    report.failed = {path: f.reason for path, f in manifest.failed.items()}
+    report.seconds = time.time() - start
+    return report
+
+
+def _require_index_or_empty(out: Path) -> None:
+    """Refuse to start ``out`` over (delete it) unless it is an index or an empty folder."""
+    if out.exists() and not (out / MANIFEST).is_file() and \
+            (not out.is_dir() or any(out.iterdir())):
+        raise IndexStoreError(f"--out {out} is not an index (no {MANIFEST}) and not an empty "
+                              f"folder: --rebuild deletes only an index; choose another --out")
+
+
+def _forget_changed(out: Path, manifest: Manifest, files: dict[str, Any],
+                    report: BuildReport) -> None:
+    """Drop the entries of deleted or changed files (they are listed as removed, their
+    thumbnails deleted) and the failures of changed files (they are tried again)."""
 
     def unchanged(item: Entry | Failure, path: str) -> bool:
         stat = files.get(path)
@@ -144,32 +189,6 @@ def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
     for path in [p for p, f in manifest.failed.items() if not unchanged(f, p)]:
         del manifest.failed[path]
     manifest.save(out)
-    todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
-
-    dataset = VideoFiles(root, todo, out, sampling, model.clip.config.image_size)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list)
-    bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="index",
-               mininterval=0.5 if sys.stderr.isatty() else 30)
-    pending: list[tuple[Decoded, torch.Tensor]] = []
-    for batch in loader:
-        readable = [item for item in batch if item.video is not None]
-        for item in batch:
-            if item.video is None:
-                stat = files[item.path]
-                manifest.failed[item.path] = Failure(stat.st_size, stat.st_mtime_ns, item.error)
-        if readable:
-            features = _encode(model, readable, device).unbind(0)
-            pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
-        while len(pending) >= shard_size:
-            _flush(out, manifest, pending[:shard_size], files, report)
-            pending = pending[shard_size:]
-        bar.update(len(batch))
-        bar.set_postfix(failed=len(manifest.failed))
-    _flush(out, manifest, pending, files, report)
-    bar.close()
-    report.failed = {path: f.reason for path, f in manifest.failed.items()}
-    report.seconds = time.time() - start
-    return report
 
 
 def _open_manifest(out: Path, root: Path, identity: dict[str, Any], model_config: dict,

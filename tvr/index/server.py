@@ -23,10 +23,13 @@ autoescaping, the query included.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 
 import flask
+from werkzeug.serving import make_server, select_address_family
 
+from tvr.index.config import ServeConfig
 from tvr.index.search import VideoIndex
 from tvr.index.store import Entry
 
@@ -130,10 +133,32 @@ def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
     return app
 
 
-def serve(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
-          top: int = 12) -> None:
-    """Open the index in ``folder`` and serve its search page at ``http://host:port/`` until
-    interrupted (Werkzeug's threaded server: meant for one user on a local machine)."""
-    app = create_app(VideoIndex.open(folder), top=top)
-    print(f"searching {folder}: open http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
-    app.run(host=host, port=port, threaded=True)
+class ServeError(OSError):
+    """The page cannot be served where asked (the address is taken or cannot be used)."""
+
+
+def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
+    """Serve the search page of the index in ``folder`` at ``http://host:port/`` until
+    interrupted (Werkzeug's threaded server: meant for one user on a local machine). The
+    address is taken first, so a busy port fails before the index is loaded, and the address
+    announced is the one listened on."""
+    try:
+        family = select_address_family(config.host, config.port)
+        listener = socket.create_server((config.host, config.port), family=family)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {config.host}:{config.port}: "
+                         f"{error.strerror or error}; choose another --port (or --host)"
+                         ) from error
+    with listener:
+        app = create_app(VideoIndex.open(folder), top=config.top)
+        server = make_server(config.host, config.port, app, threaded=True,
+                             fd=listener.fileno())
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"searching {folder}: open http://{host}:{server.port}/ (Ctrl+C to stop)",
+              flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()

@@ -102,8 +102,14 @@ def write_shard(folder: str | os.PathLike, shard: int, frames: Tensor, mask: Ten
 
 
 def read_shard(folder: str | os.PathLike, shard: int) -> dict[str, Tensor]:
-    return torch.load(shard_path(folder, shard), map_location="cpu", weights_only=True,
-                      mmap=True)
+    path = shard_path(folder, shard)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch.load fails in many ways on a damaged file
+        first = str(error).split(". ")[0]  # torch's messages go on with general advice
+        raise IndexStoreError(f"{path}: a shard of the index that cannot be read "
+                              f"({type(error).__name__}: {first}); rebuild the index with "
+                              f"--rebuild") from error
 
 
 def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:

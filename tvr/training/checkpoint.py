@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from tvr.data.config import SamplingConfig
+from tvr.models.clip import CLIPConfig
 from tvr.models.factory import ModelConfig, config_from_record, create_model, record_of
 from tvr.models.gare import GARE
 from tvr.storage import PathLike, atomic_save
@@ -270,12 +271,23 @@ def load_model(path: PathLike, config: Optional[ModelConfig] = None
                               f"trained with")
     clip = None
     if record is not None:
-        recorded, clip = config_from_record(record, None if config is None else
-                                            config.clip_path)
+        recorded, clip = _parse_record(path, record, None if config is None else
+                                       config.clip_path)
         config = config or recorded
     model = create_model(config, clip)
     meta = _load_weights(path, checkpoint, model)
     return model, meta
+
+
+def _parse_record(path: PathLike, record: Any, clip_path: Optional[str]
+                  ) -> tuple[ModelConfig, CLIPConfig]:
+    """:func:`config_from_record`, with :class:`CheckpointError` for a record that does not
+    parse (a damaged or hand-made file)."""
+    try:
+        return config_from_record(record, clip_path)
+    except (KeyError, TypeError, ValueError) as error:
+        raise not_a_checkpoint(path, f"its model record does not parse ("
+                                     f"{type(error).__name__}: {error})") from error
 
 
 def resume_path(resume: PathLike, output_dir: PathLike) -> Path:
@@ -327,6 +339,7 @@ def _read(path: PathLike, mmap: bool = False) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # a TorchScript file is refused below, with the reason
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused too
             checkpoint = torch.load(path, map_location="cpu", weights_only=True,
                                     mmap=mmap and is_zip)
     except OSError as error:
