@@ -222,6 +222,21 @@ def test_a_damaged_shard_is_one_line(files, tmp_path, capsys):
     assert message.endswith("rebuild the index with --rebuild"), message
 
 
+def test_unreadable_files_are_listed_and_skipped_with_index_advice(files, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    shutil.copytree(files.videos, videos, ignore=shutil.ignore_patterns("*.json"))
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    (videos / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")  # a dangling link
+    code, out, err = run(["build", "--checkpoint", str(files.checkpoint), "--videos",
+                          str(videos), "--out", str(tmp_path / "out"), "--workers", "0"], capsys)
+    assert code == 0, err
+    assert "skip_bad_videos" not in out + err and "end of the epoch" not in out + err
+    assert "2 unreadable (listed below and skipped: fix or remove each, then run build " \
+           "again)" in out
+    assert re.search(r"^  unreadable: broken\.mp4: \S", out, re.M), out
+    assert re.search(r"^  unreadable: gone\.mp4: \S", out, re.M), out
+
+
 def test_rebuild_refuses_to_delete_a_folder_that_is_not_an_index(files, tmp_path, capsys):
     precious = tmp_path / "precious"
     precious.mkdir()

@@ -59,7 +59,7 @@ class Decoded(NamedTuple):
     mask: Optional[torch.Tensor]    # (F,)
     times: list[float]
     duration: float
-    error: str
+    error: str                      # why it is unreadable (no training advice), else ""
 
 
 class VideoFiles(Dataset):
@@ -79,7 +79,8 @@ class VideoFiles(Dataset):
         try:
             sampled = sample_frames(str(self.root / path), self.sampling)
         except (VideoReadError, OSError, ValueError) as error:
-            return Decoded(path, None, None, [], 0.0, str(error))
+            reason = error.reason if isinstance(error, VideoReadError) else None
+            return Decoded(path, None, None, [], 0.0, reason or str(error))
         self._thumbnails(path, sampled.frames)
         video, mask = frames_to_input(sampled.frames, self.transform, self.sampling.max_frames)
         return Decoded(path, video, mask, sampled.times.round(3).tolist(), sampled.duration, "")
@@ -105,8 +106,10 @@ class BuildReport:
 
     def format(self) -> str:
         rate = len(self.encoded) / self.seconds if self.seconds else 0.0
+        advice = " (listed below and skipped: fix or remove each, then run build again)"
         lines = [f"encoded {len(self.encoded)} videos ({rate:.1f} videos/s), removed "
-                 f"{len(self.removed)}, {len(self.failed)} unreadable"]
+                 f"{len(self.removed)}, {len(self.failed)} unreadable"
+                 + (advice if self.failed else "")]
         lines += [f"  unreadable: {path}: {reason}" for path, reason in sorted(self.failed.items())]
         return "\n".join(lines)
 

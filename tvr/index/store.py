@@ -119,14 +119,19 @@ def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:
 
 def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
     """(path relative to ``root`` in POSIX form, stat) of every video file below ``root``,
-    recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order."""
+    recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order. A link that leads
+    nowhere has the stat of the link itself (the build lists it as unreadable)."""
     root = Path(root)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
                 full = Path(dirpath) / name
-                yield full.relative_to(root).as_posix(), full.stat()
+                try:
+                    stat = full.stat()
+                except OSError:  # a dangling or looping symbolic link
+                    stat = full.lstat()
+                yield full.relative_to(root).as_posix(), stat
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:
