@@ -7,10 +7,10 @@ Every video file below ``--videos`` (recursively, by extension) is decoded with 
 the run that trained the checkpoint (its ``--video_framerate``, ``--max_frames`` and
 ``--video_backend``), transformed as for evaluation, and encoded by the checkpoint's model (CLIP
 frames, then the temporal module), once. A rerun over the same folder encodes only new or
-changed files (size or modification time), drops deleted ones, and continues an interrupted
-build; a file that cannot be read is listed with the reason (:class:`BuildReport`), never
-dropped in silence. Decoding runs in ``workers`` loader processes; the progress bar shows
-videos/s.
+changed files (size, modification time, or where its symbolic links lead), drops deleted
+ones, and continues an interrupted build; a file that cannot be read is listed with the reason
+(:class:`BuildReport`), never dropped in silence. Decoding runs in ``workers`` loader
+processes; the progress bar shows videos/s.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from tvr.data.frames import frame_transform, frames_to_input, sample_frames
 from tvr.data.video import VideoReadError
 from tvr.evaluation.engine import coarse_vectors
 from tvr.index.config import BuildConfig
-from tvr.index.store import (MANIFEST, Entry, Failure, IndexStoreError, Manifest, file_sha256,
-                             thumbnail_dir, walk_videos, write_shard)
+from tvr.index.store import (MANIFEST, Entry, Failure, IndexStoreError, Manifest, VideoFile,
+                             file_sha256, thumbnail_dir, walk_videos, write_shard)
 from tvr.models.gare import GARE
 from tvr.storage import require_same
 from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
@@ -137,7 +137,7 @@ def build_index(config: BuildConfig, progress: bool = True) -> BuildReport:
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, identity, record, sampling)
     report = BuildReport()
-    files = {path: stat for path, stat in walk_videos(root)}
+    files = dict(walk_videos(root))
     _forget_changed(out, manifest, files, report)
     todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
 
@@ -151,8 +151,8 @@ def build_index(config: BuildConfig, progress: bool = True) -> BuildReport:
         readable = [item for item in batch if item.video is not None]
         for item in batch:
             if item.video is None:
-                stat = files[item.path]
-                manifest.failed[item.path] = Failure(stat.st_size, stat.st_mtime_ns, item.error)
+                manifest.failed[item.path] = Failure(**asdict(files[item.path]),
+                                                     reason=item.error)
         if readable:
             features = _encode(model, readable, config.device).unbind(0)
             pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
@@ -176,14 +176,13 @@ def _require_index_or_empty(out: Path) -> None:
                               f"folder: --rebuild deletes only an index; choose another --out")
 
 
-def _forget_changed(out: Path, manifest: Manifest, files: dict[str, Any],
+def _forget_changed(out: Path, manifest: Manifest, files: dict[str, VideoFile],
                     report: BuildReport) -> None:
     """Drop the entries of deleted or changed files (they are listed as removed, their
     thumbnails deleted) and the failures of changed files (they are tried again)."""
 
-    def unchanged(item: Entry | Failure, path: str) -> bool:
-        stat = files.get(path)
-        return stat is not None and (item.size, item.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    def unchanged(item: VideoFile, path: str) -> bool:
+        return path in files and item.same_file(files[path])
 
     for path in [p for p, e in manifest.entries.items() if not unchanged(e, p)]:
         del manifest.entries[path]
@@ -217,7 +216,7 @@ def _encode(model: GARE, items: list[Decoded], device: str) -> torch.Tensor:
 
 
 def _flush(out: Path, manifest: Manifest, pending: list[tuple[Decoded, torch.Tensor]],
-           files: dict[str, Any], report: BuildReport) -> None:
+           files: dict[str, VideoFile], report: BuildReport) -> None:
     """Write ``pending`` as the next shard, then the manifest that points into it."""
     if pending:
         shard = manifest.next_shard
@@ -226,8 +225,8 @@ def _flush(out: Path, manifest: Manifest, pending: list[tuple[Decoded, torch.Ten
         write_shard(out, shard, frames, mask, coarse_vectors(frames, mask))
         manifest.next_shard += 1
         for row, (item, _) in enumerate(pending):
-            stat = files[item.path]
-            manifest.entries[item.path] = Entry(stat.st_size, stat.st_mtime_ns, shard, row,
-                                                round(item.duration, 3), item.times)
+            manifest.entries[item.path] = Entry(**asdict(files[item.path]), shard=shard,
+                                                row=row, duration=round(item.duration, 3),
+                                                times=item.times)
             report.encoded.append(item.path)
     manifest.save(out)

@@ -9,12 +9,14 @@ An index is a folder::
 A shard holds, for its n videos, ``frames`` (n, F, d) float32 (frame features after the
 temporal module: what the GARE similarity reads), ``mask`` (n, F) int64 and ``coarse`` (n, d)
 (the stage-1 vectors, :func:`~tvr.evaluation.engine.coarse_vectors`). The manifest maps each
-video file (path relative to the videos folder) to its shard and row, with the file's size and
-modification time (a changed file is encoded again), its duration and the time of each sampled
-frame. Files that could not be read are listed in ``failed`` with the reason; they are tried
+video file (path relative to the videos folder) to its shard and row, with what the file was
+(:class:`VideoFile`: size, modification time, real path, whether a symbolic link led there; a
+changed file is encoded again, and the web page serves a file only while all four still hold),
+its duration and the time of each sampled frame. Files that could not be read are listed in ``failed`` with the reason; they are tried
 again only when they change. A build writes a shard, then the manifest that points into it, so
 an interrupted build keeps every shard the manifest names and a rerun encodes the rest.
 Deleted and changed files leave unreferenced rows in their shards; ``--rebuild`` starts over.
+An index of an older format (version 1 recorded no real paths) is refused with that advice.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from torch import Tensor
 
 from tvr.storage import atomic_save, atomic_write_json, read_manifest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each file's real path and whether a link led there
 MANIFEST = "manifest.json"
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
@@ -40,11 +42,24 @@ class IndexStoreError(ValueError):
 
 
 @dataclass
-class Entry:
-    """One encoded video: where its features are and what the file was when encoded."""
+class VideoFile:
+    """A video file as a build found it: size, modification time, real path (every symbolic
+    link resolved) and whether resolving its path below the videos folder followed a link."""
 
     size: int
     mtime_ns: int
+    real_path: str
+    followed_link: bool
+
+    def same_file(self, other: VideoFile) -> bool:
+        return (self.size, self.mtime_ns, self.real_path, self.followed_link) == \
+            (other.size, other.mtime_ns, other.real_path, other.followed_link)
+
+
+@dataclass
+class Entry(VideoFile):
+    """One encoded video: what the file was when encoded, and where its features are."""
+
     shard: int
     row: int
     duration: float
@@ -52,11 +67,9 @@ class Entry:
 
 
 @dataclass
-class Failure:
+class Failure(VideoFile):
     """A file that could not be read, with the reader's reason."""
 
-    size: int
-    mtime_ns: int
     reason: str
 
 
@@ -117,21 +130,24 @@ def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:
     return Path(folder) / "thumbs" / hashlib.sha1(path.encode()).hexdigest()[:16]
 
 
-def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
-    """(path relative to ``root`` in POSIX form, stat) of every video file below ``root``,
-    recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order. A link that leads
-    nowhere has the stat of the link itself (the build lists it as unreadable)."""
-    root = Path(root)
+def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, VideoFile]]:
+    """(path relative to ``root`` in POSIX form, :class:`VideoFile`) of every video file below
+    ``root``, recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order. A link
+    that leads nowhere has the size and time of the link itself (the build lists it as
+    unreadable)."""
+    root = Path(root).resolve()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
                 full = Path(dirpath) / name
+                real = os.path.realpath(full)
                 try:
-                    stat = full.stat()
+                    stat = os.stat(real)
                 except OSError:  # a dangling or looping symbolic link
                     stat = full.lstat()
-                yield full.relative_to(root).as_posix(), stat
+                yield full.relative_to(root).as_posix(), VideoFile(
+                    stat.st_size, stat.st_mtime_ns, real, real != str(full))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:
