@@ -180,10 +180,15 @@ def checkpoint_variants(files, folder: Path) -> dict[str, Path]:
     (folder / "pickle.pt").write_bytes(pickle.dumps(Payload(), protocol=4))
     torch.save({"format_version": 1, "model": Payload()}, folder / "zip.pt")
     saved = torch.load(files.checkpoint, weights_only=True)
-    torch.save({**saved, "config": {"junk": 1}}, folder / "record.pt")
-    torch.save({**saved, "config": "a string"}, folder / "record2.pt")
+    record = saved["config"]
+    records = {"record": {"junk": 1}, "record_str": "a string",
+               "record_clip": {**record, "clip": {**record["clip"], "vision_width": -5}},
+               "record_sampling": {**record, "sampling": {**record["sampling"],
+                                                          "max_frames": 0}}}
+    for name, value in records.items():
+        torch.save({**saved, "config": value}, folder / f"{name}.pt")
     return {name: folder / f"{name}.pt"
-            for name in ("truncated", "empty", "pickle", "zip", "record", "record2")}
+            for name in ("truncated", "empty", "pickle", "zip", *records)}
 
 
 def test_a_damaged_or_hostile_checkpoint_is_one_line(files, tmp_path, capsys):

@@ -282,12 +282,17 @@ def load_model(path: PathLike, config: Optional[ModelConfig] = None
 def _parse_record(path: PathLike, record: Any, clip_path: Optional[str]
                   ) -> tuple[ModelConfig, CLIPConfig]:
     """:func:`config_from_record`, with :class:`CheckpointError` for a record that does not
-    parse (a damaged or hand-made file)."""
+    parse (a damaged or hand-made file): its model settings, CLIP shapes (positive integers)
+    and sampling (what :func:`sampling_of` reads) are checked."""
     try:
-        return config_from_record(record, clip_path)
+        model, clip = config_from_record(record, clip_path)
+        if not all(type(v) is int and v > 0 for v in asdict(clip).values()):
+            raise ValueError(f"CLIP shapes must be positive integers, got {asdict(clip)}")
+        SamplingConfig(**recorded_sampling(record))  # raises for a sampling out of bounds
     except (KeyError, TypeError, ValueError) as error:
         raise not_a_checkpoint(path, f"its model record does not parse ("
                                      f"{type(error).__name__}: {error})") from error
+    return model, clip
 
 
 def resume_path(resume: PathLike, output_dir: PathLike) -> Path:
