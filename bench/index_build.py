@@ -23,6 +23,7 @@ import torch
 
 from tvr.data.toy import make_toy_dataset
 from tvr.index.build import build_index, load_checkpoint_model
+from tvr.index.config import BuildConfig
 from tvr.index.store import file_sha256
 from tvr.data.config import SamplingConfig
 from tvr.models.factory import ModelConfig, create_model
@@ -52,8 +53,9 @@ def time_build(checkpoint: Path, videos: Path, scratch: Path,
     del model
     rates, seconds, encoded = [], [], 0
     for run in range(options.build_repeats):
-        report = build_index(checkpoint, videos, scratch / f"index{run}", workers=options.workers,
-                             rebuild=True, progress=False)
+        config = BuildConfig(str(checkpoint), str(videos), str(scratch / f"index{run}"),
+                             workers=options.workers, rebuild=True)
+        report = build_index(config, progress=False)
         encoded = len(report.encoded)
         rates.append(encoded / report.seconds)
         seconds.append(report.seconds)

@@ -22,8 +22,9 @@ from tvr.data.toy import make_toy_dataset
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import Stage1Search, faiss_available
 from tvr.index import build as build_module
-from tvr.index.__main__ import main as index_main
-from tvr.index.build import build_index, load_checkpoint_model
+from tvr.cli.index import main as index_main
+from tvr.index.build import BuildReport, build_index, load_checkpoint_model
+from tvr.index.config import BuildConfig
 from tvr.index.search import VideoIndex
 from tvr.index.store import IndexStoreError, Manifest
 from tvr.training.checkpoint import sampling_of
@@ -50,6 +51,12 @@ def trained(tmp_path_factory):
     return root / "run" / "ckpt_best.pt", toy
 
 
+def build(checkpoint, folder, out, workers=0, **settings) -> BuildReport:
+    """Index ``folder`` into ``out`` with ``checkpoint`` (no progress bar)."""
+    return build_index(BuildConfig(str(checkpoint), str(folder), str(out), workers=workers,
+                                   **settings), progress=False)
+
+
 def gallery(tmp_path, toy, count):
     """A folder with the first ``count`` toy videos, and the rest kept aside."""
     videos = sorted(toy.video_path.glob("*.mp4"))
@@ -64,14 +71,13 @@ def test_incremental_build_follows_the_folder(trained, tmp_path, capsys):
     checkpoint, toy = trained
     folder, spare = gallery(tmp_path, toy, 10)
     out = tmp_path / "index"
-    report = build_index(checkpoint, folder, out, workers=0, batch_size=4, shard_size=4,
-                         progress=False)
+    report = build(checkpoint, folder, out, batch_size=4, shard_size=4)
     assert len(report.encoded) == 10 and not report.removed and not report.failed
 
     (folder / "more").mkdir()  # two new files, one in a subfolder: only they are encoded
     shutil.copy(spare[0], folder)
     shutil.copy(spare[1], folder / "more")
-    report = build_index(checkpoint, folder, out, workers=0, progress=False)
+    report = build(checkpoint, folder, out)
     assert sorted(report.encoded) == sorted([spare[0].name, f"more/{spare[1].name}"])
     assert not report.removed
 
@@ -90,7 +96,7 @@ def test_incremental_build_follows_the_folder(trained, tmp_path, capsys):
 
     index = VideoIndex.open(out)
     assert sorted(index.paths) == sorted(manifest.entries) and len(index) == 10
-    report = build_index(checkpoint, folder, out, workers=0, progress=False)  # nothing to do
+    report = build(checkpoint, folder, out)  # nothing to do
     assert (report.encoded, report.removed, list(report.failed)) == ([], [], [corrupt.name])
 
 
@@ -108,12 +114,11 @@ def test_an_interrupted_build_keeps_its_shards_and_resumes(trained, tmp_path, mo
 
     monkeypatch.setattr(build_module, "_encode", failing_encode)
     with pytest.raises(KeyboardInterrupt):
-        build_index(checkpoint, folder, out, workers=0, batch_size=2, shard_size=2,
-                    progress=False)
+        build(checkpoint, folder, out, batch_size=2, shard_size=2)
     kept = set(Manifest.load(out).entries)
     assert len(kept) == 4  # two shards of two were written before the interruption
     monkeypatch.setattr(build_module, "_encode", real_encode)
-    report = build_index(checkpoint, folder, out, workers=0, progress=False)
+    report = build(checkpoint, folder, out)
     assert len(report.encoded) == 5 and not kept & set(report.encoded)
     assert len(VideoIndex.open(out)) == 9
 
@@ -122,7 +127,7 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
     checkpoint, toy = trained
     folder, _ = gallery(tmp_path, toy, 24)
     out = tmp_path / "index"
-    build_index(checkpoint, folder, out, workers=2, progress=False)
+    build(checkpoint, folder, out, workers=2)
     index = VideoIndex.open(out)
     model, info = load_checkpoint_model(checkpoint)
     sampling = sampling_of(info)
@@ -168,15 +173,14 @@ def test_an_index_refuses_another_checkpoint(trained, tmp_path):
     checkpoint, toy = trained
     folder, _ = gallery(tmp_path, toy, 2)
     out = tmp_path / "index"
-    build_index(checkpoint, folder, out, workers=0, progress=False)
+    build(checkpoint, folder, out)
     other = tmp_path / "other.pt"
     saved = torch.load(checkpoint, weights_only=True)
     saved["model"]["similarity.psi.q_proj.weight"] += 0.1  # a fine-tuned model, say
     torch.save(saved, other)
     with pytest.raises(IndexStoreError, match="another checkpoint"):
-        build_index(other, folder, out, workers=0, progress=False)
-    assert len(build_index(other, folder, out, workers=0, progress=False,
-                           rebuild=True).encoded) == 2
+        build(other, folder, out)
+    assert len(build(other, folder, out, rebuild=True).encoded) == 2
     with pytest.raises(IndexStoreError, match="not the checkpoint that built"):
         VideoIndex.open(out, checkpoint=str(checkpoint))
 
@@ -185,6 +189,7 @@ GATED_BUILD = """
 import os, sys, time
 from pathlib import Path
 from tvr.index import build
+from tvr.index.config import BuildConfig
 from tvr.index.store import IndexStoreError
 
 checkpoint, videos, out, shard_size, wait, gate = sys.argv[1:]
@@ -198,9 +203,9 @@ def gated(*args):  # says it is encoding, then waits for the test to open the ga
 
 build._encode = gated
 try:
-    build.build_index(checkpoint, videos, out, workers=0, batch_size=2,
-                      shard_size=int(shard_size), progress=False,
-                      **({"wait": True} if wait == "wait" else {}))
+    build.build_index(BuildConfig(checkpoint, videos, out, workers=0, batch_size=2,
+                                  shard_size=int(shard_size), wait=wait == "wait"),
+                      progress=False)
 except IndexStoreError as error:
     sys.exit(f"error: {error}")
 """
@@ -220,7 +225,7 @@ def test_two_builds_at_once_leave_the_index_of_one(trained, tmp_path, wait):
     overwrite each other's) started together: one builds, the other stops at once or waits."""
     checkpoint, toy = trained
     folder, _ = gallery(tmp_path, toy, 10)
-    build_index(checkpoint, folder, tmp_path / "single", workers=0, progress=False)
+    build(checkpoint, folder, tmp_path / "single")
     out, gate = tmp_path / "index", tmp_path / "gate"
     logs = [tmp_path / "build0.err", tmp_path / "build1.err"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -262,7 +267,7 @@ def test_searches_during_a_build_read_the_old_or_the_new_index(trained, tmp_path
     checkpoint, toy = trained
     folder, spare = gallery(tmp_path, toy, 6)
     out = tmp_path / "index"
-    build_index(checkpoint, folder, out, workers=0, progress=False)
+    build(checkpoint, folder, out)
     killed = [out / f".manifest.json.{os.getpid()}.tmp", out / "shards" / ".00001.pt.1.tmp"]
     for path in killed:  # left by killed writes
         path.write_bytes(b"half")
@@ -275,19 +280,19 @@ def test_searches_during_a_build_read_the_old_or_the_new_index(trained, tmp_path
         return real_encode(*args)
 
     monkeypatch.setattr(build_module, "_encode", paced)
-    build = threading.Thread(target=build_index, args=(checkpoint, folder, out),
-                             kwargs=dict(workers=0, batch_size=1, shard_size=1, progress=False))
-    build.start()
+    builder = threading.Thread(target=build, args=(checkpoint, folder, out),
+                               kwargs=dict(batch_size=1, shard_size=1))
+    builder.start()
     sizes = []
     try:
-        while build.is_alive():
+        while builder.is_alive():
             index = VideoIndex.open(out)
             assert [len(hits) for hits in index.search(QUERIES, top=3)] == [3, 3, 3]
             sizes.append(len(index))
             turns.release()
     finally:
         turns.release(100)
-        build.join()
+        builder.join()
     assert sizes == sorted(sizes) and sizes[0] >= 6 and sizes[-1] <= 12
     assert any(6 < size < 12 for size in sizes)  # searched mid-build
     assert len(VideoIndex.open(out)) == 12

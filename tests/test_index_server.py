@@ -6,23 +6,23 @@ binary (Debian's ``chromium`` package, which .ci/run installs when it can) and i
 the reason, without one. The model is untrained: the tests compare the page with what
 :meth:`VideoIndex.search` returns, not with what a trained model would find.
 """
+import dataclasses
+import json
 import shutil
 import subprocess
 import threading
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from werkzeug.serving import make_server
 
 from tvr.data.toy import make_toy_dataset
-from tvr.index.build import build_index
 from tvr.index.search import VideoIndex
 from tvr.index.server import clock, create_app
-from tvr.cli.flags import run_config
-from tvr.cli.retrieval import parse_args
-from tvr.models.factory import create_model
-from tvr.training import checkpoint as ckpt
+from tvr.index.store import IndexStoreError
+from fixtures_index import build, tiny_checkpoint
 
 QUERY = "a red circle moves to the left"
 TOP = 6
@@ -36,23 +36,21 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory) -> VideoIndex:
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "ckpt_best.pt")
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, checkpoint) -> VideoIndex:
     """An index of 10 toy videos (one moved to :data:`NESTED`), by a tiny untrained model."""
     root = tmp_path_factory.mktemp("index")
     toy = make_toy_dataset(root / "toy", num_train=6, num_test=4, workers=1)
     (toy.video_path / NESTED).parent.mkdir()
     (toy.video_path / "video9.mp4").rename(toy.video_path / NESTED)
-    args = parse_args(["--base_encoder", "tiny", "--num_hidden_layers", "2", "--max_frames", "4",
-                       "--max_words", "16", "--video_framerate", "3", "--anno_path", "a",
-                       "--video_path", "v"])
-    config = run_config(args)
-    model = create_model(config.model)
-    record = ckpt.model_record(config.model, config.data.sampling, model)
-    checkpoint = ckpt.save_model(root / "ckpt_best.pt", model, config=record,
-                                 epoch=0, global_step=0, metric=None, args=config.arguments)
-    report = build_index(checkpoint, toy.video_path, root / "index", workers=0, progress=False)
-    assert len(report.encoded) == 10 and not report.failed
-    return VideoIndex.open(root / "index")
+    build(checkpoint, toy.video_path, root / "index")
+    index = VideoIndex.open(root / "index")
+    assert len(index) == 10
+    return index
 
 
 @pytest.fixture
@@ -142,6 +140,113 @@ def test_only_indexed_files_are_served(index, client):
                 f"/thumb/{entry}/{len(index.manifest.entries[entry].times)}",
                 f"/thumb/{entry}/-1", "/thumb/../manifest.json"):
         assert client.get(url, follow_redirects=True).status_code == 404, url
+
+
+@pytest.fixture
+def own(checkpoint, index, tmp_path):
+    """A client of a fresh index of three videos (video0-2.mp4) that a test may change, with
+    its videos folder and a file outside it."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("video0.mp4", "video1.mp4", "video2.mp4"):
+        shutil.copy(index.videos_root / name, videos)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the videos folder")
+    build(checkpoint, videos, tmp_path / "index")
+    own = VideoIndex.open(tmp_path / "index")
+    return create_app(own, top=TOP).test_client(), videos, secret, own
+
+
+def changed(response) -> bool:
+    """A 404 that says the file changed since the build and what to do."""
+    text = response.get_data(as_text=True)
+    return response.status_code == 404 and "changed since the index was built" in text and \
+        "re-run build" in text
+
+
+def test_a_symlink_swapped_in_after_the_build_is_not_served(own):
+    client, videos, secret, _ = own
+    assert client.get("/video/video0.mp4").status_code == 200
+    (videos / "video0.mp4").unlink()
+    (videos / "video0.mp4").symlink_to(secret)
+    response = client.get("/video/video0.mp4")
+    assert changed(response) and b"outside the videos folder" not in response.data
+    (videos / "video1.mp4").unlink()
+    (videos / "video1.mp4").symlink_to("/etc/passwd")
+    assert changed(client.get("/video/video1.mp4"))
+
+
+def test_a_replaced_file_is_not_served(own):
+    client, videos, _, _ = own
+    data = (videos / "video0.mp4").read_bytes()
+    (videos / "video0.mp4").write_bytes(b"x" * len(data))  # same size, other content
+    assert changed(client.get("/video/video0.mp4"))
+    (videos / "video1.mp4").write_bytes(b"other")  # other size
+    assert changed(client.get("/video/video1.mp4"))
+    assert client.get("/video/video2.mp4").status_code == 200
+
+
+def test_a_symlink_the_build_followed_is_served_while_it_points_there(checkpoint, index,
+                                                                      tmp_path):
+    videos, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
+    videos.mkdir()
+    elsewhere.mkdir()
+    for name in ("video0.mp4", "video1.mp4"):
+        shutil.copy(index.videos_root / name, elsewhere)
+    (videos / "linked.mp4").symlink_to(elsewhere / "video0.mp4")
+    build(checkpoint, videos, tmp_path / "index")
+    client = create_app(VideoIndex.open(tmp_path / "index")).test_client()
+    response = client.get("/video/linked.mp4")
+    assert response.status_code == 200
+    assert response.data == (elsewhere / "video0.mp4").read_bytes()
+    (videos / "linked.mp4").unlink()
+    (videos / "linked.mp4").symlink_to(elsewhere / "video1.mp4")
+    assert changed(client.get("/video/linked.mp4"))
+
+
+def test_a_recorded_path_outside_the_folder_is_not_served_without_a_followed_link(own):
+    client, videos, secret, index = own
+    entry = index.manifest.entries["video0.mp4"]
+    (videos / "video0.mp4").unlink()
+    (videos / "video0.mp4").symlink_to(secret)
+    info = secret.stat()
+    index.manifest.entries["video0.mp4"] = dataclasses.replace(
+        entry, real_path=str(secret), size=info.st_size, mtime_ns=info.st_mtime_ns,
+        followed_link=False)  # a manifest edited by hand
+    assert changed(client.get("/video/video0.mp4"))
+
+
+@pytest.mark.parametrize("url", [
+    "/video/../manifest.json", "/video/%2e%2e/manifest.json", "/video/%2E%2E%2Fmanifest.json",
+    "/video/..%5Cmanifest.json", "/video/..\\manifest.json", "/video/%5C..%5Cmanifest.json",
+    "/video//etc/passwd", "/video/%2Fetc%2Fpasswd", "/video///etc/passwd",
+    "/video/./video0.mp4", "/video/videos/../video0.mp4x", "/thumb/../manifest.json/0",
+    "/thumb/%2e%2e/manifest.json/0", "/thumb//etc/passwd/0"])
+def test_every_traversal_form_is_a_404(own, url):
+    client, _, _, _ = own
+    response = client.get(url, follow_redirects=True)
+    assert response.status_code == 404 and b"root:" not in response.data, url
+
+
+def test_a_multi_range_request_gets_the_whole_file(own):
+    client, videos, _, _ = own
+    data = (videos / "video0.mp4").read_bytes()
+    response = client.get("/video/video0.mp4", headers={"Range": "bytes=0-1,4-5"})
+    assert response.status_code == 200 and response.data == data
+    single = client.get("/video/video0.mp4", headers={"Range": "bytes=4-5"})
+    assert single.status_code == 206 and single.data == data[4:6]
+
+
+def test_an_index_of_the_old_format_asks_for_a_rebuild(own, tmp_path):
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    for entry in manifest["entries"].values():
+        entry.pop("real_path", None)
+        entry.pop("followed_link", None)
+    (tmp_path / "index" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexStoreError, match="format version 1.*rebuild the index with "
+                                              "--rebuild"):
+        VideoIndex.open(tmp_path / "index")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser on PATH (Debian: "

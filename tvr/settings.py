@@ -8,7 +8,8 @@ Every frozen configuration of the package (``SimilarityConfig``, ``DataConfig``,
 The command line (tvr/cli/flags.py) generates its flags, their help, their range checks and the
 keys a recipe may set from these declarations, and the configuration checks the same bounds
 when it is built (:func:`check_settings` in ``__post_init__``), so a flag check and a
-configuration check cannot disagree. A field declared with a plain default is no flag.
+configuration check cannot disagree. A field declared with a plain default is no flag; one
+declared with the default :data:`REQUIRED` has none and is a required flag.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
 SETTING = "tvr.setting"  # the dataclass field metadata key
+REQUIRED = dataclasses.MISSING  # the default of a setting without one: a required flag
 
 
 class SettingError(ValueError):

@@ -14,6 +14,10 @@ malformed annotation file, an unreadable video, an unusable checkpoint) are prin
 main_retrieval.py as one line (:func:`describe`), exit status 1 (also: a store, e.g. the
 ``--clip_features`` folder, that another run is writing); ``--debug`` or
 ``TVR_DEBUG=1`` adds their traceback (:func:`debug_requested`). Other errors keep theirs.
+
+The path checks (:func:`check_exists`, :func:`check_folder`, :func:`check_writable`,
+:func:`check_loads`) and :func:`check_device` check ``python -m tvr.index``'s flags too
+(tvr/cli/index.py).
 """
 from __future__ import annotations
 
@@ -96,40 +100,44 @@ def check_run(args: argparse.Namespace) -> None:
         check_batch_size(args.batch_size, world_size())
     except ValueError as error:  # its message starts with "--batch_size N"
         raise UsageError(str(error)) from error
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise flag_error(args, "device", f"this torch build (torch {torch.__version__}) sees no "
-                                         f"CUDA device for --device cuda; use --device cpu or "
-                                         f"auto")
+    check_device(args, "--device cpu or auto")
     if not args.demo:  # the demo writes its data when it starts
-        _folder(args, "anno_path", "the annotation folder")
+        check_folder(args, "anno_path", "the annotation folder")
         if args.video_path is None:
             raise flag_error(args, "video_path", "required with --anno_path (the folder of "
                                                  "the videos)")
-        _folder(args, "video_path", "the video folder")
-    _writable(args, "output_dir")
+        check_folder(args, "video_path", "the video folder")
+    check_writable(args, "output_dir")
     if getattr(args, "frame_cache", None):
-        _exists(args, "frame_cache")
+        check_exists(args, "frame_cache")
     if args.clip_features and Path(args.clip_features).exists():
-        _folder(args, "clip_features", "the folder of a CLIP-feature store (or a new one)")
+        check_folder(args, "clip_features", "the folder of a CLIP-feature store (or a new one)")
     if args.clip_path:
-        _exists(args, "clip_path")
+        check_exists(args, "clip_path")
     if not (args.init_model or args.resume) and args.base_encoder != "tiny":
         try:
             find_checkpoint(args.base_encoder, args.clip_path)
         except CheckpointNotFoundError as error:
             raise UsageError(str(error)) from error
     if args.init_model:
-        _exists(args, "init_model", file=True)
-        _loads(args, "init_model", args.init_model)
+        check_exists(args, "init_model", file=True)
+        check_loads(args, "init_model", args.init_model)
     if args.resume:
         try:
             path = resume_path(args.resume, args.output_dir)
         except FileNotFoundError as error:
             raise UsageError(f"argument {error}") from error
-        _loads(args, "resume", path, training=True)
+        check_loads(args, "resume", path, training=True)
 
 
-def _exists(args: argparse.Namespace, name: str, file: bool = False) -> Path:
+def check_device(args: argparse.Namespace, instead: str) -> None:
+    """``--device cuda`` needs a CUDA device that this torch build sees; else use ``instead``."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise flag_error(args, "device", f"this torch build (torch {torch.__version__}) sees no "
+                                         f"CUDA device for --device cuda; use {instead}")
+
+
+def check_exists(args: argparse.Namespace, name: str, file: bool = False) -> Path:
     path = Path(getattr(args, name))
     if not path.exists():
         raise flag_error(args, name, f"{path} does not exist")
@@ -140,15 +148,15 @@ def _exists(args: argparse.Namespace, name: str, file: bool = False) -> Path:
     return path
 
 
-def _folder(args: argparse.Namespace, name: str, what: str) -> None:
-    path = _exists(args, name)
+def check_folder(args: argparse.Namespace, name: str, what: str) -> None:
+    path = check_exists(args, name)
     if not path.is_dir():
         raise flag_error(args, name, f"{path} is a file; expected {what}")
     if not os.access(path, os.X_OK):
         raise flag_error(args, name, f"{path} cannot be listed (permission denied)")
 
 
-def _writable(args: argparse.Namespace, name: str) -> None:
+def check_writable(args: argparse.Namespace, name: str) -> None:
     """The folder exists and is writable, or its nearest existing parent is (nothing is
     created here)."""
     target = Path(getattr(args, name)).absolute()
@@ -163,8 +171,8 @@ def _writable(args: argparse.Namespace, name: str) -> None:
         raise flag_error(args, name, f"{existing}{where} is not writable")
 
 
-def _loads(args: argparse.Namespace, name: str, path: Path | str, training: bool = False
-           ) -> None:
+def check_loads(args: argparse.Namespace, name: str, path: Path | str, training: bool = False
+                ) -> None:
     try:
         check_checkpoint(path, training=training)
     except CheckpointError as error:

@@ -24,7 +24,7 @@ from tvr.losses.gare_terms import GARELossWeights
 from tvr.models.factory import ModelConfig, config_from_dict
 from tvr.models.gare import GAREConfig, NCLConfig
 from tvr.models.similarity import SimilarityConfig
-from tvr.settings import Setting, settings_of
+from tvr.settings import REQUIRED, Setting, settings_of
 from tvr.training.checkpoint import plain_args
 from tvr.training.config import FeatureConfig, RunConfig, TrainConfig
 
@@ -55,47 +55,67 @@ COMPATIBILITY_FLAGS = {  # reference flags that this implementation accepts and 
 
 @dataclass(frozen=True)
 class Flag:
-    """A declared flag: where it lives in :class:`RunConfig` and what it accepts."""
+    """A declared flag: where it lives in its configuration and what it accepts."""
 
-    path: tuple[str, ...]   # field names from RunConfig, e.g. ("model", "gare", "temp")
+    path: tuple[str, ...]   # field names from the configuration, e.g. ("model", "gare", "temp")
     setting: Setting
-    default: Any
-    group: str
+    default: Any            # tvr.settings.REQUIRED for a required flag
+    owner: type             # the configuration class that declares it
 
     @property
     def kind(self) -> type:
         return self.setting.kind or type(self.default)
 
+    @property
+    def group(self) -> str:
+        """main_retrieval.py's help group of the flag (:data:`GROUPS`)."""
+        return self.setting.group or CONFIG_GROUPS[self.owner]
 
-def _declared(config_type: type, path: tuple[str, ...] = ()) -> Iterator[Flag]:
+
+def declared(config_type: type, path: tuple[str, ...] = ()) -> Iterator[Flag]:
+    """The flags that ``config_type`` and the configurations it holds declare, in order."""
     hints = typing.get_type_hints(config_type)
-    declared = dict((item.name, setting) for item, setting in settings_of(config_type))
+    settings = dict((item.name, setting) for item, setting in settings_of(config_type))
     for item in dataclasses.fields(config_type):
         kind = hints[item.name]
         if dataclasses.is_dataclass(kind):
-            yield from _declared(kind, (*path, item.name))
-        elif item.name in declared:
-            setting = declared[item.name]
-            yield Flag((*path, item.name), setting, item.default,
-                       setting.group or CONFIG_GROUPS[config_type])
+            yield from declared(kind, (*path, item.name))
+        elif item.name in settings:
+            yield Flag((*path, item.name), settings[item.name], item.default, config_type)
 
 
-FLAGS: dict[str, Flag] = {flag.setting.flag: flag for flag in _declared(RunConfig)}
+FLAGS: dict[str, Flag] = {flag.setting.flag: flag for flag in declared(RunConfig)}
+
+
+def add_flag(group: argparse._ActionsContainer, flag: Flag) -> None:
+    """The argparse argument of a declared flag: its type, default (or required), choices,
+    optional value and help."""
+    setting = flag.setting
+    if flag.kind is bool:
+        group.add_argument(f"--{setting.flag}", action="store_true", help=setting.help)
+        return
+    extra: dict[str, Any] = {"type": flag.kind}
+    if flag.default is REQUIRED:
+        extra["required"] = True
+    else:
+        extra["default"] = flag.default
+    if setting.choices is not None:
+        extra["choices"] = list(setting.choices)
+    if setting.const is not None:
+        extra.update(nargs="?", const=setting.const)
+    group.add_argument(f"--{setting.flag}", help=setting.help, **extra)
+
+
+def add_setting_flags(group: argparse._ActionsContainer, config_type: type) -> None:
+    """One argparse argument per flag that ``config_type`` declares (:func:`declared`)."""
+    for flag in declared(config_type):
+        add_flag(group, flag)
 
 
 def add_declared_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
-    """One argparse argument per entry of :data:`FLAGS`."""
-    for name, flag in FLAGS.items():
-        group, setting = groups[flag.group], flag.setting
-        if flag.kind is bool:
-            group.add_argument(f"--{name}", action="store_true", help=setting.help)
-            continue
-        extra: dict[str, Any] = {"type": flag.kind}
-        if setting.choices is not None:
-            extra["choices"] = list(setting.choices)
-        if setting.const is not None:
-            extra.update(nargs="?", const=setting.const)
-        group.add_argument(f"--{name}", default=flag.default, help=setting.help, **extra)
+    """One argparse argument per entry of :data:`FLAGS`, in its help group."""
+    for flag in FLAGS.values():
+        add_flag(groups[flag.group], flag)
 
 
 def add_cli_flags(group: argparse._ArgumentGroup, recipes: Sequence[str]) -> None:

@@ -7,10 +7,10 @@ Every video file below ``--videos`` (recursively, by extension) is decoded with 
 the run that trained the checkpoint (its ``--video_framerate``, ``--max_frames`` and
 ``--video_backend``), transformed as for evaluation, and encoded by the checkpoint's model (CLIP
 frames, then the temporal module), once. A rerun over the same folder encodes only new or
-changed files (size or modification time), drops deleted ones, and continues an interrupted
-build; a file that cannot be read is listed with the reason (:class:`BuildReport`), never
-dropped in silence. Decoding runs in ``workers`` loader processes; the progress bar shows
-videos/s.
+changed files (size, modification time, or where its symbolic links lead), drops deleted
+ones, and continues an interrupted build; a file that cannot be read is listed with the reason
+(:class:`BuildReport`), never dropped in silence. Decoding runs in ``workers`` loader
+processes; the progress bar shows videos/s.
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ from tvr.data.config import SamplingConfig
 from tvr.data.frames import frame_transform, frames_to_input, sample_frames
 from tvr.data.video import VideoReadError
 from tvr.evaluation.engine import coarse_vectors
-from tvr.index.store import (Entry, Failure, IndexStoreError, Manifest, file_sha256,
-                             thumbnail_dir, walk_videos, write_shard)
+from tvr.index.config import BuildConfig
+from tvr.index.store import (MANIFEST, Entry, Failure, IndexStoreError, Manifest, VideoFile,
+                             file_sha256, thumbnail_dir, walk_videos, write_shard)
 from tvr.models.gare import GARE
 from tvr.storage import require_same, writer_lock
 from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
@@ -58,7 +59,7 @@ class Decoded(NamedTuple):
     mask: Optional[torch.Tensor]    # (F,)
     times: list[float]
     duration: float
-    error: str
+    error: str                      # why it is unreadable (no training advice), else ""
 
 
 class VideoFiles(Dataset):
@@ -78,7 +79,8 @@ class VideoFiles(Dataset):
         try:
             sampled = sample_frames(str(self.root / path), self.sampling)
         except (VideoReadError, OSError, ValueError) as error:
-            return Decoded(path, None, None, [], 0.0, str(error))
+            reason = error.reason if isinstance(error, VideoReadError) else None
+            return Decoded(path, None, None, [], 0.0, reason or str(error))
         self._thumbnails(path, sampled.frames)
         video, mask = frames_to_input(sampled.frames, self.transform, self.sampling.max_frames)
         return Decoded(path, video, mask, sampled.times.round(3).tolist(), sampled.duration, "")
@@ -104,50 +106,92 @@ class BuildReport:
 
     def format(self) -> str:
         rate = len(self.encoded) / self.seconds if self.seconds else 0.0
+        advice = " (listed below and skipped: fix or remove each, then run build again)"
         lines = [f"encoded {len(self.encoded)} videos ({rate:.1f} videos/s), removed "
-                 f"{len(self.removed)}, {len(self.failed)} unreadable"]
+                 f"{len(self.removed)}, {len(self.failed)} unreadable"
+                 + (advice if self.failed else "")]
         lines += [f"  unreadable: {path}: {reason}" for path, reason in sorted(self.failed.items())]
         return "\n".join(lines)
 
 
-def build_index(checkpoint: str | Path, videos: str | Path, out: str | Path, *,
-                workers: int = 2, batch_size: int = 16, shard_size: int = 256,
-                rebuild: bool = False, device: str = "cpu", progress: bool = True,
-                wait: bool = False) -> BuildReport:
-    """Create or update the index ``out`` of the videos below ``videos`` (module docstring).
+def build_index(config: BuildConfig, progress: bool = True) -> BuildReport:
+    """Create or update the index ``config.out`` of the videos below ``config.videos`` with the
+    model of ``config.checkpoint`` (module docstring).
 
     Raises :class:`IndexStoreError` when ``out`` was built from another checkpoint (by content
-    hash), another sampling or another videos folder, unless ``rebuild`` starts it over. One
+    hash), another sampling or another videos folder, unless ``rebuild`` starts it over; and,
+    before anything is loaded, when ``rebuild`` would delete a folder that is no index. One
     build writes ``out`` at a time (:func:`tvr.storage.writer_lock`): another one waits for it
-    when ``wait``, else raises :class:`IndexStoreError` at once.
+    with ``config.wait``, else raises :class:`IndexStoreError` at once.
     """
-    with writer_lock(out, "wait for it, or pass --wait", wait=wait, error=IndexStoreError):
-        return _build(checkpoint, videos, out, workers, batch_size, shard_size, rebuild, device,
-                      progress)
+    with writer_lock(config.out, "wait for it, or pass --wait", wait=config.wait,
+                     error=IndexStoreError):
+        return _build(config, progress)
 
 
-def _build(checkpoint: str | Path, videos: str | Path, out: str | Path, workers: int,
-           batch_size: int, shard_size: int, rebuild: bool, device: str,
-           progress: bool) -> BuildReport:
-    """:func:`build_index`, holding the lock of ``out``."""
+def _build(config: BuildConfig, progress: bool) -> BuildReport:
+    """:func:`build_index`, holding the lock of ``config.out``."""
     start = time.time()
-    root, out = Path(videos).resolve(), Path(out)
+    root, out = Path(config.videos).resolve(), Path(config.out)
     if not root.is_dir():
-        raise IndexStoreError(f"--videos {videos}: no such folder")
-    model, info = load_checkpoint_model(checkpoint, device)
+        raise IndexStoreError(f"--videos {config.videos}: no such folder")
+    if config.rebuild:
+        _require_index_or_empty(out)
+    model, info = load_checkpoint_model(config.checkpoint, config.device)
     record = info["config"]
-    identity = {"path": str(Path(checkpoint).resolve()), "sha256": file_sha256(checkpoint),
-                "code_version": code_version()}
+    identity = {"path": str(Path(config.checkpoint).resolve()),
+                "sha256": file_sha256(config.checkpoint), "code_version": code_version()}
     sampling = sampling_of(info)
-    if rebuild and out.exists():
+    if config.rebuild and out.exists():
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, identity, record, sampling)
     report = BuildReport()
-    files = {path: stat for path, stat in walk_videos(root)}
+    files = dict(walk_videos(root))
+    _forget_changed(out, manifest, files, report)
+    todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
 
-    def unchanged(item: Entry | Failure, path: str) -> bool:
-        stat = files.get(path)
-        return stat is not None and (item.size, item.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    dataset = VideoFiles(root, todo, out, sampling, model.clip.config.image_size)
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                        collate_fn=list)
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="index",
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    pending: list[tuple[Decoded, torch.Tensor]] = []
+    for batch in loader:
+        readable = [item for item in batch if item.video is not None]
+        for item in batch:
+            if item.video is None:
+                manifest.failed[item.path] = Failure(**asdict(files[item.path]),
+                                                     reason=item.error)
+        if readable:
+            features = _encode(model, readable, config.device).unbind(0)
+            pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
+        while len(pending) >= config.shard_size:
+            _flush(out, manifest, pending[:config.shard_size], files, report)
+            pending = pending[config.shard_size:]
+        bar.update(len(batch))
+        bar.set_postfix(failed=len(manifest.failed))
+    _flush(out, manifest, pending, files, report)
+    bar.close()
+    report.failed = {path: f.reason for path, f in manifest.failed.items()}
+    report.seconds = time.time() - start
+    return report
+
+
+def _require_index_or_empty(out: Path) -> None:
+    """Refuse to start ``out`` over (delete it) unless it is an index or an empty folder."""
+    if out.exists() and not (out / MANIFEST).is_file() and \
+            (not out.is_dir() or any(out.iterdir())):
+        raise IndexStoreError(f"--out {out} is not an index (no {MANIFEST}) and not an empty "
+                              f"folder: --rebuild deletes only an index; choose another --out")
+
+
+def _forget_changed(out: Path, manifest: Manifest, files: dict[str, VideoFile],
+                    report: BuildReport) -> None:
+    """Drop the entries of deleted or changed files (they are listed as removed, their
+    thumbnails deleted) and the failures of changed files (they are tried again)."""
+
+    def unchanged(item: VideoFile, path: str) -> bool:
+        return path in files and item.same_file(files[path])
 
     for path in [p for p, e in manifest.entries.items() if not unchanged(e, p)]:
         del manifest.entries[path]
@@ -156,32 +200,6 @@ def _build(checkpoint: str | Path, videos: str | Path, out: str | Path, workers:
     for path in [p for p, f in manifest.failed.items() if not unchanged(f, p)]:
         del manifest.failed[path]
     manifest.save(out)
-    todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
-
-    dataset = VideoFiles(root, todo, out, sampling, model.clip.config.image_size)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list)
-    bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="index",
-               mininterval=0.5 if sys.stderr.isatty() else 30)
-    pending: list[tuple[Decoded, torch.Tensor]] = []
-    for batch in loader:
-        readable = [item for item in batch if item.video is not None]
-        for item in batch:
-            if item.video is None:
-                stat = files[item.path]
-                manifest.failed[item.path] = Failure(stat.st_size, stat.st_mtime_ns, item.error)
-        if readable:
-            features = _encode(model, readable, device).unbind(0)
-            pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
-        while len(pending) >= shard_size:
-            _flush(out, manifest, pending[:shard_size], files, report)
-            pending = pending[shard_size:]
-        bar.update(len(batch))
-        bar.set_postfix(failed=len(manifest.failed))
-    _flush(out, manifest, pending, files, report)
-    bar.close()
-    report.failed = {path: f.reason for path, f in manifest.failed.items()}
-    report.seconds = time.time() - start
-    return report
 
 
 def _open_manifest(out: Path, root: Path, identity: dict[str, Any], model_config: dict,
@@ -207,7 +225,7 @@ def _encode(model: GARE, items: list[Decoded], device: str) -> torch.Tensor:
 
 
 def _flush(out: Path, manifest: Manifest, pending: list[tuple[Decoded, torch.Tensor]],
-           files: dict[str, Any], report: BuildReport) -> None:
+           files: dict[str, VideoFile], report: BuildReport) -> None:
     """Write ``pending`` as the next shard, then the manifest that points into it."""
     if pending:
         shard = manifest.next_shard
@@ -216,8 +234,8 @@ def _flush(out: Path, manifest: Manifest, pending: list[tuple[Decoded, torch.Ten
         write_shard(out, shard, frames, mask, coarse_vectors(frames, mask))
         manifest.next_shard += 1
         for row, (item, _) in enumerate(pending):
-            stat = files[item.path]
-            manifest.entries[item.path] = Entry(stat.st_size, stat.st_mtime_ns, shard, row,
-                                                round(item.duration, 3), item.times)
+            manifest.entries[item.path] = Entry(**asdict(files[item.path]), shard=shard,
+                                                row=row, duration=round(item.duration, 3),
+                                                times=item.times)
             report.encoded.append(item.path)
     manifest.save(out)

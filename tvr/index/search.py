@@ -25,7 +25,7 @@ from torch import Tensor
 from tvr.evaluation.engine import SimilarityEngine, build_engine
 from tvr.evaluation.retrieval import Gallery, Stage1
 from tvr.index.build import load_checkpoint_model
-from tvr.index.store import (IndexStoreError, Manifest, file_sha256, read_shard,
+from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, read_shard,
                              thumbnail_dir)
 from tvr.models.gare import GARE
 from tvr.models.tokenizer import ClipTokenizer
@@ -61,6 +61,9 @@ class VideoIndex:
         """Load ``folder``; the model from the checkpoint the index records (or
         ``checkpoint``, which must be the same file by content)."""
         folder = Path(folder)
+        if not (folder / MANIFEST).is_file():
+            raise IndexStoreError(f"{folder} is not an index (no {MANIFEST}); make one with "
+                                  f"python -m tvr.index build --out {folder}")
         manifest = Manifest.load(folder)
         source = checkpoint or manifest.checkpoint["path"]
         if not Path(source).is_file():

@@ -13,20 +13,31 @@ Werkzeug's server, on ``127.0.0.1`` by default (a local tool: nothing here authe
 ``/thumb/<path>/<k>``
     The JPEG thumbnail of sampled frame ``k`` of video ``path``.
 ``/video/<path>``
-    The video file, with range requests (HTTP 206) so that the player can seek.
+    The video file, with range requests (HTTP 206) so that the player can seek. A request for
+    several ranges gets the whole file (200, as RFC 9110 allows: browsers ask for one range).
 
 Only videos listed in the index manifest are served, looked up by their path relative to the
-videos folder: any other path (``../``, absolute, not indexed) is a 404, so the server never
-reads outside the index and the videos it lists. Every value in the page goes through Jinja's
+videos folder: any other path (``../``, absolute, not indexed) is a 404. A listed video is
+served only while it is the file the build read (:func:`open_indexed`): its path must still
+lead to the real path the manifest records, inside the videos folder unless the build followed
+a symbolic link, with the recorded size and modification time. A file replaced since the build,
+or swapped for a link to elsewhere, is a 404 that says to re-run build. So the server never
+reads outside the index and the files it indexed. Every value in the page goes through Jinja's
 autoescaping, the query included.
 """
 from __future__ import annotations
 
 import os
+import socket
+import stat
 import threading
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Optional
 
 import flask
+from werkzeug.serving import make_server, select_address_family
 
+from tvr.index.config import ServeConfig
 from tvr.index.search import VideoIndex
 from tvr.index.store import Entry
 
@@ -123,17 +134,77 @@ def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
 
     @app.get("/video/<path:path>")
     def video(path: str) -> flask.Response:
-        """An indexed video file; conditional, so that range requests get 206 and seeking works."""
-        indexed(path)
-        return flask.send_from_directory(index.videos_root, path, conditional=True)
+        """An indexed video file while it is the file the build read; conditional, so that a
+        range request gets 206 and seeking works."""
+        file = open_indexed(index.videos_root, path, indexed(path))
+        if file is None:
+            flask.abort(404, f"{path} changed since the index was built (another file, or a "
+                             f"link to elsewhere): re-run build to index it again")
+        return send_video(file, PurePosixPath(path).name)
 
     return app
 
 
-def serve(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
-          top: int = 12) -> None:
-    """Open the index in ``folder`` and serve its search page at ``http://host:port/`` until
-    interrupted (Werkzeug's threaded server: meant for one user on a local machine)."""
-    app = create_app(VideoIndex.open(folder), top=top)
-    print(f"searching {folder}: open http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
-    app.run(host=host, port=port, threaded=True)
+def open_indexed(root: Path, path: str, entry: Entry) -> Optional[BinaryIO]:
+    """Video ``path`` (below ``root``) opened for reading if it is still the file the build
+    indexed, else None: the path resolves to the real path ``entry`` records (inside ``root``
+    unless the build followed a link), and the file opened there, without following a link
+    swapped in meanwhile, is a regular file of the recorded size and modification time."""
+    real = os.path.realpath(root / path)
+    if real != entry.real_path or not (entry.followed_link or Path(real).is_relative_to(root)):
+        return None
+    try:
+        file = open(real, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW))
+    except OSError:
+        return None
+    found = os.fstat(file.fileno())
+    if not stat.S_ISREG(found.st_mode) or \
+            (found.st_size, found.st_mtime_ns) != (entry.size, entry.mtime_ns):
+        file.close()
+        return None
+    return file
+
+
+def send_video(file: BinaryIO, name: str) -> flask.Response:
+    """The open video ``file`` as the response to this request: conditional, a single range
+    as 206, several ranges as the whole file (werkzeug answers them 416)."""
+    found = os.fstat(file.fileno())
+    response = flask.send_file(file, download_name=name, conditional=False,
+                               last_modified=found.st_mtime)
+    response.content_length = found.st_size
+    environ = flask.request.environ
+    if flask.request.range is not None and len(flask.request.range.ranges) > 1:
+        environ = {key: value for key, value in environ.items() if key != "HTTP_RANGE"}
+    return response.make_conditional(environ, accept_ranges=True,
+                                     complete_length=found.st_size)
+
+
+class ServeError(OSError):
+    """The page cannot be served where asked (the address is taken or cannot be used)."""
+
+
+def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
+    """Serve the search page of the index in ``folder`` at ``http://host:port/`` until
+    interrupted (Werkzeug's threaded server: meant for one user on a local machine). The
+    address is taken first, so a busy port fails before the index is loaded, and the address
+    announced is the one listened on."""
+    try:
+        family = select_address_family(config.host, config.port)
+        listener = socket.create_server((config.host, config.port), family=family)
+    except OSError as error:
+        raise ServeError(f"cannot listen on {config.host}:{config.port}: "
+                         f"{error.strerror or error}; choose another --port (or --host)"
+                         ) from error
+    with listener:
+        app = create_app(VideoIndex.open(folder), top=config.top)
+        server = make_server(config.host, config.port, app, threaded=True,
+                             fd=listener.fileno())
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"searching {folder}: open http://{host}:{server.port}/ (Ctrl+C to stop)",
+              flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()

@@ -9,10 +9,11 @@ An index is a folder::
 A shard holds, for its n videos, ``frames`` (n, F, d) float32 (frame features after the
 temporal module: what the GARE similarity reads), ``mask`` (n, F) int64 and ``coarse`` (n, d)
 (the stage-1 vectors, :func:`~tvr.evaluation.engine.coarse_vectors`). The manifest maps each
-video file (path relative to the videos folder) to its shard and row, with the file's size and
-modification time (a changed file is encoded again), its duration and the time of each sampled
-frame. Files that could not be read are listed in ``failed`` with the reason; they are tried
-again only when they change. A build writes a shard, then the manifest that points into it, so
+video file (path relative to the videos folder) to its shard and row, with what the file was
+(:class:`VideoFile`: size, modification time, real path, whether a symbolic link led there; a
+changed file is encoded again, and the web page serves a file only while all four still hold),
+its duration and the time of each sampled frame. Files that could not be read are listed in
+``failed`` with the reason; they are tried again only when they change. A build writes a shard, then the manifest that points into it, so
 an interrupted build keeps every shard the manifest names and a rerun encodes the rest.
 Deleted and changed files leave unreferenced rows in their shards; ``--rebuild`` starts over.
 
@@ -21,6 +22,8 @@ Searches take no lock: the manifest is replaced atomically and a build writes it
 new numbers before the manifest that names them, never over a shard a manifest names, so a
 search opening the index during a build reads the old index or the new one, both whole. Not
 during ``--rebuild``, which deletes the folder first.
+
+An index of an older format (version 1 recorded no real paths) is refused with that advice.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from torch import Tensor
 
 from tvr.storage import atomic_save, atomic_write_json, read_manifest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each file's real path and whether a link led there
 MANIFEST = "manifest.json"
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
@@ -46,11 +49,24 @@ class IndexStoreError(ValueError):
 
 
 @dataclass
-class Entry:
-    """One encoded video: where its features are and what the file was when encoded."""
+class VideoFile:
+    """A video file as a build found it: size, modification time, real path (every symbolic
+    link resolved) and whether resolving its path below the videos folder followed a link."""
 
     size: int
     mtime_ns: int
+    real_path: str
+    followed_link: bool
+
+    def same_file(self, other: VideoFile) -> bool:
+        return (self.size, self.mtime_ns, self.real_path, self.followed_link) == \
+            (other.size, other.mtime_ns, other.real_path, other.followed_link)
+
+
+@dataclass
+class Entry(VideoFile):
+    """One encoded video: what the file was when encoded, and where its features are."""
+
     shard: int
     row: int
     duration: float
@@ -58,11 +74,9 @@ class Entry:
 
 
 @dataclass
-class Failure:
+class Failure(VideoFile):
     """A file that could not be read, with the reader's reason."""
 
-    size: int
-    mtime_ns: int
     reason: str
 
 
@@ -70,7 +84,7 @@ class Failure:
 class Manifest:
     videos_root: str
     checkpoint: dict[str, Any]   # {"path", "sha256", "code_version"} of the encoding model
-    config: dict[str, Any]       # the checkpoint's model record (tvr.training.checkpoint.model_record)
+    config: dict[str, Any]       # the checkpoint's model record (checkpoint.model_record)
     sampling: dict[str, Any]     # {"video_framerate", "max_frames", "video_backend"}
     entries: dict[str, Entry] = field(default_factory=dict)
     failed: dict[str, Failure] = field(default_factory=dict)
@@ -108,8 +122,14 @@ def write_shard(folder: str | os.PathLike, shard: int, frames: Tensor, mask: Ten
 
 
 def read_shard(folder: str | os.PathLike, shard: int) -> dict[str, Tensor]:
-    return torch.load(shard_path(folder, shard), map_location="cpu", weights_only=True,
-                      mmap=True)
+    path = shard_path(folder, shard)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch.load fails in many ways on a damaged file
+        first = str(error).split(". ")[0]  # torch's messages go on with general advice
+        raise IndexStoreError(f"{path}: a shard of the index that cannot be read "
+                              f"({type(error).__name__}: {first}); rebuild the index with "
+                              f"--rebuild") from error
 
 
 def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:
@@ -117,16 +137,24 @@ def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:
     return Path(folder) / "thumbs" / hashlib.sha1(path.encode()).hexdigest()[:16]
 
 
-def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
-    """(path relative to ``root`` in POSIX form, stat) of every video file below ``root``,
-    recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order."""
-    root = Path(root)
+def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, VideoFile]]:
+    """(path relative to ``root`` in POSIX form, :class:`VideoFile`) of every video file below
+    ``root``, recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order. A link
+    that leads nowhere has the size and time of the link itself (the build lists it as
+    unreadable)."""
+    root = Path(root).resolve()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
                 full = Path(dirpath) / name
-                yield full.relative_to(root).as_posix(), full.stat()
+                real = os.path.realpath(full)
+                try:
+                    stat = os.stat(real)
+                except OSError:  # a dangling or looping symbolic link
+                    stat = full.lstat()
+                yield full.relative_to(root).as_posix(), VideoFile(
+                    stat.st_size, stat.st_mtime_ns, real, real != str(full))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:

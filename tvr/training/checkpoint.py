@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import random
 import re
 import subprocess
 import warnings
@@ -50,16 +49,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from tvr.data.config import SamplingConfig
+from tvr.models.clip import CLIPConfig
 from tvr.models.factory import ModelConfig, config_from_record, create_model, record_of
 from tvr.models.gare import GARE
 from tvr.storage import PathLike, atomic_save, remove_stale_temporaries
 from tvr.training.distributed import unwrap_model
+from tvr.training.rng import rng_state, set_rng_state
 
 LAST = "ckpt_last.pt"
 BEST = "ckpt_best.pt"
@@ -100,35 +100,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     return str(value)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator a training run draws from, as tensors and plain values."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
-                  "cached_gaussian": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` recorded (the CUDA state goes to the current GPU)."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
-                         npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 @lru_cache(maxsize=1)
@@ -279,12 +250,28 @@ def load_model(path: PathLike, config: Optional[ModelConfig] = None
                               f"trained with")
     clip = None
     if record is not None:
-        recorded, clip = config_from_record(record, None if config is None else
-                                            config.clip_path)
+        recorded, clip = _parse_record(path, record, None if config is None else
+                                       config.clip_path)
         config = config or recorded
     model = create_model(config, clip)
     meta = _load_weights(path, checkpoint, model)
     return model, meta
+
+
+def _parse_record(path: PathLike, record: Any, clip_path: Optional[str]
+                  ) -> tuple[ModelConfig, CLIPConfig]:
+    """:func:`config_from_record`, with :class:`CheckpointError` for a record that does not
+    parse (a damaged or hand-made file): its model settings, CLIP shapes (positive integers)
+    and sampling (what :func:`sampling_of` reads) are checked."""
+    try:
+        model, clip = config_from_record(record, clip_path)
+        if not all(type(v) is int and v > 0 for v in asdict(clip).values()):
+            raise ValueError(f"CLIP shapes must be positive integers, got {asdict(clip)}")
+        SamplingConfig(**recorded_sampling(record))  # raises for a sampling out of bounds
+    except (KeyError, TypeError, ValueError) as error:
+        raise not_a_checkpoint(path, f"its model record does not parse ("
+                                     f"{type(error).__name__}: {error})") from error
+    return model, clip
 
 
 def resume_path(resume: PathLike, output_dir: PathLike) -> Path:
@@ -336,6 +323,7 @@ def _read(path: PathLike, mmap: bool = False) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():  # a TorchScript file is refused below, with the reason
             warnings.filterwarnings("ignore", message=".*TorchScript archive")
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # refused too
             checkpoint = torch.load(path, map_location="cpu", weights_only=True,
                                     mmap=mmap and is_zip)
     except OSError as error:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -42,13 +40,8 @@ from tvr.training.distributed import (DistContext, barrier, check_batch_size, cl
 from tvr.training.monitor import RunMonitor
 from tvr.training.feature_mode import FeatureMode
 from tvr.training.optim import BertAdam, build_optimizer, clamp_logit_scale
+from tvr.training.rng import seed_everything
 from tvr.training.sources import TowerSource, VideoSource
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def autocast_for(precision: str, device: torch.device):

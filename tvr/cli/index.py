@@ -1,0 +1,160 @@
+"""``python -m tvr.index {build,search,serve}``: index a folder of videos with a checkpoint,
+search it with sentences, or browse it in a local web page.
+
+Each command's flags are generated from the settings its configuration declares
+(:class:`~tvr.index.config.BuildConfig`, :class:`~tvr.index.config.SearchConfig`,
+:class:`~tvr.index.config.ServeConfig`), with their defaults in ``--help``. Everything fails
+fast, in one line: a flag out of its bounds, or a path flag that names nothing usable (a
+missing or damaged checkpoint, an ``--out`` that is a file, a missing ``--queries_file``), is
+argparse's ``error:`` line and exit status 2, before any model is loaded; a failure at run time
+(an index of another checkpoint, a checkpoint whose record does not parse, a busy port) is one
+``<prog>: error:`` line and exit status 1. ``--debug`` or ``TVR_DEBUG=1`` adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from tvr.cli.checks import (UsageError, check_device, check_exists, check_folder, check_loads,
+                            check_writable, debug_requested, describe, flag_error)
+from tvr.cli.flags import add_setting_flags
+from tvr.evaluation.retrieval import faiss_available
+from tvr.index.build import build_index
+from tvr.index.config import BuildConfig, SearchConfig, ServeConfig
+from tvr.index.search import VideoIndex
+from tvr.index.server import ServeError, serve
+from tvr.index.store import IndexStoreError
+from tvr.settings import SettingError, settings_of
+from tvr.training.checkpoint import CheckpointError
+
+PROG = "python -m tvr.index"
+COMMANDS: dict[str, tuple[type, str, str]] = {  # configuration, help, usage
+    "build": (BuildConfig, "create or update an index (incremental)",
+              "%(prog)s --checkpoint FILE --videos FOLDER --out FOLDER [flags]"),
+    "search": (SearchConfig, "rank the indexed videos for sentences",
+               "%(prog)s INDEX [SENTENCE ...] [flags]"),
+    "serve": (ServeConfig, "a local web page to search the index", "%(prog)s INDEX [flags]"),
+}
+RUN_ERRORS = (IndexStoreError, CheckpointError, ServeError)  # one line, exit status 1
+
+
+class ShowDefaults(argparse.HelpFormatter):
+    """Help that ends each flag's text with its default, when it has one to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if not action.option_strings or default is None or isinstance(default, bool) or \
+                default is argparse.SUPPRESS:
+            return action.help or ""
+        return f"{action.help} (default: %(default)s)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (config_type, about, usage) in COMMANDS.items():
+        command = commands.add_parser(name, help=about, description=about,
+                                      usage=f"{usage} (--help lists them)",
+                                      formatter_class=ShowDefaults)
+        command.set_defaults(parser=command)
+        if name != "build":
+            command.add_argument("index", help="the index folder")
+        if name == "search":
+            command.add_argument("queries", nargs="*", help="sentences to search for")
+            command.add_argument("--queries_file",
+                                 help="a UTF-8 text file of sentences, one per line")
+        add_setting_flags(command, config_type)
+        command.add_argument("--debug", action="store_true",
+                             help="show the Python traceback of an expected error under its "
+                                  "one-line message; also TVR_DEBUG=1 in the environment")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = configuration(args)
+        check(args, config)
+    except (UsageError, SettingError) as error:
+        if debug_requested(args):
+            traceback.print_exc()
+        args.parser.error(str(error))
+    try:
+        if args.command == "build":
+            print(build_index(config).format())
+        elif args.command == "search":
+            search(args.index, args.queries, config)
+        else:
+            serve(args.index, config)
+    except RUN_ERRORS as error:
+        if debug_requested(args):
+            traceback.print_exc()
+        print(f"{args.parser.prog}: error: {describe(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def configuration(args: argparse.Namespace) -> Any:
+    """The command's configuration from its flags (:class:`SettingError` out of bounds)."""
+    config_type = COMMANDS[args.command][0]
+    return config_type(**{item.name: getattr(args, declared.flag)
+                          for item, declared in settings_of(config_type)})
+
+
+def check(args: argparse.Namespace, config: Any) -> None:
+    """Raise :class:`UsageError` for a path flag that names nothing the command can use, a
+    device or stage-1 backend this machine lacks, or no sentence to search for; reads the
+    sentences of ``--queries_file`` into ``args.queries``. No model is loaded."""
+    if args.command == "build":
+        check_exists(args, "checkpoint", file=True)
+        check_loads(args, "checkpoint", config.checkpoint)
+        check_folder(args, "videos", "the folder of the videos")
+        check_writable(args, "out")
+        check_device(args, "--device cpu")
+    elif args.command == "search":
+        if config.checkpoint is not None:
+            check_exists(args, "checkpoint", file=True)
+            check_loads(args, "checkpoint", config.checkpoint)
+        if config.stage1 == "faiss" and not faiss_available():
+            raise flag_error(args, "stage1", "faiss is not installed (pip install faiss-cpu); "
+                                             "use --stage1 auto or torch")
+        args.queries = [*args.queries, *file_queries(args)]
+        if not args.queries:
+            raise UsageError("give sentences to search for, or --queries_file")
+
+
+def file_queries(args: argparse.Namespace) -> list[str]:
+    """The non-empty lines of ``--queries_file`` (none without one)."""
+    if args.queries_file is None:
+        return []
+    path = check_exists(args, "queries_file", file=True)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise flag_error(args, "queries_file", f"{path} is not a UTF-8 text file ({error.reason} "
+                                               f"at byte {error.start}); give one sentence a "
+                                               f"line") from error
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def search(folder: str, queries: list[str], config: SearchConfig) -> None:
+    """Print the ``config.top`` best videos of each sentence: rank, score, time, path."""
+    index = VideoIndex.open(folder, config.checkpoint, config.stage1)
+    results = index.search(queries, top=config.top, k=config.k, exhaustive=config.exhaustive)
+    for query, hits in zip(queries, results):
+        print(query)
+        for rank, hit in enumerate(hits, 1):
+            minutes, seconds = divmod(hit.time, 60)
+            print(f"  {rank:3d}  {hit.score:.4f}  {int(minutes)}:{seconds:04.1f}  "
+                  f"{shown(index.videos_root / hit.path)}")
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,63 @@
+"""The settings of the index's commands (``python -m tvr.index build|search|serve``).
+
+Each field declares its flag once (tvr/settings.py): tvr/cli/index.py generates the commands'
+flags, help and range checks from these declarations, and each configuration checks the same
+bounds when it is built, so the functions that take one (:func:`tvr.index.build.build_index`,
+:func:`tvr.index.server.serve`) never see a value the command line would refuse.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, get_args
+
+from tvr.evaluation.retrieval import Stage1
+from tvr.settings import REQUIRED, check_settings, integer, setting
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What ``build`` indexes, with what, where, and how."""
+
+    checkpoint: str = setting(REQUIRED, "a ckpt_best.pt of this project", kind=str)
+    videos: str = setting(REQUIRED, "folder of videos (searched recursively)", kind=str)
+    out: str = setting(REQUIRED, "the index folder", kind=str)
+    workers: int = setting(2, "decoding processes (0: decode in this process)",
+                           integer(0, 256))
+    batch_size: int = setting(16, "videos encoded at once", integer(1, 1024))
+    shard_size: int = setting(256, "videos per shard file (an interrupted build keeps whole "
+                                   "shards)", integer(1))
+    rebuild: bool = setting(False, "delete the index and start over")
+    device: str = setting("cpu", "where the model encodes", choices=("cpu", "cuda"))
+    wait: bool = setting(False, "if another build is writing --out, wait for it (else stop)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How ``search`` ranks the indexed videos for each sentence."""
+
+    top: int = setting(10, "results per sentence", integer(1))
+    k: int = setting(100, "stage-1 candidates re-scored with GARE per sentence", integer(1))
+    exhaustive: bool = setting(False, "score every video with GARE (no stage 1)")
+    stage1: str = setting("auto", "stage-1 search: faiss when installed (auto), or torch "
+                                  "matmuls", choices=get_args(Stage1))
+    checkpoint: Optional[str] = setting(None, "the checkpoint, if it moved since the build",
+                                        kind=str)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where ``serve`` listens and how many results its page shows."""
+
+    host: str = setting("127.0.0.1", "the address to listen on (127.0.0.1: this machine "
+                                     "only; nothing authenticates)")
+    port: int = setting(8765, "the TCP port to listen on", integer(1, 65535))
+    top: int = setting(12, "results per search", integer(1, 1000))
+
+    def __post_init__(self) -> None:
+        check_settings(self)
