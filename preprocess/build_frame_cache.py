@@ -29,6 +29,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,10 +40,14 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from tvr.data.datasets import build_dataset  # noqa: E402
-from tvr.data.frame_cache import (FORMATS, CacheParams, FrameCache,  # noqa: E402
+from tvr.data.frame_cache import (CacheParams, FrameCache,  # noqa: E402
                                   FrameCacheError, FrameCacheWriter, cache_key,
                                   resize_short_side)
+from tvr.cli.flags import add_flag, add_setting_flags, declared  # noqa: E402
 from tvr.cli.retrieval import parse_args, resolve  # noqa: E402
+from tvr.data.config import MAX_WORKERS  # noqa: E402
+from tvr.settings import (REQUIRED, SettingError, check_settings, integer,  # noqa: E402
+                          setting, settings_of)
 from tvr.data.config import DataConfig  # noqa: E402
 from tvr.data.frames import sample_frames  # noqa: E402
 from tvr.data.video import VideoReadError  # noqa: E402
@@ -50,21 +55,31 @@ from tvr.data.video import VideoReadError  # noqa: E402
 SPLITS = ("train", "val", "test")
 
 
+@dataclass(frozen=True)
+class CacheBuild:
+    """Where the cache goes and how the build runs (the storage settings are
+    :class:`~tvr.data.frame_cache.CacheParams`')."""
+
+    output: str = setting(REQUIRED, "the cache folder (then --frame_cache)", kind=str)
+    workers: int = setting(4, "decoding threads (0 or 1: one)", integer(0, MAX_WORKERS))
+    no_progress: bool = setting(False, "hide the progress bar")
+    wait: bool = setting(False, "if another build is writing --output, wait for it (else stop)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="build_frame_cache.py",
         description="Decode a dataset's videos once into a frame cache. Also takes "
                     "main_retrieval.py's data flags (--recipe, --datatype, --anno_path, "
                     "--video_path, --video_framerate, --max_frames, --video_backend).")
-    parser.add_argument("--output", required=True, help="the cache folder (then --frame_cache)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    parser.add_argument("--format", default="jpeg", choices=FORMATS)
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (1-100)")
-    parser.add_argument("--short_side", type=int, default=224,
-                        help="frames are shrunk (never enlarged) to this short side in px")
-    parser.add_argument("--workers", type=int, default=4, help="decoding threads")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--wait", action="store_true",
-                        help="if another build is writing --output, wait for it (else stop)")
+    add_setting_flags(parser, CacheBuild)
+    for flag in declared(CacheParams):
+        if flag.path[0] != "sampling":  # the sampling comes from main_retrieval.py's flags
+            add_flag(parser, flag)
     return parser
 
 
@@ -129,19 +144,25 @@ def build_cache(entries: list[tuple[str, str, float | None, float | None]], outp
 
 
 def main(argv: list[str] | None = None) -> int:
-    own, rest = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    own, rest = parser.parse_known_args(argv)
     config = resolve(parse_args(rest), warn=lambda note: print(f"warning: {note}",
                                                                  file=sys.stderr))
-    params = CacheParams(config.data.sampling, own.short_side, own.format, own.quality)
+    try:
+        run = CacheBuild(own.output, own.workers, own.no_progress, own.wait)
+        params = CacheParams(config.data.sampling, **{
+            item.name: getattr(own, declared.flag) for item, declared in settings_of(CacheParams)})
+    except SettingError as error:
+        parser.error(str(error))
     entries = dataset_entries(config.data, config.model.max_words, own.splits)
     tic = time.time()
     try:
-        bad = build_cache(entries, own.output, params, own.workers, not own.no_progress,
-                          own.wait)
+        bad = build_cache(entries, run.output, params, run.workers, not run.no_progress,
+                          run.wait)
     except FrameCacheError as error:
         print(f"build_frame_cache.py: error: {error}", file=sys.stderr)
         return 2
-    print(f"frame cache {own.output}: {len(entries) - len(bad)} of {len(entries)} entries of "
+    print(f"frame cache {run.output}: {len(entries) - len(bad)} of {len(entries)} entries of "
           f"{config.data.datatype} {'/'.join(own.splits)} cached in {time.time() - tic:.0f} s",
           file=sys.stderr)
     for path, reason in sorted(bad.items()):

@@ -273,3 +273,19 @@ def test_runs_read_the_cache_and_train_as_from_the_videos(toy, tmp_path):
     missing = run_main([*flags, "--frame_cache", str(tmp_path / "nowhere"), "--output_dir",
                         str(tmp_path / "missing")], check=False)
     assert missing.returncode != 0 and "nowhere" in missing.stderr
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--quality", "0", "[1, 100]"), ("--quality", "101", "[1, 100]"),
+    ("--short_side", "0", "[1, 4096]"), ("--workers", "-1", "[0, 256]"),
+    ("--workers", "100000", "[0, 256]"), ("--format", "png", "invalid choice"),
+])
+def test_a_bad_build_flag_is_one_line(flag, value, expected, toy, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_frame_cache.main(["--anno_path", str(toy.root), "--video_path",
+                                str(toy.video_path), "--output", str(tmp_path / "cache"),
+                                f"{flag}={value}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and lines[-1].startswith("build_frame_cache.py: error: ")
+    assert f"argument {flag}:" in lines[-1] and expected in lines[-1]
+    assert not (tmp_path / "cache").exists()

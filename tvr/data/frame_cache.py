@@ -48,6 +48,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from tvr.data.config import SamplingConfig
+from tvr.settings import check_settings, integer, setting
 from tvr.storage import atomic_write_json, read_manifest, require_same, writer_lock
 
 PARAMS_FILE = "frame_cache.json"
@@ -67,13 +68,14 @@ class CacheParams:
     frames are stored."""
 
     sampling: SamplingConfig
-    short_side: int = 224
-    format: str = "jpeg"
-    quality: int = 95
+    short_side: int = setting(224, "frames are shrunk (never enlarged) to this short side in px",
+                              integer(1, 4096))
+    format: str = setting("jpeg", "how frames are stored: JPEG (4:4:4) or raw RGB (exact, about "
+                                  "5x larger)", choices=FORMATS)
+    quality: int = setting(95, "JPEG quality", integer(1, 100))
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"frame cache format must be one of {FORMATS}, got {self.format!r}")
+        check_settings(self)
 
     def mismatch(self, wanted: SamplingConfig) -> list[str]:
         """``--flag cache-value (this run: wanted)`` for every sampling setting that differs."""
