@@ -81,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, SettingError) as error:
         if debug_requested(args):
             traceback.print_exc()
-        args.parser.error(str(error))
+        args.parser.error(describe(error))
     try:
         if args.command == "build":
             print(build_index(config).format())

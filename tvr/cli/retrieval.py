@@ -44,7 +44,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, for_run: bool = False
     try:
         defaults = load_recipe(recipe, {a.dest for a in parser._actions})
     except RecipeError as error:
-        parser.error(str(error))
+        parser.error(describe(error))
     name = Path(recipe).stem if recipe.endswith(".json") else recipe
     parser.set_defaults(**{"output_dir": f"outputs/{name}", **defaults})
     args = parser.parse_args(argv)
@@ -62,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, for_run: bool = False
     except UsageError as error:
         if debug_requested(args):
             traceback.print_exc()
-        parser.error(str(error))
+        parser.error(describe(error))
     return args
 
 
