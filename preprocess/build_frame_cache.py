@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
@@ -44,13 +45,16 @@ from tvr.data.frame_cache import (CacheParams, FrameCache,  # noqa: E402
                                   FrameCacheError, FrameCacheWriter, cache_key,
                                   resize_short_side)
 from tvr.cli.flags import add_flag, add_setting_flags, declared  # noqa: E402
+from tvr.cli.checks import (UsageError, debug_requested, describe,  # noqa: E402
+                            expected_errors)
 from tvr.cli.retrieval import parse_args, resolve  # noqa: E402
 from tvr.data.config import MAX_WORKERS  # noqa: E402
-from tvr.settings import (REQUIRED, SettingError, check_settings, integer,  # noqa: E402
-                          setting, settings_of)
 from tvr.data.config import DataConfig  # noqa: E402
 from tvr.data.frames import sample_frames  # noqa: E402
 from tvr.data.video import VideoReadError  # noqa: E402
+from tvr.settings import (REQUIRED, SettingError, check_settings, integer,  # noqa: E402
+                          setting, settings_of)
+from tvr.storage import ConfigMismatchError  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 
@@ -77,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "--video_path, --video_framerate, --max_frames, --video_backend).")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     add_setting_flags(parser, CacheBuild)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an expected error under its one line; also "
+                             "TVR_DEBUG=1 in the environment")
     for flag in declared(CacheParams):
         if flag.path[0] != "sampling":  # the sampling comes from main_retrieval.py's flags
             add_flag(parser, flag)
@@ -144,8 +151,22 @@ def build_cache(entries: list[tuple[str, str, float | None, float | None]], outp
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build the cache; expected failures end in one line (exit status 2 for a flag or a cache
+    that cannot take this build, 1 for a file that fails), ``--debug`` adds the traceback."""
     parser = build_parser()
     own, rest = parser.parse_known_args(argv)
+    try:
+        return build(parser, own, rest)
+    except (ConfigMismatchError, *expected_errors()) as error:
+        if own.debug or debug_requested():
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {describe(error)}", file=sys.stderr)
+        usage = (ConfigMismatchError, UsageError, FrameCacheError)
+        return 2 if isinstance(error, usage) else 1
+
+
+def build(parser: argparse.ArgumentParser, own: argparse.Namespace, rest: list[str]) -> int:
+    """:func:`main` once the cache's own flags are parsed (``rest``: main_retrieval.py's)."""
     config = resolve(parse_args(rest), warn=lambda note: print(f"warning: {note}",
                                                                  file=sys.stderr))
     try:
@@ -153,15 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         params = CacheParams(config.data.sampling, **{
             item.name: getattr(own, declared.flag) for item, declared in settings_of(CacheParams)})
     except SettingError as error:
-        parser.error(str(error))
+        parser.error(describe(error))
     entries = dataset_entries(config.data, config.model.max_words, own.splits)
     tic = time.time()
-    try:
-        bad = build_cache(entries, run.output, params, run.workers, not run.no_progress,
-                          run.wait)
-    except FrameCacheError as error:
-        print(f"build_frame_cache.py: error: {error}", file=sys.stderr)
-        return 2
+    bad = build_cache(entries, run.output, params, run.workers, not run.no_progress, run.wait)
     print(f"frame cache {run.output}: {len(entries) - len(bad)} of {len(entries)} entries of "
           f"{config.data.datatype} {'/'.join(own.splits)} cached in {time.time() - tic:.0f} s",
           file=sys.stderr)

@@ -289,3 +289,16 @@ def test_a_bad_build_flag_is_one_line(flag, value, expected, toy, tmp_path, caps
     assert stop.value.code == 2 and lines[-1].startswith("build_frame_cache.py: error: ")
     assert f"argument {flag}:" in lines[-1] and expected in lines[-1]
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_malformed_annotation_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "anns").mkdir()
+    (tmp_path / "anns" / "MSRVTT_train.9k.csv").write_text("garbage\n")
+    code = build_frame_cache.main(["--anno_path", str(tmp_path / "anns"), "--video_path",
+                                   str(tmp_path), "--output", str(tmp_path / "cache"),
+                                   "--splits", "train"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"build_frame_cache.py: error: {tmp_path / 'anns' / 'MSRVTT_train.9k.csv'}:1: missing "
+        f"column(s) 'video_id' (header: garbage)")
