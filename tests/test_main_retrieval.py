@@ -78,7 +78,8 @@ def test_train_then_evaluate_beats_chance_and_eval_only_reproduces_it(toy, tmp_p
               *SMALL, *data_flags(toy)])
     evaluated = json.loads((again / "metrics_test.json").read_text())
     assert evaluated["raw"] == metrics
-    assert set(evaluated) == {"raw", "DSL", "QB-Norm", "NCL"}  # normalisers side by side
+    assert set(evaluated) == {"raw", "DSL", "QB-Norm", "NCL", "skipped_videos"}  # side by side
+    assert evaluated["skipped_videos"] == {"count": 0, "videos": []}
     assert set(evaluated["NCL"]) == {"t2v", "v2t"}
     assert "| QB-Norm | text-to-video |" in (again / "metrics_test.md").read_text()
 
