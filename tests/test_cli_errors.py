@@ -379,3 +379,13 @@ def test_a_clip_path_that_is_not_a_clip_file_is_one_line(content, expected, data
     code, message = fail(["--do_eval", "1", *TINY, *data, "--base_encoder", "ViT-B/32",
                           "--num_hidden_layers", "2", "--clip_path", str(path)], capsys)
     assert code == 1 and message.startswith(str(path)) and expected in message, message
+
+
+def test_help_shows_each_flags_default(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main_retrieval.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert stop.value.code == 0
+    for shown in ("random seed (default: 42)", "learning rate (default: 0.0001)",
+                  "(default: seqTransf)", "frames sampled per video (at most) (default: 12)"):
+        assert shown in text, shown

@@ -139,9 +139,24 @@ def add_cli_flags(group: argparse._ArgumentGroup, recipes: Sequence[str]) -> Non
         group.add_argument(flag, type=kind, default=None, help=f"accepted and ignored: {note}")
 
 
+class ShowDefaults(argparse.HelpFormatter):
+    """Help that ends each flag's text with its default, when it has one to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if not action.option_strings or default is None or isinstance(default, bool) or \
+                default is argparse.SUPPRESS:
+            return action.help or ""
+        return f"{action.help} (default: %(default)s)"
+
+
 def build_parser(recipes: Sequence[str] = ()) -> argparse.ArgumentParser:
     """Every flag of main_retrieval.py, with the declared (MSR-VTT recipe) defaults."""
-    parser = argparse.ArgumentParser(description="Train and evaluate GARE text-video retrieval.")
+    parser = argparse.ArgumentParser(
+        description="Train and evaluate GARE text-video retrieval. The defaults shown are the "
+                    "published MSR-VTT recipe's; --recipe (and, without --anno_path, the demo) "
+                    "changes them, and flags given on the command line win.",
+        formatter_class=ShowDefaults)
     groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
     add_cli_flags(groups["run"], recipes)
     add_declared_flags(groups)

@@ -38,8 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, for_run: bool = False
     """
     parser = build_parser(tuple(RECIPES))
     parser.prog, parser.usage = PROG, "%(prog)s [flags] (--help lists them)"
+    first = parser.parse_args(argv)  # before given_flags, whose probe hides the defaults
     given = given_flags(parser, argv)
-    first = parser.parse_args(argv)
     recipe = first.recipe or ("demo" if first.anno_path is None else first.datatype)
     try:
         defaults = load_recipe(recipe, {a.dest for a in parser._actions})
