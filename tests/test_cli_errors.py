@@ -389,3 +389,13 @@ def test_help_shows_each_flags_default(capsys):
     for shown in ("random seed (default: 42)", "learning rate (default: 0.0001)",
                   "(default: seqTransf)", "frames sampled per video (at most) (default: 12)"):
         assert shown in text, shown
+
+
+def test_a_recipes_workers_are_capped_at_the_machines_cpus(data, monkeypatch, capsys):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    capped = main_retrieval.parse_args(["--recipe", "msrvtt", "--do_train", "1", *data,
+                                        "--base_encoder", "tiny"], for_run=True)
+    assert capped.workers == 2 and "asks for 8 loader workers" in capsys.readouterr().err
+    given = main_retrieval.parse_args(["--recipe", "msrvtt", "--do_train", "1", "--workers",
+                                       "6", *data, "--base_encoder", "tiny"], for_run=True)
+    assert given.workers == 6

@@ -9,6 +9,7 @@ Unexpected errors keep theirs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -59,11 +60,23 @@ def parse_args(argv: Optional[Sequence[str]] = None, for_run: bool = False
         check_values(args)
         if for_run:
             check_run(args)
+            fit_workers(args)
     except UsageError as error:
         if debug_requested(args):
             traceback.print_exc()
         parser.error(describe(error))
     return args
+
+
+def fit_workers(args: argparse.Namespace) -> None:
+    """Cap the recipe's loader workers at the CPUs this process may use (a ``--workers`` given
+    on the command line is kept): the published recipes ask for 8 per process."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if "workers" not in args.given and cpus and args.workers > cpus:
+        print(f"note: --recipe {args.recipe} asks for {args.workers} loader workers per process "
+              f"and this machine has {cpus} CPUs: using {cpus} (--workers N chooses)",
+              file=sys.stderr)
+        args.workers = cpus
 
 
 def _record_path(flag: str) -> Optional[tuple[str, ...]]:
