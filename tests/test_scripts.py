@@ -2,6 +2,7 @@
 settings (docs/behaviour.md §4: 32 words / 12 frames; 64 / 64 for DiDeMo and ActivityNet;
 ActivityNet trains 10 epochs with Δ on the video side)."""
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,3 +72,18 @@ def test_a_bad_recipe_is_a_usage_error(tmp_path, capsys, recipe, message):
     assert stop.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--recipe", "msrvtt"])  # a dataset recipe needs the dataset
+
+
+def test_a_failed_launch_ends_with_the_ranks_error_line_and_reads_relative_paths(tmp_path):
+    """launch.sh under torchrun (2 CPU processes): a relative --anno_path is taken from the
+    folder the script runs in, and the ranks' one-line error is the last line printed, after
+    torchrun's own failure report."""
+    (tmp_path / "anns").mkdir()
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "launch.sh"), "--do_eval", "1", "--base_encoder", "tiny",
+         "--anno_path", "anns", "--video_path", "no_videos"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NGPU": "2", "MASTER_PORT": str(29600 + os.getpid() % 300)})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "main_retrieval.py: error: argument --video_path: no_videos does not exist")
