@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from fixtures_index import tiny_checkpoint
-from tvr.cli.index import build_parser, main
+from tvr.cli.index import absolute_paths, build_parser, main
 from tvr.data.toy import make_toy_dataset
 from tvr.index.config import BuildConfig, SearchConfig, ServeConfig
 from tvr.settings import SettingError, settings_of
@@ -265,6 +265,23 @@ def test_search_prints_the_best_videos(files, tmp_path, capsys):
     code, message = fail(["search", str(files.index), "--queries_file", str(queries)], capsys)
     assert code == 2 and message.startswith(f"argument --queries_file: {queries} is not a "
                                             f"UTF-8 text file"), message
+
+
+@pytest.mark.parametrize("argv, given", [
+    (["build", "--checkpoint", "c.pt", "--videos", "v", "--out", "../o"],
+     {"checkpoint": "c.pt", "videos": "v", "out": "../o"}),
+    (["search", "i", "q", "--queries_file", "q.txt", "--checkpoint", "c.pt"],
+     {"index": "i", "queries_file": "q.txt", "checkpoint": "c.pt"}),
+    (["serve", "sub/i"], {"index": "sub/i"}),
+])
+def test_the_paths_given_are_absolute_from_parse_time_on(argv, given, tmp_path, monkeypatch):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    args = absolute_paths(build_parser().parse_args(argv))
+    monkeypatch.chdir(tmp_path)
+    assert {name: getattr(args, name) for name in given} == \
+        {name: os.path.normpath(folder / path) for name, path in given.items()}
 
 
 def test_serve_on_a_busy_port_is_one_line(files, capsys):

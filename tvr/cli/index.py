@@ -13,6 +13,7 @@ argparse's ``error:`` line and exit status 2, before any model is loaded; a fail
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -39,6 +40,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {  # configuration, help, usage
     "serve": (ServeConfig, "a local web page to search the index", "%(prog)s INDEX [flags]"),
 }
 RUN_ERRORS = (IndexStoreError, CheckpointError, ServeError)  # one line, exit status 1
+PATHS = ("index", "checkpoint", "videos", "out", "queries_file")  # the user's paths
 
 
 class ShowDefaults(argparse.HelpFormatter):
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = absolute_paths(build_parser().parse_args(argv))
     try:
         config = configuration(args)
         check(args, config)
@@ -95,6 +97,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{args.parser.prog}: error: {describe(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the paths given (:data:`PATHS`) resolved against the working directory,
+    once: the commands see absolute paths (a page served from a relative index finds its
+    files whatever directory a library resolves against)."""
+    for name in PATHS:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(args, name, os.path.abspath(value))
+    return args
 
 
 def configuration(args: argparse.Namespace) -> Any:

@@ -59,8 +59,9 @@ class VideoIndex:
     def open(cls, folder: str | os.PathLike, checkpoint: Optional[str] = None,
              stage1: Stage1 = "auto") -> VideoIndex:
         """Load ``folder``; the model from the checkpoint the index records (or
-        ``checkpoint``, which must be the same file by content)."""
-        folder = Path(folder)
+        ``checkpoint``, which must be the same file by content). A relative ``folder`` is
+        resolved against the working directory now: the index's paths are absolute."""
+        folder = Path(os.path.abspath(folder))
         if not (folder / MANIFEST).is_file():
             raise IndexStoreError(f"{folder} is not an index (no {MANIFEST}); make one with "
                                   f"python -m tvr.index build --out {folder}")
