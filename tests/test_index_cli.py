@@ -267,6 +267,12 @@ def test_search_prints_the_best_videos(files, tmp_path, capsys):
                                             f"UTF-8 text file"), message
 
 
+@pytest.mark.parametrize("query", ["", "   ", "\t\n"])
+def test_an_empty_sentence_is_a_usage_error(files, query, capsys):
+    code, message = fail(["search", str(files.index), "a red circle", query], capsys)
+    assert (code, message) == (2, "a sentence to search for is empty")
+
+
 @pytest.mark.parametrize("argv, given", [
     (["build", "--checkpoint", "c.pt", "--videos", "v", "--out", "../o"],
      {"checkpoint": "c.pt", "videos": "v", "out": "../o"}),

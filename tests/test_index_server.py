@@ -118,6 +118,13 @@ def test_page_lists_the_search_results(index, client):
     assert "10 videos indexed" in empty and not ResultCards(empty).cards
 
 
+@pytest.mark.parametrize("query", ["", " ", " \t\n "])
+def test_an_empty_query_gets_the_empty_form(client, query):
+    html = client.get("/", query_string={"q": query}).get_data(as_text=True)
+    assert "10 videos indexed" in html and not ResultCards(html).cards
+    assert 'value=""' in html
+
+
 def test_query_is_escaped(client):
     html = client.get("/", query_string={"q": '<script>alert("x")</script>'}).get_data(True)
     assert "<script>" not in html

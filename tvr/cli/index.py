@@ -119,8 +119,8 @@ def configuration(args: argparse.Namespace) -> Any:
 
 def check(args: argparse.Namespace, config: Any) -> None:
     """Raise :class:`UsageError` for a path flag that names nothing the command can use, a
-    device or stage-1 backend this machine lacks, or no sentence to search for; reads the
-    sentences of ``--queries_file`` into ``args.queries``. No model is loaded."""
+    device or stage-1 backend this machine lacks, or no sentence (or an empty one) to search
+    for; reads the sentences of ``--queries_file`` into ``args.queries``. No model is loaded."""
     if args.command == "build":
         check_exists(args, "checkpoint", file=True)
         check_loads(args, "checkpoint", config.checkpoint)
@@ -134,6 +134,8 @@ def check(args: argparse.Namespace, config: Any) -> None:
         if config.stage1 == "faiss" and not faiss_available():
             raise flag_error(args, "stage1", "faiss is not installed (pip install faiss-cpu); "
                                              "use --stage1 auto or torch")
+        if any(not query.strip() for query in args.queries):
+            raise UsageError("a sentence to search for is empty")
         args.queries = [*args.queries, *file_queries(args)]
         if not args.queries:
             raise UsageError("give sentences to search for, or --queries_file")
