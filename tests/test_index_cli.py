@@ -267,6 +267,15 @@ def test_search_prints_the_best_videos(files, tmp_path, capsys):
                                             f"UTF-8 text file"), message
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("command", [["search", "{index}", "a red circle"], ["serve", "{index}"]])
+def test_cuda_without_a_cuda_device_is_a_usage_error(files, command, capsys):
+    argv = [word.format(index=files.index) for word in command]
+    code, message = fail([*argv, "--device", "cuda"], capsys)
+    assert code == 2 and message.startswith("argument --device: this torch build"), message
+    assert message.endswith("use --device cpu"), message
+
+
 @pytest.mark.parametrize("query", ["", "   ", "\t\n"])
 def test_an_empty_sentence_is_a_usage_error(files, query, capsys):
     code, message = fail(["search", str(files.index), "a red circle", query], capsys)

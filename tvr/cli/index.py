@@ -126,8 +126,8 @@ def check(args: argparse.Namespace, config: Any) -> None:
         check_loads(args, "checkpoint", config.checkpoint)
         check_folder(args, "videos", "the folder of the videos")
         check_writable(args, "out")
-        check_device(args, "--device cpu")
-    elif args.command == "search":
+    check_device(args, "--device cpu")
+    if args.command == "search":
         if config.checkpoint is not None:
             check_exists(args, "checkpoint", file=True)
             check_loads(args, "checkpoint", config.checkpoint)
@@ -157,7 +157,7 @@ def file_queries(args: argparse.Namespace) -> list[str]:
 
 def search(folder: str, queries: list[str], config: SearchConfig) -> None:
     """Print the ``config.top`` best videos of each sentence: rank, score, time, path."""
-    index = VideoIndex.open(folder, config.checkpoint, config.stage1)
+    index = VideoIndex.open(folder, config.checkpoint, config.stage1, config.device)
     results = index.search(queries, top=config.top, k=config.k, exhaustive=config.exhaustive)
     for query, hits in zip(queries, results):
         print(query)
