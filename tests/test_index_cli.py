@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from fixtures_index import tiny_checkpoint
-from tvr.cli.index import build_parser, main
+from tvr.cli.index import absolute_paths, build_parser, main
 from tvr.data.toy import make_toy_dataset
 from tvr.index.config import BuildConfig, SearchConfig, ServeConfig
 from tvr.settings import SettingError, settings_of
@@ -265,6 +265,38 @@ def test_search_prints_the_best_videos(files, tmp_path, capsys):
     code, message = fail(["search", str(files.index), "--queries_file", str(queries)], capsys)
     assert code == 2 and message.startswith(f"argument --queries_file: {queries} is not a "
                                             f"UTF-8 text file"), message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("command", [["search", "{index}", "a red circle"], ["serve", "{index}"]])
+def test_cuda_without_a_cuda_device_is_a_usage_error(files, command, capsys):
+    argv = [word.format(index=files.index) for word in command]
+    code, message = fail([*argv, "--device", "cuda"], capsys)
+    assert code == 2 and message.startswith("argument --device: this torch build"), message
+    assert message.endswith("use --device cpu"), message
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t\n"])
+def test_an_empty_sentence_is_a_usage_error(files, query, capsys):
+    code, message = fail(["search", str(files.index), "a red circle", query], capsys)
+    assert (code, message) == (2, "a sentence to search for is empty")
+
+
+@pytest.mark.parametrize("argv, given", [
+    (["build", "--checkpoint", "c.pt", "--videos", "v", "--out", "../o"],
+     {"checkpoint": "c.pt", "videos": "v", "out": "../o"}),
+    (["search", "i", "q", "--queries_file", "q.txt", "--checkpoint", "c.pt"],
+     {"index": "i", "queries_file": "q.txt", "checkpoint": "c.pt"}),
+    (["serve", "sub/i"], {"index": "sub/i"}),
+])
+def test_the_paths_given_are_absolute_from_parse_time_on(argv, given, tmp_path, monkeypatch):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    args = absolute_paths(build_parser().parse_args(argv))
+    monkeypatch.chdir(tmp_path)
+    assert {name: getattr(args, name) for name in given} == \
+        {name: os.path.normpath(folder / path) for name, path in given.items()}
 
 
 def test_serve_on_a_busy_port_is_one_line(files, capsys):

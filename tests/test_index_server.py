@@ -8,12 +8,16 @@ the reason, without one. The model is untrained: the tests compare the page with
 """
 import dataclasses
 import json
+import os
 import shutil
+import socket
 import subprocess
+import sys
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
+from urllib.request import urlopen
 
 import pytest
 from werkzeug.serving import make_server
@@ -27,6 +31,7 @@ from fixtures_index import build, tiny_checkpoint
 QUERY = "a red circle moves to the left"
 TOP = 6
 NESTED = "more clips/clip #1.mp4"  # a video in a subfolder, its name needing URL quoting
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Headless, as root in a container (no sandbox, no GPU), and with no connections of Chromium's
 # own (updates, sync, components, QUIC): test machines may reach package registries only.
@@ -111,6 +116,13 @@ def test_page_lists_the_search_results(index, client):
     assert f"{TOP} best of 10 videos" in html
     empty = client.get("/").get_data(as_text=True)
     assert "10 videos indexed" in empty and not ResultCards(empty).cards
+
+
+@pytest.mark.parametrize("query", ["", " ", " \t\n "])
+def test_an_empty_query_gets_the_empty_form(client, query):
+    html = client.get("/", query_string={"q": query}).get_data(as_text=True)
+    assert "10 videos indexed" in html and not ResultCards(html).cards
+    assert 'value=""' in html
 
 
 def test_query_is_escaped(client):
@@ -257,3 +269,44 @@ def test_chromium_shows_the_results(index, live_url, tmp_path):
                               "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert browser.returncode == 0, browser.stderr[-2000:]
     check_cards(browser.stdout, index.search([QUERY], top=TOP)[0])
+
+
+@pytest.fixture
+def served_as_the_readme_does(index):
+    """``python -m tvr.index serve index`` run from the index's parent folder, the index named
+    by its relative path as README.md writes it, on a free local port: the page's URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen([sys.executable, "-m", "tvr.index", "serve", index.folder.name,
+                               "--port", str(port), "--top", str(TOP)],
+                              cwd=index.folder.parent, env=environment,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    announced = server.stdout.readline()
+    assert "open http://" in announced, announced + server.stdout.read()
+    yield f"http://127.0.0.1:{port}/"
+    server.terminate()
+    server.wait(timeout=30)
+    server.stdout.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium or chromium-browser on PATH (Debian: "
+                                              "apt-get install chromium)")
+def test_chromium_loads_every_thumbnail_of_an_index_served_by_its_relative_path(
+        served_as_the_readme_does, tmp_path):
+    url = f"{served_as_the_readme_does}?{urlencode({'q': QUERY})}"
+    with urlopen(url, timeout=60) as response:
+        cards = ResultCards(response.read().decode()).cards
+    assert len(cards) == TOP
+    images = "".join(f'<img src="{urljoin(url, card["poster"])}">' for card in cards)
+    sheet = tmp_path / "thumbnails.html"
+    sheet.write_text(f"<!doctype html><body>{images}<script>window.onload = () => "
+                     f"document.body.dataset.widths = [...document.images].map("
+                     f"image => image.naturalWidth).join(' ');</script></body>")
+    browser = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                              "--dump-dom", sheet.as_uri()], capture_output=True, text=True,
+                             timeout=120)
+    assert browser.returncode == 0, browser.stderr[-2000:]
+    widths = browser.stdout.split('data-widths="')[1].split('"')[0].split()
+    assert len(widths) == TOP and all(int(width) > 0 for width in widths), widths

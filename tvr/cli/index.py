@@ -13,6 +13,7 @@ argparse's ``error:`` line and exit status 2, before any model is loaded; a fail
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -39,6 +40,7 @@ COMMANDS: dict[str, tuple[type, str, str]] = {  # configuration, help, usage
     "serve": (ServeConfig, "a local web page to search the index", "%(prog)s INDEX [flags]"),
 }
 RUN_ERRORS = (IndexStoreError, CheckpointError, ServeError)  # one line, exit status 1
+PATHS = ("index", "checkpoint", "videos", "out", "queries_file")  # the user's paths
 
 
 class ShowDefaults(argparse.HelpFormatter):
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = absolute_paths(build_parser().parse_args(argv))
     try:
         config = configuration(args)
         check(args, config)
@@ -97,6 +99,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the paths given (:data:`PATHS`) resolved against the working directory,
+    once: the commands see absolute paths (a page served from a relative index finds its
+    files whatever directory a library resolves against)."""
+    for name in PATHS:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(args, name, os.path.abspath(value))
+    return args
+
+
 def configuration(args: argparse.Namespace) -> Any:
     """The command's configuration from its flags (:class:`SettingError` out of bounds)."""
     config_type = COMMANDS[args.command][0]
@@ -106,21 +119,23 @@ def configuration(args: argparse.Namespace) -> Any:
 
 def check(args: argparse.Namespace, config: Any) -> None:
     """Raise :class:`UsageError` for a path flag that names nothing the command can use, a
-    device or stage-1 backend this machine lacks, or no sentence to search for; reads the
-    sentences of ``--queries_file`` into ``args.queries``. No model is loaded."""
+    device or stage-1 backend this machine lacks, or no sentence (or an empty one) to search
+    for; reads the sentences of ``--queries_file`` into ``args.queries``. No model is loaded."""
     if args.command == "build":
         check_exists(args, "checkpoint", file=True)
         check_loads(args, "checkpoint", config.checkpoint)
         check_folder(args, "videos", "the folder of the videos")
         check_writable(args, "out")
-        check_device(args, "--device cpu")
-    elif args.command == "search":
+    check_device(args, "--device cpu")
+    if args.command == "search":
         if config.checkpoint is not None:
             check_exists(args, "checkpoint", file=True)
             check_loads(args, "checkpoint", config.checkpoint)
         if config.stage1 == "faiss" and not faiss_available():
             raise flag_error(args, "stage1", "faiss is not installed (pip install faiss-cpu); "
                                              "use --stage1 auto or torch")
+        if any(not query.strip() for query in args.queries):
+            raise UsageError("a sentence to search for is empty")
         args.queries = [*args.queries, *file_queries(args)]
         if not args.queries:
             raise UsageError("give sentences to search for, or --queries_file")
@@ -142,7 +157,7 @@ def file_queries(args: argparse.Namespace) -> list[str]:
 
 def search(folder: str, queries: list[str], config: SearchConfig) -> None:
     """Print the ``config.top`` best videos of each sentence: rank, score, time, path."""
-    index = VideoIndex.open(folder, config.checkpoint, config.stage1)
+    index = VideoIndex.open(folder, config.checkpoint, config.stage1, config.device)
     results = index.search(queries, top=config.top, k=config.k, exhaustive=config.exhaustive)
     for query, hits in zip(queries, results):
         print(query)

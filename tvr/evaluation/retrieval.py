@@ -113,10 +113,12 @@ class Gallery:
     @torch.no_grad()
     def candidates(self, text: Tensor, k: int, exhaustive: bool = False) -> Tensor:
         """(Q, K) rows to score with GARE for sentence embeddings ``text``: the stage-1 top
-        ``k`` of each, best first, or every row (``exhaustive``)."""
+        ``k`` of each, best first, or every row (``exhaustive``); on the device of
+        ``frames`` (stage 1 runs where its vectors are)."""
         if exhaustive:
-            return torch.arange(len(self)).expand(len(text), -1)
-        return self.stage1.candidates(text, k)
+            return torch.arange(len(self), device=self.frames.device).expand(len(text), -1)
+        rows = self.stage1.candidates(text.to(self.stage1.vectors.device), k)
+        return rows.to(self.frames.device)
 
     @torch.no_grad()
     def scores(self, engine: SimilarityEngine, text: Tensor, rows: Tensor) -> Tensor:

@@ -13,6 +13,8 @@ from typing import Optional, get_args
 from tvr.evaluation.retrieval import Stage1
 from tvr.settings import REQUIRED, check_settings, integer, setting
 
+DEVICES = ("cpu", "cuda")
+
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -27,7 +29,7 @@ class BuildConfig:
     shard_size: int = setting(256, "videos per shard file (an interrupted build keeps whole "
                                    "shards)", integer(1))
     rebuild: bool = setting(False, "delete the index and start over")
-    device: str = setting("cpu", "where the model encodes", choices=("cpu", "cuda"))
+    device: str = setting("cpu", "where the model encodes", choices=DEVICES)
     wait: bool = setting(False, "if another build is writing --out, wait for it (else stop)")
 
     def __post_init__(self) -> None:
@@ -45,6 +47,8 @@ class SearchConfig:
                                   "matmuls", choices=get_args(Stage1))
     checkpoint: Optional[str] = setting(None, "the checkpoint, if it moved since the build",
                                         kind=str)
+    device: str = setting("cpu", "where the model encodes the sentences and scores the videos",
+                          choices=DEVICES)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -58,6 +62,8 @@ class ServeConfig:
                                      "only; nothing authenticates)")
     port: int = setting(8765, "the TCP port to listen on", integer(1, 65535))
     top: int = setting(12, "results per search", integer(1, 1000))
+    device: str = setting("cpu", "where the model encodes the queries and scores the videos",
+                          choices=DEVICES)
 
     def __post_init__(self) -> None:
         check_settings(self)

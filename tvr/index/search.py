@@ -57,10 +57,12 @@ class VideoIndex:
 
     @classmethod
     def open(cls, folder: str | os.PathLike, checkpoint: Optional[str] = None,
-             stage1: Stage1 = "auto") -> VideoIndex:
+             stage1: Stage1 = "auto", device: str = "cpu") -> VideoIndex:
         """Load ``folder``; the model from the checkpoint the index records (or
-        ``checkpoint``, which must be the same file by content)."""
-        folder = Path(folder)
+        ``checkpoint``, which must be the same file by content), on ``device`` with the
+        videos' GARE features (stage 1 stays on the CPU). A relative ``folder`` is
+        resolved against the working directory now: the index's paths are absolute."""
+        folder = Path(os.path.abspath(folder))
         if not (folder / MANIFEST).is_file():
             raise IndexStoreError(f"{folder} is not an index (no {MANIFEST}); make one with "
                                   f"python -m tvr.index build --out {folder}")
@@ -73,7 +75,7 @@ class VideoIndex:
             raise IndexStoreError(f"{source} is not the checkpoint that built index {folder} "
                                   f"(its content differs): its features would not match; "
                                   f"rebuild the index with this checkpoint")
-        model = load_checkpoint_model(source)[0]
+        model = load_checkpoint_model(source, device)[0]
         paths, frames, mask, coarse = [], [], [], []
         for shard, rows in sorted(manifest.live_rows().items()):
             parts = read_shard(folder, shard)
@@ -84,8 +86,8 @@ class VideoIndex:
             coarse.append(parts["coarse"][index])
         if not paths:
             raise IndexStoreError(f"index {folder} holds no video")
-        return cls(folder, manifest, model, paths, torch.cat(frames), torch.cat(mask),
-                   torch.cat(coarse), stage1)
+        return cls(folder, manifest, model, paths, torch.cat(frames).to(device),
+                   torch.cat(mask).to(device), torch.cat(coarse), stage1)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -99,7 +101,8 @@ class VideoIndex:
         encoded = [self.tokenizer.encode_caption(q, self.max_words) for q in queries]
         ids = torch.from_numpy(np.stack([e[0] for e in encoded]))
         mask = torch.from_numpy(np.stack([e[1] for e in encoded]))
-        return self.model.encode_text(ids, mask).sentence
+        device = self.gallery.frames.device
+        return self.model.encode_text(ids.to(device), mask.to(device)).sentence
 
     @property
     def engine(self) -> SimilarityEngine:

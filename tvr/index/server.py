@@ -196,7 +196,7 @@ def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
                          f"{error.strerror or error}; choose another --port (or --host)"
                          ) from error
     with listener:
-        app = create_app(VideoIndex.open(folder), top=config.top)
+        app = create_app(VideoIndex.open(folder, device=config.device), top=config.top)
         server = make_server(config.host, config.port, app, threaded=True,
                              fd=listener.fileno())
         host = f"[{config.host}]" if ":" in config.host else config.host
