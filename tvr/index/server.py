@@ -191,10 +191,10 @@ def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
     try:
         family = select_address_family(config.host, config.port)
         listener = socket.create_server((config.host, config.port), family=family)
-    except OSError as error:
-        raise ServeError(f"cannot listen on {config.host}:{config.port}: "
-                         f"{error.strerror or error}; choose another --port (or --host)"
-                         ) from error
+    except (OSError, UnicodeError, TypeError) as error:  # the last two: a host name that
+        reason = getattr(error, "strerror", None) or error   # cannot be encoded
+        raise ServeError(f"cannot listen on {config.host}:{config.port}: {reason}; choose "
+                         f"another --port (or --host)") from error
     with listener:
         app = create_app(VideoIndex.open(folder, device=config.device), top=config.top)
         server = make_server(config.host, config.port, app, threaded=True,
