@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -216,7 +215,7 @@ def describe(error: BaseException, args: Optional[argparse.Namespace] = None) ->
     marker = f"{type(error).__name__}: "
     if "Original Traceback" in text and marker in text:
         text = text[text.rfind(marker) + len(marker):]
-    text = re.sub(r"\s*\n\s*", " ", text.strip())
+    text = " ".join(line.strip() for line in text.strip().splitlines())  # every line break
     if isinstance(error, AnnotationError) and args is not None:
         text += (f" (the {args.datatype} annotation files that --anno_path holds, and their "
                  f"format, are described in tvr/data/datasets/{args.datatype}.py)")
