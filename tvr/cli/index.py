@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 from tvr.cli.checks import (UsageError, check_device, check_exists, check_folder, check_loads,
                             check_writable, debug_requested, describe, flag_error)
-from tvr.cli.flags import add_setting_flags
+from tvr.cli.flags import ShowDefaults, add_setting_flags
 from tvr.evaluation.retrieval import faiss_available
 from tvr.index.build import build_index
 from tvr.index.config import BuildConfig, SearchConfig, ServeConfig
@@ -41,17 +41,6 @@ COMMANDS: dict[str, tuple[type, str, str]] = {  # configuration, help, usage
 }
 RUN_ERRORS = (IndexStoreError, CheckpointError, ServeError)  # one line, exit status 1
 PATHS = ("index", "checkpoint", "videos", "out", "queries_file")  # the user's paths
-
-
-class ShowDefaults(argparse.HelpFormatter):
-    """Help that ends each flag's text with its default, when it has one to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        default = action.default
-        if not action.option_strings or default is None or isinstance(default, bool) or \
-                default is argparse.SUPPRESS:
-            return action.help or ""
-        return f"{action.help} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
