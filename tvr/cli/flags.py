@@ -186,7 +186,7 @@ def recorded_run(arguments: dict[str, Any]) -> RunConfig:
     """The configuration of a run from the flags a checkpoint recorded (``args``); flags an
     older run did not record take their declared defaults."""
     defaults = {name: flag.default for name, flag in FLAGS.items()}
-    values = {"datatype": "msrvtt", "local_rank": 0, **defaults, **arguments}
+    values = {"local_rank": 0, **defaults, **arguments}
     return run_config(argparse.Namespace(**values))
 
 
