@@ -104,12 +104,13 @@ def apply_model_record(args: argparse.Namespace, record: dict[str, Any], source:
     given = set(getattr(args, "given", ()))
     recorded = {**record, "sampling": recorded_sampling(record)}
     clashes = []
-    for flag, path in MODEL_FLAGS.items():
-        saved = recorded
-        for key in path:
-            saved = saved.get(key, {}) if isinstance(saved, dict) else {}
-        if saved == {}:  # an older record without this sampling setting: the flag stands
+    for flag, (*parents, key) in MODEL_FLAGS.items():
+        holder = recorded
+        for parent in parents:
+            holder = holder[parent]
+        if key not in holder:  # an older record without this sampling setting: the flag stands
             continue
+        saved = holder[key]
         if flag in given and getattr(args, flag) != saved:
             clashes.append(f"--{flag} {getattr(args, flag)} (the checkpoint's: {saved})")
         else:

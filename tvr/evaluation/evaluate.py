@@ -38,12 +38,11 @@ def result_files(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """What a run writes of :func:`evaluate`'s results: the JSON object (the metric variants
     and ``skipped_videos``: their count and files) and the markdown (the table, then a line
     naming the skipped videos, so a score on a shrunken gallery never passes for a full one)."""
-    skipped = list(results.get("skipped_videos", []))
-    record = {**metric_variants(results),
-              "skipped_videos": {"count": len(skipped), "videos": skipped}}
+    skipped, variants = list(results.get("skipped_videos", [])), metric_variants(results)
+    record = {**variants, "skipped_videos": {"count": len(skipped), "videos": skipped}}
     note = (f"\n{len(skipped)} unreadable video(s) left out of the gallery (not the full "
             f"benchmark): {', '.join(skipped)}\n" if skipped else "")
-    return record, format_table(metric_variants(results)) + note
+    return record, format_table(variants) + note
 
 
 def split_scores(engine: SimilarityEngine, split: EncodedSplit, dataset: RetrievalDataset
