@@ -79,7 +79,7 @@ def bench_build(options: argparse.Namespace) -> None:
         if "vit-b32" in options.build:
             checkpoint = vit_b32_checkpoint(scratch / "vit_b32.pt")
             count = options.vit_videos
-            toy = make_toy_dataset(scratch / "toy224", num_train=count - count // 2,
+            toy = make_toy_dataset(scratch / "toy224", num_train=count - count // 2, num_val=0,
                                    num_test=count // 2, captions_per_video=1, size=224,
                                    num_frames=36, fps=3, workers=options.threads)
             rows.append(("ViT-B/32 (random weights, 224 px)", f"{count} toy clips, 224 px, 12 s",

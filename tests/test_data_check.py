@@ -32,8 +32,8 @@ def test_the_real_msrvtt_csvs_without_their_json_name_what_is_missing_and_where(
 
 
 def test_a_complete_folder_passes_and_a_missing_video_is_named(tmp_path):
-    toy = make_toy_dataset(tmp_path / "toy", num_train=6, num_test=4, captions_per_video=2,
-                           workers=1)
+    toy = make_toy_dataset(tmp_path / "toy", num_train=6, num_val=0, num_test=4,
+                           captions_per_video=2, workers=1)
     data = tmp_path / "DATA"
     data.mkdir()
     (data / "anns").symlink_to(toy.root)

@@ -38,7 +38,7 @@ SAMPLING = SamplingConfig(video_framerate=3.0, max_frames=4, video_backend="open
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return make_toy_dataset(tmp_path_factory.mktemp("toy"), num_train=10, num_test=6,
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), num_train=10, num_val=0, num_test=6,
                             captions_per_video=2, workers=2)
 
 

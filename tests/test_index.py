@@ -37,8 +37,8 @@ QUERIES = ["a red circle moves to the left", "a blue bar moves upward", "a green
 def trained(tmp_path_factory):
     """(checkpoint, toy dataset) of a tiny model trained for one epoch on the toy clips."""
     root = tmp_path_factory.mktemp("index")
-    toy = make_toy_dataset(root / "toy", num_train=16, num_test=8, captions_per_video=2,
-                           workers=2)
+    toy = make_toy_dataset(root / "toy", num_train=16, num_val=0, num_test=8,
+                           captions_per_video=2, workers=2)
     flags = ["--do_train", "1", "--epochs", "1", "--base_encoder", "tiny", "--max_words", "16",
              "--max_frames", "4", "--video_framerate", "3", "--batch_size", "8",
              "--batch_size_val", "8", "--workers", "0", "--lr", "1e-3", "--coef_lr", "1",
@@ -146,15 +146,37 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
                                                   index.gallery.mask)).float()
     exhaustive = index.search(QUERIES, top=len(index), exhaustive=True)
     two_stage = index.search(QUERIES, top=len(index), k=len(index))
-    for q, (hits, staged) in enumerate(zip(exhaustive, two_stage)):
+    for q, (answer, staged) in enumerate(zip(exhaustive, two_stage)):
+        hits = answer.hits
         order = torch.sort(expected[q], descending=True, stable=True).indices.tolist()
         assert [hit.video for hit in hits] == order
         torch.testing.assert_close(torch.tensor([hit.score for hit in hits]),
                                    expected[q, order], rtol=0, atol=1e-6)
-        assert staged == hits  # two-stage with K = the gallery equals exhaustive
+        assert staged == answer  # two-stage with K = the gallery equals exhaustive
         times = index.manifest.entries[hits[0].path].times
         assert hits[0].time == times[hits[0].frame]
-    assert index.search(QUERIES, top=3, k=5)[0][0].video in [h.video for h in exhaustive[0][:5]]
+    assert index.search(QUERIES, top=3, k=5)[0].hits[0].video in \
+        [h.video for h in exhaustive[0].hits[:5]]
+
+
+def test_the_checkpoints_threshold_decides_no_good_match(trained, tmp_path):
+    checkpoint, toy = trained
+    calibration = load_checkpoint_model(checkpoint)[1]["calibration"]
+    assert set(calibration) == {"threshold", "matched", "refused", "captions", "nonsense"}
+    assert calibration["captions"] == 8 and 0 <= calibration["matched"] <= 1
+    folder, _ = gallery(tmp_path, toy, 6)
+    out = tmp_path / "index"
+    build(checkpoint, folder, out)
+    index = VideoIndex.open(out)
+    assert index.threshold == calibration["threshold"]
+    best = index.search(QUERIES, top=1)
+    for answer in best:
+        assert answer.good == (answer.hits[0].score >= calibration["threshold"])
+    scores = [answer.hits[0].score for answer in best]
+    assert [a.good for a in VideoIndex.open(out, threshold=min(scores)).search(QUERIES)] == \
+        [True] * len(QUERIES)
+    above = VideoIndex.open(out, threshold=max(scores) + 1e-3).search(QUERIES)
+    assert [a.good for a in above] == [False] * len(QUERIES)
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
@@ -287,7 +309,7 @@ def test_searches_during_a_build_read_the_old_or_the_new_index(trained, tmp_path
     try:
         while builder.is_alive():
             index = VideoIndex.open(out)
-            assert [len(hits) for hits in index.search(QUERIES, top=3)] == [3, 3, 3]
+            assert [len(a.hits) for a in index.search(QUERIES, top=3)] == [3, 3, 3]
             sizes.append(len(index))
             turns.release()
     finally:

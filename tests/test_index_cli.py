@@ -34,7 +34,7 @@ COMMANDS = {"build": BuildConfig, "search": SearchConfig, "serve": ServeConfig}
 def files(tmp_path_factory) -> SimpleNamespace:
     """A tiny checkpoint, a folder of three toy videos and their index."""
     root = tmp_path_factory.mktemp("index_cli")
-    toy = make_toy_dataset(root / "toy", num_train=2, num_test=1, workers=1)
+    toy = make_toy_dataset(root / "toy", num_train=2, num_val=0, num_test=1, workers=1)
     checkpoint = tiny_checkpoint(root / "ckpt_best.pt")
     index = root / "index"
     assert main(["build", "--checkpoint", str(checkpoint), "--videos", str(toy.video_path),

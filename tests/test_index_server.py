@@ -49,7 +49,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def index(tmp_path_factory, checkpoint) -> VideoIndex:
     """An index of 10 toy videos (one moved to :data:`NESTED`), by a tiny untrained model."""
     root = tmp_path_factory.mktemp("index")
-    toy = make_toy_dataset(root / "toy", num_train=6, num_test=4, workers=1)
+    toy = make_toy_dataset(root / "toy", num_train=6, num_val=0, num_test=4, workers=1)
     (toy.video_path / NESTED).parent.mkdir()
     (toy.video_path / "video9.mp4").rename(toy.video_path / NESTED)
     build(checkpoint, toy.video_path, root / "index")
@@ -112,7 +112,7 @@ def test_page_lists_the_search_results(index, client):
     page = client.get("/", query_string={"q": QUERY})
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    check_cards(html, index.search([QUERY], top=TOP)[0])
+    check_cards(html, index.search([QUERY], top=TOP)[0].hits)
     assert f"{TOP} best of 10 videos" in html
     empty = client.get("/").get_data(as_text=True)
     assert "10 videos indexed" in empty and not ResultCards(empty).cards
@@ -132,7 +132,7 @@ def test_query_is_escaped(client):
 
 
 def test_thumbnails_and_videos_are_served(index, client):
-    hit = index.search([QUERY], top=1)[0][0]
+    hit = index.search([QUERY], top=1)[0].hits[0]
     thumb = client.get(f"/thumb/{hit.path}/{hit.frame}")
     assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
     assert thumb.data == index.thumbnail(hit.path, hit.frame).read_bytes()
@@ -268,7 +268,7 @@ def test_chromium_shows_the_results(index, live_url, tmp_path):
     browser = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}",
                               "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert browser.returncode == 0, browser.stderr[-2000:]
-    check_cards(browser.stdout, index.search([QUERY], top=TOP)[0])
+    check_cards(browser.stdout, index.search([QUERY], top=TOP)[0].hits)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ SMALL = ["--base_encoder", "tiny", "--max_words", "16", "--max_frames", "4",
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return make_toy_dataset(tmp_path_factory.mktemp("toy"), num_train=24, num_test=12,
-                            captions_per_video=2, workers=2)
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), num_train=24, num_val=0,
+                            num_test=12, captions_per_video=2, workers=2)
 
 
 def data_flags(toy) -> list[str]:

@@ -14,12 +14,24 @@ import numpy as np
 import pytest
 
 from tvr.data.toy import COLOURS, make_toy_dataset
+from tvr.data import toy_language
 
-SMALL = dict(num_train=6, num_test=4, captions_per_video=3, two_object_prob=0.5, workers=2)
+SMALL = dict(num_train=6, num_val=3, num_test=4, captions_per_video=3, two_object_prob=0.5,
+             workers=2)
 SIZE, FRAMES = 64, 12  # the generator's defaults, used by SMALL
-WAY_WORDS = {"left": "left", "leftward": "left", "right": "right", "rightward": "right",
-             "up": "up", "upward": "up", "top": "up", "down": "down", "downward": "down",
-             "bottom": "down"}
+# The test's own reading of the captions' words (not the generator's tables).
+COLOUR_OF = {**{c: c for c in COLOURS}, "crimson": "red", "emerald": "green", "cobalt": "blue",
+             "golden": "yellow", "snowy": "white", "violet": "purple", "amber": "orange",
+             "turquoise": "cyan", "rose": "pink", "chartreuse": "lime"}
+SHAPE_OF = {"circle": "circle", "disc": "circle", "ball": "circle", "dot": "circle",
+            "triangle": "triangle", "wedge": "triangle", "bar": "bar", "rectangle": "bar",
+            "block": "bar", "brick": "bar"}
+WAY_OF = {"left": "left", "leftward": "left", "west": "left", "right": "right",
+          "rightward": "right", "east": "right", "up": "up", "upward": "up", "upwards": "up",
+          "top": "up", "rises": "up", "rising": "up", "climbs": "up", "climbing": "up",
+          "down": "down", "downward": "down", "downwards": "down", "bottom": "down",
+          "falls": "down", "falling": "down", "sinks": "down", "sinking": "down",
+          "drops": "down", "dropping": "down"}
 UNIT = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
@@ -45,14 +57,21 @@ def read_frames(path: Path) -> np.ndarray:
 def parse(caption: str) -> list[tuple[str, str, str]]:
     """(colour, shape, direction) of every clause of a caption."""
     objects = []
-    for clause in caption.replace(" while ", ", ").replace(" and ", ", ").split(", "):
+    for clause in caption.split(" and "):
         words = clause.split()
-        colour = [w for w in words if w in COLOURS]
-        shape = [w for w in words if w in ("circle", "triangle", "bar")]
-        way = [WAY_WORDS[w] for w in words if w in WAY_WORDS]
+        colour = [COLOUR_OF[w] for w in words if w in COLOUR_OF]
+        shape = [SHAPE_OF[w] for w in words if w in SHAPE_OF]
+        way = [WAY_OF[w] for w in words if w in WAY_OF]
         assert len(colour) == len(shape) == len(way) == 1, f"cannot parse {clause!r}"
         objects.append((colour[0], shape[0], way[0]))
     return objects
+
+
+def read_pairs(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert rows and list(rows[0]) == ["key", "vid_key", "video_id", "sentence"]
+    return rows
 
 
 def shape_of(masks: np.ndarray) -> str:
@@ -73,25 +92,55 @@ def test_msrvtt_format(toy):
     assert toy.created and toy.chance_t2v_r1 == pytest.approx(1 / 4)
     with open(toy.root / "MSRVTT_train.9k.csv") as f:
         train = [row["video_id"] for row in csv.DictReader(f)]
-    with open(toy.root / "MSRVTT_JSFUSION_test.csv") as f:
-        test = list(csv.DictReader(f))
-    assert list(test[0]) == ["key", "vid_key", "video_id", "sentence"]
+    val = read_pairs(toy.root / "MSRVTT_JSFUSION_val.csv")
+    test = read_pairs(toy.root / "MSRVTT_JSFUSION_test.csv")
     data = json.loads((toy.root / "MSRVTT_data.json").read_text())
-    assert len(train) == 6 and len(test) == 4
-    assert not set(train) & {row["video_id"] for row in test}
-    assert {v["video_id"] for v in data["videos"]} == set(train) | {r["video_id"] for r in test}
+    assert (len(train), len(val), len(test)) == (6, 3, 4)
+    val_ids, test_ids = [r["video_id"] for r in val], [r["video_id"] for r in test]
+    assert len(set(train) | set(val_ids) | set(test_ids)) == 13  # three disjoint splits
+    assert {v["video_id"] for v in data["videos"]} == set(train) | set(val_ids) | set(test_ids)
     sentences = data["sentences"]
     assert len({s["sen_id"] for s in sentences}) == len(sentences)
     for vid in train:
         captions = [s["caption"] for s in sentences if s["video_id"] == vid]
         assert len(captions) == len(set(captions)) == 3
-    contents = [frozenset(parse(row["sentence"])) for row in test]
-    assert len(set(contents)) == len(contents), "two test videos with the same content"
-    for row in test:
-        assert [s["caption"] for s in sentences if s["video_id"] == row["video_id"]] == \
-            [row["sentence"]]
+    for rows in (val, test):
+        contents = [frozenset(parse(row["sentence"])) for row in rows]
+        assert len(set(contents)) == len(contents), "two videos of a split with one content"
+        for row in rows:
+            assert [s["caption"] for s in sentences if s["video_id"] == row["video_id"]] == \
+                [row["sentence"]]
     assert sorted(p.name for p in toy.video_path.iterdir()) == \
-        sorted(f"{v}.mp4" for v in train + [r["video_id"] for r in test])
+        sorted(f"{v}.mp4" for v in train + val_ids + test_ids)
+
+
+def test_other_wordings_of_the_test_split(toy):
+    """The paraphrase and plain folders describe the test videos again, in other words."""
+    test = read_pairs(toy.root / "MSRVTT_JSFUSION_test.csv")
+    training = {s["caption"] for s in json.loads((toy.root / "MSRVTT_data.json").read_text())[
+        "sentences"]}
+    for name in ("paraphrase", "plain"):
+        other = read_pairs(toy.root / name / "MSRVTT_JSFUSION_test.csv")
+        assert [r["video_id"] for r in other] == [r["video_id"] for r in test]
+        for mine, theirs in zip(test, other):
+            assert sorted(parse(theirs["sentence"])) == sorted(parse(mine["sentence"]))
+            assert theirs["sentence"] not in training
+    for row in read_pairs(toy.root / "plain" / "MSRVTT_JSFUSION_test.csv"):
+        for clause in row["sentence"].split(" and "):  # "red circle left"
+            colour, shape, way = clause.split()
+            assert colour in COLOURS and shape in SHAPE_OF.values() and way in UNIT
+
+
+def test_held_out_forms_are_new_sentences_of_known_words():
+    rng = np.random.default_rng(0)
+    contents = [(c, s, d) for c in COLOURS for s in ("circle", "triangle", "bar") for d in UNIT]
+    train = {toy_language.caption(rng, *contents[i % len(contents)]) for i in range(20000)}
+    held = {toy_language.caption(rng, *contents[i % len(contents)],
+                                 forms=toy_language.HELD_OUT_FORMS)
+            for i in range(5000)}
+    assert not train & held
+    assert {w for c in held for w in c.split()} <= {w for c in train for w in c.split()}
+    assert all(parse(c)[0] in contents for c in held | set(list(train)[:2000]))
 
 
 def test_captions_match_the_pixels(toy):
@@ -146,7 +195,7 @@ def test_idempotent_and_repairs(tmp_path):
     assert (first.video_path / "video2.mp4").is_file()
     smaller = make_toy_dataset(tmp_path / "t", seed=3, **{**SMALL, "num_test": 2})
     assert smaller.created and smaller.num_test == 2
-    assert len(list(smaller.video_path.iterdir())) == 8  # the old set's extra videos are gone
+    assert len(list(smaller.video_path.iterdir())) == 11  # the old set's extra videos are gone
     manifest = smaller.root / "toy_manifest.json"
     older = json.loads(manifest.read_text())
     older["params"]["version"] -= 1  # written by an older generator: made again

@@ -226,3 +226,11 @@ def debug_requested(args: Optional[argparse.Namespace] = None) -> bool:
     """``--debug``, or ``TVR_DEBUG`` set to anything but empty or 0."""
     return bool(getattr(args, "debug", False)) or \
         os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

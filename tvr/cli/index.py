@@ -16,11 +16,10 @@ import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tvr.cli.checks import (UsageError, check_device, check_exists, check_folder, check_loads,
-                            check_writable, debug_requested, describe, flag_error)
+                            check_writable, debug_requested, describe, flag_error, shown)
 from tvr.cli.flags import ShowDefaults, add_setting_flags
 from tvr.evaluation.retrieval import faiss_available
 from tvr.index.build import build_index
@@ -146,19 +145,15 @@ def file_queries(args: argparse.Namespace) -> list[str]:
 
 def search(folder: str, queries: list[str], config: SearchConfig) -> None:
     """Print the ``config.top`` best videos of each sentence: rank, score, time, path."""
-    index = VideoIndex.open(folder, config.checkpoint, config.stage1, config.device)
+    index = VideoIndex.open(folder, config.checkpoint, config.stage1, config.device,
+                            config.min_score)
     results = index.search(queries, top=config.top, k=config.k, exhaustive=config.exhaustive)
-    for query, hits in zip(queries, results):
+    for query, answer in zip(queries, results):
         print(query)
-        for rank, hit in enumerate(hits, 1):
+        if answer.good is False:
+            print(f"  no good match (the best score is below {index.threshold:.4f}, the "
+                  f"threshold); the closest:")
+        for rank, hit in enumerate(answer.hits, 1):
             minutes, seconds = divmod(hit.time, 60)
             print(f"  {rank:3d}  {hit.score:.4f}  {int(minutes)}:{seconds:04.1f}  "
                   f"{shown(index.videos_root / hit.path)}")
-
-
-def shown(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it, else absolute."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

@@ -158,16 +158,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.demo:
-        from tvr.data.toy import make_toy_dataset
-        toy = make_toy_dataset(args.anno_path)
-        print(f"demo: toy dataset in {toy.root} ({toy.num_train} train / {toy.num_test} test "
-              f"videos; chance text-to-video R@1 = {100 * toy.chance_t2v_r1:.1f}%)",
-              file=sys.stderr)
+        from tvr.cli import demo
+        demo.prepare(args.anno_path)
     check_data(args)
     config = resolve(args, warn=lambda note: print(f"warning: {note}", file=sys.stderr))
     from tvr.training.trainer import Trainer
     results = Trainer(config).run()
-    if results is not None:
-        from tvr.evaluation.metrics import format_table
-        print(format_table(results["raw"]))
+    if args.demo and results is not None:
+        print(demo.summary(results["raw"]["t2v"], demo.test_phrasings(config), args.anno_path))
     return 0

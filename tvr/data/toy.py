@@ -2,12 +2,13 @@
 
 Each video shows a coloured shape (circle, triangle or bar; ten named colours) on a dark
 background, moving in a straight line to the left, right, up or down, and each caption says
-exactly that ("a red circle moves to the left", "the lime bar slides upward"). A leftward path
+exactly that, in one of many wordings (tvr/data/toy_language.py: "a crimson disc moves west",
+"the lime bar is rising", "a video of a yellow wedge sliding to the left"). A leftward path
 is the time reversal of a rightward one with the same distribution of positions (likewise
 up/down), so a model that averages its frames can tell colour, shape and the axis of motion,
 but not left from right or up from down: only a model that uses frame order can. With
 ``two_object_prob`` > 0 some videos show two objects, which never overlap and have different
-colours ("the blue bar slides upward and a white triangle drifts downward").
+colours ("the blue bar slides up and a white triangle is falling").
 
 The defaults are chosen so that the CPU demo's tiny CLIP, trained from scratch for a few
 minutes, can learn every attribute: a bar rather than a square, which at the model's 32-pixel
@@ -18,20 +19,27 @@ video that contains its object (measurements: docs/demo.md §1).
 :func:`make_toy_dataset` writes, under ``root``::
 
     MSRVTT_train.9k.csv         video_id of the training videos
-    MSRVTT_JSFUSION_test.csv    key,vid_key,video_id,sentence: one caption per test video
+    MSRVTT_JSFUSION_val.csv     key,vid_key,video_id,sentence: one caption per validation video
+                                (only with num_val > 0; else the val split is the test split)
+    MSRVTT_JSFUSION_test.csv    the same, one caption per test video
     MSRVTT_data.json            {"sentences": [{video_id, caption, sen_id}], "videos": [...]}
+    paraphrase/MSRVTT_JSFUSION_test.csv   the test videos in caption forms held out of training
+    plain/MSRVTT_JSFUSION_test.csv        the test videos in plain words ("red circle left")
     videos/<video_id>.mp4       H.264 (libx264, yuv420p), size x size, fps, num_frames frames
     toy_manifest.json           parameters and file sizes: written last, marks a complete set
 
-Training videos get ``captions_per_video`` distinct paraphrases; every test video has one caption
-and a content (its set of colour, shape, direction) no other test video has, so text-to-video
-R@1 can reach 1 and chance is exactly 1 / num_test (:attr:`ToyDataset.chance_t2v_r1`, also in
-the manifest). There are 10 x 3 x 4 = 120 single-object contents, so the 100 test videos of the
-defaults cover most of them: the right video is found only with colour, shape and direction all
-right. Video ids are ``video0`` ... for training, then the test videos. Everything is a
-function of the parameters and the seed: the same call gives identical files (with the same
-ffmpeg binary). The defaults are 300 train and 100 test videos, 64 x 64, 12 frames at 3 fps;
-generating them takes seconds (docs/demo.md §1).
+Each of ``paraphrase/`` and ``plain/`` is an annotation folder of its own for a test run
+(``--anno_path data/toy/paraphrase --video_path data/toy/videos``). Training videos get
+``captions_per_video`` distinct captions; every validation and test video has one caption,
+and within each of the two splits every video has a content (its set of colour, shape,
+direction) no other has, so text-to-video R@1 can reach 1 and chance is exactly 1 / num_test
+(:attr:`ToyDataset.chance_t2v_r1`, also in the manifest). There are 10 x 3 x 4 = 120
+single-object contents, so the 100 test videos of the defaults cover most of them: the right
+video is found only with colour, shape and direction all right. Video ids are ``video0`` ...
+for training, then validation, then test. Everything is a function of the parameters and the
+seed: the same call gives identical files (with the same ffmpeg binary). The defaults are 300
+train, 100 validation and 100 test videos, 64 x 64, 12 frames at 3 fps; generating them takes
+seconds (docs/demo.md §1).
 """
 from __future__ import annotations
 
@@ -41,11 +49,12 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from itertools import product
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from tvr.data.toy_language import HELD_OUT_FORMS, TRAIN_FORMS, caption, plain_caption
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 40), "blue": (50, 80, 240),
            "yellow": (240, 220, 40), "white": (240, 240, 240), "purple": (160, 60, 200),
@@ -53,25 +62,17 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 40), "blue": (50, 80, 240),
            "lime": (160, 250, 80)}
 SHAPES = ("circle", "triangle", "bar")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image x, y
-# One phrase per direction: the tiny text tower, trained from scratch, tells four phrases apart
-# within the demo's budget, but not several synonyms per direction nor the bare words ("moves
-# left"). The sense of motion, learned last, hinges on the demo's early learning rate, not on
-# these phrases (why, with the measurements: docs/demo.md §1, §4).
-DIRECTION_PHRASE = {"left": "to the left", "right": "to the right", "up": "upward",
-                    "down": "downward"}
-CLAUSES = ("a {colour} {shape} moves {way}", "the {colour} {shape} slides {way}",
-           "a {shape} coloured {colour} is moving {way}",
-           "a {colour} {shape} travels {way} across the screen",
-           "the {colour} {shape} drifts {way}", "{colour} {shape} going {way}")
-JOINERS = ("{0} and {1}", "{0} while {1}", "{0}, {1}")
 BACKGROUND = (30, 30, 30)
 MANIFEST = "toy_manifest.json"
-ANNOTATIONS = ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_data.json")
+ANNOTATIONS = ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_val.csv", "MSRVTT_JSFUSION_test.csv",
+               "MSRVTT_data.json")
+# test splits of the test videos in other words, each an annotation folder of its own
+PHRASINGS = {"paraphrase": "held-out caption forms", "plain": "plain words"}
 _SHIFT = 4  # cv2 drawing with 1/16-pixel precision
 BAR_HALF_SIZE = (1.25, 0.5)  # half width and half height of a bar, in object radii
 # Raised whenever the same parameters would draw different videos or captions, so that a set
 # written by an older version of this module is regenerated rather than silently reused.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class ToyDataset:
     root: Path
     video_path: Path
     num_train: int
+    num_val: int
     num_test: int
     created: bool
 
@@ -147,41 +149,72 @@ def _sample_objects(rng: np.random.Generator, size: int, num_frames: int,
             return objects
 
 
-def all_captions(objects: list[MovingShape]) -> list[str]:
-    """Every paraphrase the templates give for ``objects``, in a fixed order."""
-    clauses = [[c.format(colour=o.colour, shape=o.shape, way=DIRECTION_PHRASE[o.direction])
-                for c in CLAUSES] for o in objects]
-    if len(objects) == 1:
-        return clauses[0]
-    return [j.format(x, y) for j in JOINERS for first, second in (clauses, clauses[::-1])
-            for x, y in product(first, second)]
+def describe(rng: np.random.Generator, objects: list[MovingShape],
+             forms: tuple[str, ...] = TRAIN_FORMS) -> str:
+    """A caption of ``objects`` in one of ``forms`` (two objects: two clauses joined by
+    "and")."""
+    return " and ".join(caption(rng, o.colour, o.shape, o.direction, forms) for o in objects)
 
 
-def _sample_videos(rng: np.random.Generator, num_train: int, num_test: int,
-                   captions_per_video: int, size: int, num_frames: int, two_object_prob: float
-                   ) -> tuple[list[tuple[str, list[MovingShape]]], list[tuple[str, list[str]]],
-                              list[tuple[str, str]]]:
-    """(video_id, objects) of every video, (video_id, captions) of the training videos and
-    (video_id, caption) of the test videos, whose contents are all different."""
-    videos, train, test, seen = [], [], [], set()
-    for i in range(num_train + num_test):
-        vid, is_test = f"video{i}", i >= num_train
-        for _ in range(10_000):
-            objects = _sample_objects(rng, size, num_frames, two_object_prob)
-            content = frozenset((o.colour, o.shape, o.direction) for o in objects)
-            if not is_test or content not in seen:
-                break
-        else:
-            raise ValueError(f"cannot find {num_test} test videos with distinct contents")
-        options = all_captions(objects)
-        if is_test:
+def _train_captions(rng: np.random.Generator, objects: list[MovingShape], count: int
+                    ) -> list[str]:
+    """``count`` different captions of ``objects`` (fewer if the wordings run out)."""
+    captions: dict[str, None] = {}
+    for _ in range(50 * count):
+        captions[describe(rng, objects)] = None
+        if len(captions) == count:
+            break
+    return list(captions)
+
+
+@dataclass
+class _Splits:
+    """What :func:`_sample_videos` draws: (video_id, objects) of every video, the training
+    captions, and (video_id, caption) of each evaluation split."""
+
+    videos: list[tuple[str, list[MovingShape]]]
+    train: list[tuple[str, list[str]]]
+    val: list[tuple[str, str]]
+    test: dict[str, list[tuple[str, str]]]  # "test" and the PHRASINGS
+
+
+def _distinct(rng: np.random.Generator, seen: set, size: int, num_frames: int,
+              two_object_prob: float, count: int) -> list[MovingShape]:
+    """Objects whose content (set of colour, shape, direction) is not in ``seen`` (added)."""
+    for _ in range(10_000):
+        objects = _sample_objects(rng, size, num_frames, two_object_prob)
+        content = frozenset((o.colour, o.shape, o.direction) for o in objects)
+        if content not in seen:
             seen.add(content)
-            test.append((vid, options[rng.integers(len(options))]))
+            return objects
+    raise ValueError(f"cannot find {count} evaluation videos with distinct contents")
+
+
+def _sample_videos(rng: np.random.Generator, num_train: int, num_val: int, num_test: int,
+                   captions_per_video: int, size: int, num_frames: int, two_object_prob: float
+                   ) -> _Splits:
+    """The videos and captions of every split: training videos first, then validation, then
+    test; within the validation split and within the test split contents all differ."""
+    splits = _Splits([], [], [], {"test": [], **{name: [] for name in PHRASINGS}})
+    seen_val: set = set()
+    seen_test: set = set()
+    for i in range(num_train + num_val + num_test):
+        vid = f"video{i}"
+        if i < num_train:
+            objects = _sample_objects(rng, size, num_frames, two_object_prob)
+            splits.train.append((vid, _train_captions(rng, objects, captions_per_video)))
+        elif i < num_train + num_val:
+            objects = _distinct(rng, seen_val, size, num_frames, two_object_prob, num_val)
+            splits.val.append((vid, describe(rng, objects)))
         else:
-            picks = rng.choice(len(options), min(captions_per_video, len(options)), replace=False)
-            train.append((vid, [options[k] for k in picks]))
-        videos.append((vid, objects))
-    return videos, train, test
+            objects = _distinct(rng, seen_test, size, num_frames, two_object_prob, num_test)
+            splits.test["test"].append((vid, describe(rng, objects)))
+            splits.test["paraphrase"].append((vid, describe(rng, objects, HELD_OUT_FORMS)))
+            splits.test["plain"].append(
+                (vid, " and ".join(plain_caption(o.colour, o.shape, o.direction)
+                                   for o in objects)))
+        splits.videos.append((vid, objects))
+    return splits
 
 
 def render(objects: list[MovingShape], size: int, num_frames: int) -> np.ndarray:
@@ -238,21 +271,37 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int, ffmpeg: str) -> None:
                            f"{proc.stderr.decode(errors='replace').strip()}")
 
 
-def _write_annotations(root: Path, train: list[tuple[str, list[str]]],
-                       test: list[tuple[str, str]]) -> None:
-    """The three MSR-VTT annotation files for (video_id, captions) / (video_id, caption)."""
-    with open(root / ANNOTATIONS[0], "w", newline="") as f:
-        csv.writer(f).writerows([["video_id"]] + [[vid] for vid, _ in train])
-    with open(root / ANNOTATIONS[1], "w", newline="") as f:
+def _write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
+    """(video_id, caption) pairs as an MSR-VTT test file (key,vid_key,video_id,sentence)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
         rows = [[f"ret{i}", f"msr{vid[len('video'):]}", vid, caption]
-                for i, (vid, caption) in enumerate(test)]
+                for i, (vid, caption) in enumerate(pairs)]
         csv.writer(f).writerows([["key", "vid_key", "video_id", "sentence"]] + rows)
-    pairs = [(vid, c) for vid, captions in train for c in captions] + test
+
+
+def _write_annotations(root: Path, splits: _Splits) -> list[str]:
+    """The MSR-VTT annotation files of ``splits``, and a folder per test phrasing; returns the
+    files written, relative to ``root``."""
+    train_list, val_file, test_file, data_file = ANNOTATIONS
+    with open(root / train_list, "w", newline="") as f:
+        csv.writer(f).writerows([["video_id"]] + [[vid] for vid, _ in splits.train])
+    if splits.val:  # else the val split is the test split, as MSR-VTT's
+        _write_pairs(root / val_file, splits.val)
+    _write_pairs(root / test_file, splits.test["test"])
+    for name in PHRASINGS:
+        _write_pairs(root / name / test_file, splits.test[name])
+    pairs = ([(vid, c) for vid, captions in splits.train for c in captions] + splits.val
+             + splits.test["test"])
+    parts = (("train", [v for v, _ in splits.train]), ("val", [v for v, _ in splits.val]),
+             ("test", [v for v, _ in splits.test["test"]]))
     data = {"videos": [{"video_id": vid, "split": split, "id": int(vid[len("video"):])}
-                       for split, items in (("train", train), ("test", test)) for vid, _ in items],
+                       for split, ids in parts for vid in ids],
             "sentences": [{"video_id": vid, "caption": c, "sen_id": i}
                           for i, (vid, c) in enumerate(pairs)]}
-    (root / ANNOTATIONS[2]).write_text(json.dumps(data, indent=1))
+    (root / data_file).write_text(json.dumps(data, indent=1))
+    return ([name for name in ANNOTATIONS if name != val_file or splits.val]
+            + [f"{name}/{test_file}" for name in PHRASINGS])
 
 
 def _complete(root: Path, manifest: dict) -> bool:
@@ -261,9 +310,9 @@ def _complete(root: Path, manifest: dict) -> bool:
                for rel, size in manifest["files"].items())
 
 
-def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_test: int = 100,
-                     captions_per_video: int = 5, size: int = 64, num_frames: int = 12,
-                     fps: int = 3, two_object_prob: float = 0.0, ffmpeg: str | None = None,
+def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_val: int = 100,
+                     num_test: int = 100, captions_per_video: int = 5, size: int = 64,
+                     num_frames: int = 12, fps: int = 3, two_object_prob: float = 0.0, ffmpeg: str | None = None,
                      workers: int = 4) -> ToyDataset:
     """Write the toy dataset under ``root`` (see the module doc) unless it is already there.
 
@@ -273,16 +322,17 @@ def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_
     (ValueError) rather than overwritten. ``ffmpeg`` as in
     :func:`find_ffmpeg`; ``workers`` ffmpeg processes encode in parallel.
     """
-    if min(num_train, num_test, captions_per_video, fps) < 1 or num_frames < 2 or size < 32:
-        raise ValueError("need num_train, num_test, captions_per_video, fps >= 1, "
+    if min(num_train, num_test, captions_per_video, fps) < 1 or num_val < 0 or num_frames < 2 \
+            or size < 32:
+        raise ValueError("need num_train, num_test, captions_per_video, fps >= 1, num_val >= 0, "
                          "num_frames >= 2 and size >= 32")
     if not 0.0 <= two_object_prob <= 1.0:
         raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
     root = Path(root)
     params = {"version": GENERATOR_VERSION, "seed": seed, "num_train": num_train,
-              "num_test": num_test, "captions_per_video": captions_per_video, "size": size,
-              "num_frames": num_frames, "fps": fps, "two_object_prob": two_object_prob}
-    result = ToyDataset(root, root / "videos", num_train, num_test, created=True)
+              "num_val": num_val, "num_test": num_test, "captions_per_video": captions_per_video,
+              "size": size, "num_frames": num_frames, "fps": fps, "two_object_prob": two_object_prob}
+    result = ToyDataset(root, root / "videos", num_train, num_val, num_test, created=True)
     manifest_path = root / MANIFEST
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
@@ -295,16 +345,15 @@ def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_
         raise ValueError(f"{root} holds MSR-VTT annotations but no {MANIFEST}: not a toy "
                          "dataset folder, refusing to overwrite it")
 
-    videos, train, test = _sample_videos(np.random.default_rng(seed), num_train, num_test,
-                                         captions_per_video, size, num_frames, two_object_prob)
+    splits = _sample_videos(np.random.default_rng(seed), num_train, num_val, num_test,
+                            captions_per_video, size, num_frames, two_object_prob)
     exe = find_ffmpeg(ffmpeg)
     result.video_path.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(lambda item: write_mp4(render(item[1], size, num_frames),
                                              result.video_path / f"{item[0]}.mp4", fps, exe),
-                      videos))
-    _write_annotations(root, train, test)
-    files = [f"videos/{vid}.mp4" for vid, _ in videos] + list(ANNOTATIONS)
+                      splits.videos))
+    files = [f"videos/{vid}.mp4" for vid, _ in splits.videos] + _write_annotations(root, splits)
     manifest = {"params": params, "chance_t2v_r1": result.chance_t2v_r1,
                 "files": {rel: (root / rel).stat().st_size for rel in files}}
     tmp = root / f".{MANIFEST}.part"

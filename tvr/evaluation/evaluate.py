@@ -18,13 +18,14 @@ from typing import Any, Callable, Optional
 import torch
 
 from tvr.data.datasets import RetrievalDataset
+from tvr.evaluation.calibration import calibrate, nonsense_scores
 from tvr.evaluation.encode import EncodedSplit, encode_split
 from tvr.evaluation.engine import (ENGINE_MODES, EngineMode, Prepared, SimilarityEngine,
                                   build_engine)
 from tvr.evaluation.metrics import compare_normalisers, format_table
 from tvr.models.gare import GARE, TextFeatures
 
-INFO_KEYS = ("engine", "skipped_videos")
+INFO_KEYS = ("engine", "skipped_videos", "calibration")
 
 
 def metric_variants(results: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +86,7 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
 
     Returns ``{"raw": {"t2v": {...}, "v2t": {...}}, ...normalised variants...,
     "engine": {"method": "folded" or "naive", "reason": why naive (only then)},
+    "calibration": the split's "no good match" threshold (tvr/evaluation/calibration.py),
     "skipped_videos": [...]}``; :func:`metric_variants` keeps the variants only.
     """
     if engine not in ENGINE_MODES:  # before the encoding, which takes a while
@@ -110,6 +112,9 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
                  else float(torch.exp(-model.clip.logit_scale.detach()))}
     results: dict[str, Any] = compare_normalisers(scores, caption_to_video, dsl_temp=dsl_temp,
                                                   **banks)
+    results["calibration"] = calibrate(
+        scores.gather(1, caption_to_video.view(-1, 1)),
+        nonsense_scores(model, scorer, videos, dataset.max_words, autocast))
     results["engine"] = {"method": scorer.method}
     if scorer.fallback_reason is not None:
         results["engine"]["reason"] = scorer.fallback_reason

@@ -8,10 +8,10 @@ bounds when it is built, so the functions that take one (:func:`tvr.index.build.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, get_args
+from typing import Any, Optional, get_args
 
 from tvr.evaluation.retrieval import Stage1
-from tvr.settings import REQUIRED, check_settings, integer, setting
+from tvr.settings import REQUIRED, Bounds, check_settings, integer, setting
 
 DEVICES = ("cpu", "cuda")
 
@@ -36,6 +36,13 @@ class BuildConfig:
         check_settings(self)
 
 
+def _min_score() -> Any:
+    """The "no good match" threshold of search and serve (tvr/evaluation/calibration.py)."""
+    return setting(None, "say 'no good match' when the best video scores below this "
+                         "(default: the threshold its checkpoint learned on its validation "
+                         "split)", Bounds(optional=True), kind=float)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """How ``search`` ranks the indexed videos for each sentence."""
@@ -49,6 +56,7 @@ class SearchConfig:
                                         kind=str)
     device: str = setting("cpu", "where the model encodes the sentences and scores the videos",
                           choices=DEVICES)
+    min_score: Optional[float] = _min_score()
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -64,6 +72,7 @@ class ServeConfig:
     top: int = setting(12, "results per search", integer(1, 1000))
     device: str = setting("cpu", "where the model encodes the queries and scores the videos",
                           choices=DEVICES)
+    min_score: Optional[float] = _min_score()
 
     def __post_init__(self) -> None:
         check_settings(self)

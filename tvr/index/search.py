@@ -42,13 +42,25 @@ class Hit(NamedTuple):
     video: int
 
 
+class Answer(NamedTuple):
+    """One sentence's answer: its hits, best first, and ``good``: False when the best scores
+    below the index's threshold ("no good match", tvr/evaluation/calibration.py), None when
+    there is no threshold."""
+
+    hits: list[Hit]
+    good: Optional[bool]
+
+
 class VideoIndex:
     """An index opened for search: its features in memory (``gallery``) and the model that
-    made them."""
+    made them. ``threshold``: the score below which a search answers "no good match" (by
+    default the checkpoint's calibration; None: never)."""
 
     def __init__(self, folder: Path, manifest: Manifest, model: GARE, paths: list[str],
-                 frames: Tensor, mask: Tensor, coarse: Tensor, stage1: Stage1 = "auto"):
+                 frames: Tensor, mask: Tensor, coarse: Tensor, stage1: Stage1 = "auto",
+                 threshold: Optional[float] = None):
         self.folder, self.manifest, self.model, self.paths = folder, manifest, model, paths
+        self.threshold = threshold
         self.videos_root = Path(manifest.videos_root)
         self.max_words = manifest.config["max_words"]
         self.tokenizer = ClipTokenizer()
@@ -57,11 +69,13 @@ class VideoIndex:
 
     @classmethod
     def open(cls, folder: str | os.PathLike, checkpoint: Optional[str] = None,
-             stage1: Stage1 = "auto", device: str = "cpu") -> VideoIndex:
+             stage1: Stage1 = "auto", device: str = "cpu", threshold: Optional[float] = None
+             ) -> VideoIndex:
         """Load ``folder``; the model from the checkpoint the index records (or
         ``checkpoint``, which must be the same file by content), on ``device`` with the
         videos' GARE features (stage 1 stays on the CPU). A relative ``folder`` is
-        resolved against the working directory now: the index's paths are absolute."""
+        resolved against the working directory now: the index's paths are absolute. The
+        "no good match" ``threshold`` is the checkpoint's calibration unless given."""
         folder = Path(os.path.abspath(folder))
         if not (folder / MANIFEST).is_file():
             raise IndexStoreError(f"{folder} is not an index (no {MANIFEST}); make one with "
@@ -75,7 +89,9 @@ class VideoIndex:
             raise IndexStoreError(f"{source} is not the checkpoint that built index {folder} "
                                   f"(its content differs): its features would not match; "
                                   f"rebuild the index with this checkpoint")
-        model = load_checkpoint_model(source, device)[0]
+        model, info = load_checkpoint_model(source, device)
+        if threshold is None:
+            threshold = (info.get("calibration") or {}).get("threshold")
         paths, frames, mask, coarse = [], [], [], []
         for shard, rows in sorted(manifest.live_rows().items()):
             parts = read_shard(folder, shard)
@@ -87,7 +103,7 @@ class VideoIndex:
         if not paths:
             raise IndexStoreError(f"index {folder} holds no video")
         return cls(folder, manifest, model, paths, torch.cat(frames).to(device),
-                   torch.cat(mask).to(device), torch.cat(coarse), stage1)
+                   torch.cat(mask).to(device), torch.cat(coarse), stage1, threshold)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -116,18 +132,20 @@ class VideoIndex:
 
     @torch.no_grad()
     def search(self, queries: list[str], top: int = 10, k: int = 100,
-               exhaustive: bool = False) -> list[list[Hit]]:
+               exhaustive: bool = False) -> list[Answer]:
         """The ``top`` videos of each query, best first (ties: in stage-1 order, which is row
-        order when every video is scored)."""
+        order when every video is scored), and whether the best is a good match."""
         text = self.encode_queries(queries)
         found = self.gallery.search(self.engine, text, top, k, exhaustive)
-        results = []
+        answers = []
         for q, best in enumerate(found.best):
             score = dict(zip(found.candidates[q].tolist(), found.scores[q].tolist()))
             frames = self.best_frames(text[q], best)
-            results.append([self._hit(int(row), score[int(row)], int(frame))
-                            for row, frame in zip(best, frames)])
-        return results
+            hits = [self._hit(int(row), score[int(row)], int(frame))
+                    for row, frame in zip(best, frames)]
+            answers.append(Answer(hits, None if self.threshold is None
+                                  else hits[0].score >= self.threshold))
+        return answers
 
     def best_frames(self, text: Tensor, rows: Tensor) -> Tensor:
         """Per video row, the sampled frame with the largest pooling weight for ``text``."""

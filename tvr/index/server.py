@@ -8,7 +8,9 @@ Werkzeug's server, on ``127.0.0.1`` by default (a local tool: nothing here authe
     A search form and, for a query, the ``top`` best videos as a grid of cards: the rank, the
     score, the time of the best-matching sampled frame (``m:ss``), the file path, and an HTML5
     player showing the thumbnail of that frame; a click plays the video inline from that time
-    (a media fragment ``#t=<seconds>``). The results are rendered on the server, so a plain DOM
+    (a media fragment ``#t=<seconds>``). When the best video does not stand out (below the
+    index's "no good match" threshold, tvr/index/search.py) the page says "No good match" above
+    the closest videos. The results are rendered on the server, so a plain DOM
     dump shows them, and without JavaScript the path links to the video at that time.
 ``/thumb/<path>/<k>``
     The JPEG thumbnail of sampled frame ``k`` of video ``path``.
@@ -66,7 +68,9 @@ PAGE = """<!doctype html>
  <button type="submit">Search</button>
 </form>
 <p class="summary">
-{%- if query %} {{ hits | length }} best of {{ count }} videos for <q>{{ query }}</q>
+{%- if query and answer.good is false %} <b id="no-match">No good match</b> for <q>{{ query }}</q>
+ among {{ count }} videos: the closest {{ hits | length }} are shown, but none stands out
+{%- elif query %} {{ hits | length }} best of {{ count }} videos for <q>{{ query }}</q>
 {%- else %} {{ count }} videos indexed{% endif %}</p>
 {% if hits %}
 <ol id="results">
@@ -117,11 +121,13 @@ def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
     def page() -> str:
         """The search form, with the results of the query ``q`` when there is one."""
         query = flask.request.values.get("q", "").strip()
-        hits = []
+        answer = None
         if query:
             with search_lock:
-                hits = index.search([query], top=top)[0]
-        return flask.render_template_string(PAGE, query=query, hits=hits, count=len(index))
+                answer = index.search([query], top=top)[0]
+        return flask.render_template_string(PAGE, query=query, answer=answer,
+                                            hits=answer.hits if answer else [],
+                                            count=len(index))
 
     @app.get("/thumb/<path:path>/<int:k>")
     def thumb(path: str, k: int) -> flask.Response:
@@ -196,7 +202,8 @@ def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
         raise ServeError(f"cannot listen on {config.host}:{config.port}: {reason}; choose "
                          f"another --port (or --host)") from error
     with listener:
-        app = create_app(VideoIndex.open(folder, device=config.device), top=config.top)
+        app = create_app(VideoIndex.open(folder, device=config.device,
+                                         threshold=config.min_score), top=config.top)
         server = make_server(config.host, config.port, app, threaded=True,
                              fd=listener.fileno())
         host = f"[{config.host}]" if ":" in config.host else config.host

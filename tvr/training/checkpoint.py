@@ -5,7 +5,9 @@ Files in ``--output_dir`` (rank 0 alone writes them, docs/behaviour.md §10):
 - ``ckpt_last.pt`` (:data:`LAST`): the full training state, rewritten at every save; what
   ``--resume`` (without a value) continues from;
 - ``ckpt_best.pt`` (:data:`BEST`): the model weights of the best validation text-to-video R@1
-  so far, with their epoch, step, metric and args (no optimiser, no RNG: a third of the size).
+  so far, with their epoch, step, metric, args and ``calibration``, the validation split's
+  "no good match" threshold for search (tvr/evaluation/calibration.py; None in older files),
+  but no optimiser and no RNG: a third of the size.
 
 Every file records ``config``, the model's configuration (:func:`model_record`: the CLIP
 architecture, the whole GAREConfig, max_words and the sampling as trained), and
@@ -139,14 +141,16 @@ def save_checkpoint(path: PathLike, model: nn.Module, optimizer: Optimizer, *, e
 
 def save_model(path: PathLike, model: nn.Module, *, epoch: int, global_step: int,
                metric: Optional[float], config: Optional[dict[str, Any]],
-               args: Optional[dict[str, Any]] = None) -> Path:
+               args: Optional[dict[str, Any]] = None,
+               calibration: Optional[dict[str, Any]] = None) -> Path:
     """Write model weights and their provenance (``ckpt_best.pt``) atomically; rank 0 only.
-    ``config``: the model's recorded configuration (module docstring)."""
+    ``config``: the model's recorded configuration (module docstring); ``calibration``: the
+    validation split's "no good match" threshold (tvr/evaluation/calibration.py)."""
     return _save({
         **_provenance(config), "kind": "model",
         "model": unwrap_model(model).state_dict(), "epoch": int(epoch),
         "global_step": int(global_step), "best_metric": None if metric is None else float(metric),
-        "args": plain_args(args),
+        "args": plain_args(args), "calibration": calibration,
     }, path)
 
 
@@ -192,7 +196,7 @@ def _load_weights(path: PathLike, checkpoint: dict[str, Any], model: nn.Module
     if "format_version" in checkpoint:
         state_dict = checkpoint["model"]
         meta = {k: checkpoint.get(k) for k in ("kind", "epoch", "global_step", "best_metric",
-                                               "args", "config", "code_version")}
+                                               "args", "config", "code_version", "calibration")}
     else:
         state_dict = {k.removeprefix("module."): v for k, v in checkpoint.items()}
         meta = {"kind": "state_dict"}

@@ -290,7 +290,8 @@ class Trainer:
                 best = r1
                 checkpoint.save_model(self.output_dir / checkpoint.BEST, model,
                                       epoch=epoch, global_step=global_step, metric=r1,
-                                      config=self.record, args=self.config.arguments)
+                                      config=self.record, args=self.config.arguments,
+                                      calibration=results["calibration"].as_dict())
                 self.log(f"new best validation t2v R@1 {r1:.2f} at step {global_step}")
         return best
 

@@ -7,7 +7,10 @@ Files in ``anno_path`` (format of the reference ``dataloader_msrvtt_retrieval.py
   captions of all 10,000 videos; train = every caption of the listed videos (about 180k pairs,
   in the JSON's order), and every listed video must have at least one;
 - ``MSRVTT_JSFUSION_test.csv``: columns ``key, vid_key, video_id, sentence``; the 1,000 pairs
-  of "1k-A", used for both val and test (``key`` unique).
+  of "1k-A" (``key`` unique), the test split, and the val split too, as in the reference;
+- ``MSRVTT_JSFUSION_val.csv`` (optional, same columns): a validation split of its own, used
+  instead of the test pairs when the folder has it (the built-in demo's data does, so that its
+  best checkpoint is not chosen on its test split).
 
 Videos are ``<video_path>/<video_id>.mp4``; whole videos (no timestamps).
 """
@@ -22,6 +25,7 @@ from tvr.data.datasets.base import Annotations, Pair
 
 TRAIN_LIST = "MSRVTT_train.9k.csv"
 TEST_PAIRS = "MSRVTT_JSFUSION_test.csv"
+VAL_PAIRS = "MSRVTT_JSFUSION_val.csv"
 SENTENCES = "MSRVTT_data.json"
 
 
@@ -32,8 +36,8 @@ def video_names(video_id: str) -> list[str]:
 
 def load(split: str, anno_path: Path) -> Annotations:
     """The caption pairs and videos of ``split`` (train, val or test)."""
-    name = split_file("msrvtt", split, {"train": TRAIN_LIST, "val": TEST_PAIRS,
-                                        "test": TEST_PAIRS})
+    val = VAL_PAIRS if (anno_path / VAL_PAIRS).is_file() else TEST_PAIRS
+    name = split_file("msrvtt", split, {"train": TRAIN_LIST, "val": val, "test": TEST_PAIRS})
     path = annotation_file(anno_path, name)
     return _load_train(path, anno_path) if split == "train" else _load_test(path)
 

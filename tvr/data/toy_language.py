@@ -1,0 +1,77 @@
+"""The toy dataset's captions: several words for each colour, shape and direction, and caption
+forms of which some are held out of training (:mod:`tvr.data.toy`).
+
+A caption names one object's colour, shape and direction of motion. Each of the three has
+several wordings (:data:`COLOUR_WORDS`, :data:`SHAPE_WORDS`, and for a direction an adverb after
+a motion verb, "moves to the left", "slides west", or for up and down a verb that carries the
+direction itself, "rises", "is sinking"). A caption is one *form*, a sentence frame such as
+"a video of a {colour} {shape} {moving}", filled with one wording of each.
+
+- :data:`TRAIN_FORMS` give the training, validation and test captions;
+- :data:`HELD_OUT_FORMS` are never seen in training: other word orders, no article, the colour
+  after the shape. They make the paraphrase test split, which asks whether the model learned
+  the words rather than the sentences of its training set;
+- :func:`plain_caption` gives the plain-words split: "red circle left".
+
+Every *word* of a held-out caption also occurs in training: the demo's text tower is trained
+from scratch, and a word it has never seen is, to it, noise. What is held out is the form of
+the caption, how its words are put together.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+COLOUR_WORDS = {"red": ("red", "crimson"), "green": ("green", "emerald"),
+                "blue": ("blue", "cobalt"), "yellow": ("yellow", "golden"),
+                "white": ("white", "snowy"), "purple": ("purple", "violet"),
+                "orange": ("orange", "amber"), "cyan": ("cyan", "turquoise"),
+                "pink": ("pink", "rose"), "lime": ("lime", "chartreuse")}
+SHAPE_WORDS = {"circle": ("circle", "disc", "ball", "dot"), "triangle": ("triangle", "wedge"),
+               "bar": ("bar", "rectangle", "block", "brick")}
+WAY_WORDS = {"left": ("left", "to the left", "leftward", "west"),
+             "right": ("right", "to the right", "rightward", "east"),
+             "up": ("up", "upward", "upwards", "to the top"),
+             "down": ("down", "downward", "downwards", "to the bottom")}
+# motion verbs without a direction: (third person, gerund)
+MOTION_VERBS = (("moves", "moving"), ("slides", "sliding"), ("travels", "travelling"),
+                ("drifts", "drifting"), ("goes", "going"), ("heads", "heading"))
+# verbs that carry the direction themselves
+DIRECTION_VERBS = {"up": (("rises", "rising"), ("climbs", "climbing")),
+                   "down": (("falls", "falling"), ("sinks", "sinking"), ("drops", "dropping"))}
+# {c} colour, {s} shape, {moves} "moves left" / "rises", {moving} "moving left" / "rising"
+TRAIN_FORMS = ("a {c} {s} {moves}", "the {c} {s} is {moving}", "a video of a {c} {s} {moving}",
+               "a {s} coloured {c} {moves}", "{c} {s} {way}")
+HELD_OUT_FORMS = ("{c} {s} {moving}", "{c} {s} {moves}", "the {s} coloured {c} is {moving}",
+                  "a video of the {s} coloured {c} {moving}", "{moving} is the {c} {s}")
+
+
+def _motion(rng: np.random.Generator, direction: str) -> tuple[str, str, str]:
+    """("moves <way>", "moving <way>", "<way>") or, for up and down at times, ("rises",
+    "rising", <way>): one wording of ``direction``."""
+    ways = WAY_WORDS[direction]
+    way = ways[rng.integers(len(ways))]
+    verbs = DIRECTION_VERBS.get(direction, ())
+    pick = rng.integers(len(MOTION_VERBS) + len(verbs))
+    if pick >= len(MOTION_VERBS):
+        moves, moving = verbs[pick - len(MOTION_VERBS)]
+        return moves, moving, way
+    moves, moving = MOTION_VERBS[pick]
+    return f"{moves} {way}", f"{moving} {way}", way
+
+
+def caption(rng: np.random.Generator, colour: str, shape: str, direction: str,
+            forms: tuple[str, ...] = TRAIN_FORMS) -> str:
+    """A caption of one object in one of ``forms``, each wording drawn at random."""
+    form = forms[rng.integers(len(forms))]
+    moves, moving, way = _motion(rng, direction)
+    colours, shapes = COLOUR_WORDS[colour], SHAPE_WORDS[shape]
+    text = form.format(c=colours[rng.integers(len(colours))],
+                       s=shapes[rng.integers(len(shapes))], moves=moves, moving=moving, way=way)
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def plain_caption(colour: str, shape: str, direction: str) -> str:
+    """The plain words: "red circle left"."""
+    return f"{colour} {shape} {direction}"
