@@ -19,7 +19,7 @@ Why the JPEGs are decoded on the CPU even then: the GPU decoder used before
 (``torchvision.io.decode_jpeg``) is deprecated since torchvision 0.29. Its named successor,
 TorchCodec's ``decode_jpeg`` (nvJPEG), is a separate wheel built for one torch release at a
 time, and its CUDA path could not be run where this was written (no GPU), so it is not used.
-Per CPU core a clip's 12 JPEGs decode in 7 to 10 ms, against 25 to 40 ms for the RandAugment
+Per CPU core a clip's 12 JPEGs decode in 6.6 to 10 ms, against 25 to 40 ms for the RandAugment
 that this path moves to the GPU (bench/RESULTS.md §5, §7); a worker hands over the decoded
 frames (about 5x the JPEG bytes) through shared memory.
 
