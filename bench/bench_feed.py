@@ -7,9 +7,9 @@ a Trainer built from main_retrieval.py's flags (``--base_encoder --arch``, rando
 ``--precision auto``: bf16 autocast on CUDA; bench/trainer_steps.py), for ``--steps`` steps
 three ways: on one batch resident on the device (the step alone), with the trainer's training
 loader (``VideoSource.train_loader``: ``--workers`` processes reading the cache) in the loop,
-its batches moved by a DeviceLoader (frames decoded in the workers, or batched on the device
-with ``--frame_decode device``: the DeviceLoader finishes them), and that loader alone (no
-step). If the loader hides behind the step, the second time equals the first. The first
+its batches moved by a DeviceLoader (frames decoded and transformed in the workers, or, with
+``--frame_decode device``, decoded there and transformed on the device: the DeviceLoader
+finishes them), and that loader alone (no step). If the loader hides behind the step, the second time equals the first. The first
 ``--warmup`` steps of each are not timed.
 
     python -m bench.bench_feed --arch ViT-B/32 --batch 128 --workers 8 --frame_decode device

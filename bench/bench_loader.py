@@ -7,9 +7,9 @@ a frame cache of them (preprocess/build_frame_cache.py, JPEG and raw). Then, per
 video backend decoding the mp4, or the frame cache) and DataLoader worker count, it loads
 ``--clips`` clips with the training transform (or ``--eval``, or ``--no_transform`` for decoding
 alone) and prints a markdown table. Source ``cache-jpeg-pending`` is what the loader does under
-``--frame_decode device``: it reads the stored bytes only, decoding and transform are left to
-the GPU. The clock runs from creating the DataLoader iterator (so worker start-up is included,
-amortised over ``--clips``) to the last batch. Each measurement is repeated ``--repeats`` times;
+``--frame_decode device``: it decodes the JPEGs, the transform is left to the GPU. The clock
+runs from creating the DataLoader iterator (so worker start-up is included, amortised over
+``--clips``) to the last batch. Each measurement is repeated ``--repeats`` times;
 the table gives the best (least disturbed by other load) and the median. ``--threads`` caps
 torch's and OpenCV's threads per process (1: clips/s per core with 0 workers).
 

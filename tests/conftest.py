@@ -4,7 +4,12 @@ tests that need it are skipped, with the reason shown, on a fresh clone.
 Every test runs under a time limit (pytest-timeout, ``TEST_TIMEOUT_S``): a test that hangs (a
 deadlocked worker process, a lost rendezvous) ends the run with a stack dump of every thread
 instead of stalling CI until its budget runs out. The slowest test takes under a minute here.
+
+The warning filters of ``pytest.ini`` (a deprecation is an error) also hold in the Python
+processes that tests start (main_retrieval.py, torchrun's workers, the preprocess scripts):
+they are passed on in ``PYTHONWARNINGS``, after any the caller set, so that ours win.
 """
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,12 @@ SHARED = REPO.parent / "shared"
 
 
 TEST_TIMEOUT_S = 600
+
+
+def pytest_configure(config):
+    ours = [line.strip() for line in config.getini("filterwarnings")]
+    theirs = [os.environ["PYTHONWARNINGS"]] if os.environ.get("PYTHONWARNINGS") else []
+    os.environ["PYTHONWARNINGS"] = ",".join(theirs + ours)
 
 
 def pytest_collection_modifyitems(items):

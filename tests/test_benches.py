@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from bench import bench_feature_mode, bench_feed, bench_model_step, bench_train_step
+from bench import (bench_decode, bench_feature_mode, bench_feed, bench_model_step,
+                   bench_train_step)
 
 
 def table_rows(output: str) -> list[list[str]]:
@@ -52,3 +53,11 @@ def test_bench_feature_mode_times_the_trainers_step_of_each_source(capsys):
                              "--threads", str(torch.get_num_threads())])
     (arch, _, *figures), = table_rows(capsys.readouterr().out)
     assert arch == "tiny" and all(positive(value.rstrip("x")) for value in figures)
+
+
+def test_bench_decode_times_every_decoder_and_checks_its_pixels(capsys):
+    bench_decode.main(["--videos", "1", "--seconds", "2", "--repeats", "1"])
+    rows = table_rows(capsys.readouterr().out)
+    decoders = [(what, name) for what, name, *_ in rows]
+    assert {("JPEG", "opencv"), ("video", "opencv"), ("video", "pyav")} <= set(decoders)
+    assert all(row[-1] == "yes" and all(positive(v) for v in row[2:-1]) for row in rows)

@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from tvr.data.cached_frames import CachedFrameLoader
 from tvr.data.datasets import collate_skipping
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, FrameCacheWriter,
-                                  cache_key, resize_short_side)
+                                  cache_key, decode_jpegs, resize_short_side)
 from tvr.data.loaders import SeededItems, build_split
 from tvr.data.toy import make_toy_dataset
 from tvr.data.transforms import build_frame_transform
@@ -78,6 +79,44 @@ def test_cached_frames_are_the_decoded_frames(toy, tmp_path, fmt, short_side):
             worst = min(worst, psnr(frames, want))
     if fmt == "jpeg":
         assert 40 <= worst < float("inf")
+
+
+def stored_jpegs(toy, tmp_path):
+    """A JPEG cache of the toy videos, and every entry's stored bytes, lengths and shape."""
+    build_frame_cache.build_cache(entries_of(toy), tmp_path, CacheParams(SAMPLING), workers=2)
+    cache = FrameCache(tmp_path)
+    return cache, [(*cache.stored(key), entry["shape"]) for key, (_, entry)
+                   in sorted(cache.entries.items())]
+
+
+def test_jpegs_decode_to_the_pixels_torchvision_gave(toy, tmp_path):
+    """Caches built (and tested) while torchvision decoded them read back the same."""
+    io = pytest.importorskip("torchvision.io")
+    if not hasattr(io, "decode_jpeg"):
+        pytest.skip("this torchvision no longer decodes JPEG: nothing left to compare with")
+    _, stored = stored_jpegs(toy, tmp_path)
+    for data, lengths, shape in stored:
+        with warnings.catch_warnings():  # its deprecation is why it is only compared with here
+            warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+            want = io.decode_jpeg(list(torch.from_numpy(data).split(lengths)))
+        got = decode_jpegs(data, lengths, shape)
+        assert got.shape == (len(lengths), *shape, 3)
+        np.testing.assert_array_equal(got, torch.stack(want).permute(0, 2, 3, 1).numpy())
+
+
+def test_a_damaged_jpeg_shard_is_a_one_line_error(toy, tmp_path):
+    cache, stored = stored_jpegs(toy, tmp_path)
+    data, lengths, shape = stored[0]
+    assert decode_jpegs(data, lengths, [shape[0] + 1, shape[1]]) is None
+    assert decode_jpegs(data[:len(data) // 2], lengths, shape) is None
+    (tmp_path / "shard_00000.bin").write_bytes(bytes(len(data) * len(stored)))
+    key = sorted(cache.entries)[0]
+    with pytest.raises(FrameCacheError) as error:
+        FrameCache(tmp_path).frames(key)
+    assert str(error.value) == (f"frame cache {tmp_path}: a stored frame of {key} is not a "
+                                f"{shape[0]} x {shape[1]} JPEG (a damaged shard); "
+                                f"rebuild it with preprocess/build_frame_cache.py, or drop "
+                                f"--frame_cache")
 
 
 @pytest.mark.parametrize("framerate", [3, 3.0])

@@ -8,12 +8,20 @@ Two places to turn stored frames into model input:
 
 - ``on_device=False`` (the CPU path): the loader (a DataLoader worker) decodes the JPEGs and
   applies the frame transform, as the video path does;
-- ``on_device=True``: the loader only reads the stored bytes and returns a :class:`PendingFrames`
-  (a :class:`~tvr.data.device_loader.Deferred` field); the collate keeps these as a list, and
-  the :class:`~tvr.data.device_loader.DeviceLoader` that every consumer reads batches through
-  finishes them (:meth:`PendingFrames.finish`): all JPEGs of the batch decoded in one
-  ``torchvision.io.decode_jpeg`` call on the GPU, then the transform there. ``--frame_decode
-  auto`` picks this when the run is on CUDA.
+- ``on_device=True``: the loader decodes the JPEGs (OpenCV, as above) and returns the uint8
+  frames as a :class:`PendingFrames` (a :class:`~tvr.data.device_loader.Deferred` field); the
+  collate keeps these as a list, and the :class:`~tvr.data.device_loader.DeviceLoader` that
+  every consumer reads batches through finishes them (:meth:`PendingFrames.finish`): the
+  frames moved to the device and transformed there. ``--frame_decode auto`` picks this when
+  the run is on CUDA.
+
+Why the JPEGs are decoded on the CPU even then: the GPU decoder used before
+(``torchvision.io.decode_jpeg``) is deprecated since torchvision 0.29. Its named successor,
+TorchCodec's ``decode_jpeg`` (nvJPEG), is a separate wheel built for one torch release at a
+time, and its CUDA path could not be run where this was written (no GPU), so it is not used.
+Per CPU core a clip's 12 JPEGs decode in 6.6 to 10 ms, against 25 to 40 ms for the RandAugment
+that this path moves to the GPU (bench/RESULTS.md §5, §7); a worker hands over the decoded
+frames (about 5x the JPEG bytes) through shared memory.
 
 Both paths draw a video's augmentation from the same seed: the loader takes one number from
 torch's generator (seeded per item by :class:`tvr.data.loaders.SeededItems`), and the transform
@@ -29,7 +37,6 @@ from functools import partial
 
 import torch
 from torch import Tensor
-from torchvision.io import decode_jpeg
 
 from tvr.data.device_loader import Deferred
 from tvr.data.frame_cache import FrameCache, cache_key
@@ -39,37 +46,29 @@ from tvr.data.video import VideoReadError
 
 @dataclass
 class PendingFrames(Deferred):
-    """A video's stored frames, to be decoded and transformed on the device (:meth:`finish`).
+    """A video's frames, to be transformed on the device (:meth:`finish`).
 
-    ``data``: the JPEG files of the frames back to back (uint8 1-D, one tensor so that a worker
-    hands over one shared-memory block per video) with each frame's byte count in ``lengths``,
-    or, for a raw cache, the uint8 (T, H, W, 3) pixels with ``lengths`` None; ``seed``: the
-    augmentation seed; ``image_size``, ``augment``: which transform.
+    ``frames``: the decoded frames, uint8 (T, H, W, 3) (one tensor, so that a worker hands over
+    one shared-memory block per video); ``seed``: the augmentation seed; ``image_size``,
+    ``augment``: which transform.
     """
 
-    data: Tensor
-    lengths: list[int] | None
+    frames: Tensor
     seed: int
     image_size: int
     augment: bool
     max_frames: int
 
     def __len__(self) -> int:
-        return self.data.shape[0] if self.lengths is None else len(self.lengths)
+        return self.frames.shape[0]
 
     @classmethod
     def finish(cls, batch: list[PendingFrames], device: torch.device) -> Tensor:
-        """The batch as float (B, F, 3, S, S) on ``device``: every JPEG of the batch decoded in
-        one call on ``device``, then each video's seeded transform there."""
-        jpegs = [frame for pending in batch if pending.lengths is not None
-                 for frame in pending.data.split(pending.lengths)]
-        decoded = iter(decode_jpeg(jpegs, device=device) if jpegs else [])
+        """The batch as float (B, F, 3, S, S) on ``device``: each video's frames moved there,
+        then its seeded transform."""
         videos = []
         for pending in batch:
-            if pending.lengths is not None:
-                frames = torch.stack([next(decoded) for _ in pending.lengths])
-            else:
-                frames = pending.data.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            frames = pending.frames.to(device, non_blocking=True).permute(0, 3, 1, 2)
             video = seeded_frame_transform(frames, pending.seed, pending.image_size,
                                            pending.augment)
             videos.append(pad_frames(video, pending.max_frames)[0])
@@ -122,12 +121,8 @@ class CachedFrameLoader:
                                  path=path, reason="not in the frame cache")
         seed = int(torch.randint(2**62, ()))
         if self.on_device:
-            if self.cache.params.format == "raw":
-                pending = PendingFrames(torch.from_numpy(self.cache.frames(key)[0]), None, seed,
-                                        self.image_size, self.augment, self.max_frames)
-            else:
-                pending = PendingFrames(*self.cache.stored(key), seed, self.image_size,
-                                        self.augment, self.max_frames)
+            pending = PendingFrames(torch.from_numpy(self.cache.frames(key)[0]), seed,
+                                    self.image_size, self.augment, self.max_frames)
             return pending, frame_mask(len(pending), self.max_frames)
         transform = partial(seeded_frame_transform, seed=seed, image_size=self.image_size,
                             augment=self.augment)

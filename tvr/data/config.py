@@ -52,9 +52,9 @@ class DataConfig:
               "preprocess/build_frame_cache.py with the same sampling flags) instead of "
               "decoding the videos", kind=str)
     frame_decode: str = setting(
-        "auto", "with --frame_cache: decode and transform the frames in the loader workers, or "
-                "batched on the run's device (JPEG decoding on the GPU); auto = device on CUDA, "
-                "loader otherwise", choices=("auto", "loader", "device"))
+        "auto", "with --frame_cache: transform the frames in the loader workers, or batched "
+                "on the run's device (the workers still decode the JPEGs); auto = device on "
+                "CUDA, loader otherwise", choices=("auto", "loader", "device"))
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -5,8 +5,8 @@ feature mode's batches) the way timm's ``PrefetchLoader`` does: every tensor of 
 to the device (non-blocking), and work that a loader worker left for the device is finished
 there. Such work is a :class:`Deferred` field: :func:`collate` keeps it as a list instead of
 stacking it, and the wrapper hands the list to its class's :meth:`Deferred.finish` (a frame
-cache's JPEGs, decoded in one batched call on the GPU: tvr/data/cached_frames.py). The trainer,
-the encoder and feature mode thus receive ready tensors and know nothing of decoding.
+cache's decoded frames, transformed on the GPU: tvr/data/cached_frames.py). The trainer, the
+encoder and feature mode thus receive ready tensors and know nothing of decoding.
 """
 from __future__ import annotations
 

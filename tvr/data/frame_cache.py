@@ -43,7 +43,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torchvision.io import decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -273,14 +272,14 @@ class FrameCache:
             self._maps[shard] = np.memmap(self.shards[shard], dtype=np.uint8, mode="r")
         return self._maps[shard]
 
-    def stored(self, key: str) -> tuple[torch.Tensor, list[int]]:
-        """The stored bytes of ``key``'s frames, back to back in one uint8 1-D tensor (a single
+    def stored(self, key: str) -> tuple[np.ndarray, list[int]]:
+        """The stored bytes of ``key``'s frames, back to back in one uint8 1-D array (a single
         read), and each frame's length. ``KeyError`` if the cache does not hold it (see
         :attr:`bad`)."""
         shard, entry = self.entries[key]
         (first, _), (last, last_length) = entry["frames"][0], entry["frames"][-1]
         data = np.array(self._map(shard)[first:last + last_length])
-        return torch.from_numpy(data), [length for _, length in entry["frames"]]
+        return data, [length for _, length in entry["frames"]]
 
     def indices(self, key: str) -> np.ndarray:
         """The frame indices (in the video) of ``key``'s frames."""
@@ -290,8 +289,15 @@ class FrameCache:
         """The frames of ``key`` as RGB uint8 (T, H, W, 3), decoded on the CPU, and their
         indices."""
         data, lengths = self.stored(key)
-        return decode_frames(data, lengths, self.params, self.entries[key][1]["shape"]), \
-            self.indices(key)
+        shape = self.entries[key][1]["shape"]
+        if self.params.format == "raw":
+            return data.reshape(len(lengths), *shape, 3), self.indices(key)
+        frames = decode_jpegs(data, lengths, shape)
+        if frames is None:
+            raise FrameCacheError(f"frame cache {self.root}: a stored frame of {key} is not a "
+                                  f"{shape[0]} x {shape[1]} JPEG (a damaged shard); "
+                                  f"{REBUILD_HINT}")
+        return frames, self.indices(key)
 
 
 @lru_cache(maxsize=4)
@@ -300,10 +306,22 @@ def open_frame_cache(root: str | Path) -> FrameCache:
     return FrameCache(root)
 
 
-def decode_frames(data: torch.Tensor, lengths: list[int], params: CacheParams,
-                  shape: list[int]) -> np.ndarray:
-    """An entry's stored bytes (:meth:`FrameCache.stored`) back to RGB uint8 (T, H, W, 3) frames
-    on the CPU."""
-    if params.format == "raw":
-        return data.numpy().reshape(len(lengths), *shape, 3)
-    return torch.stack(decode_jpeg(list(data.split(lengths)))).permute(0, 2, 3, 1).numpy()
+def decode_jpegs(data: np.ndarray, lengths: list[int], shape: list[int]) -> np.ndarray | None:
+    """JPEG files back to back in ``data`` (``lengths`` bytes each), decoded with OpenCV into
+    RGB uint8 (T, H, W, 3) frames of ``shape`` (H, W); None if one is not such a JPEG.
+
+    OpenCV (its libjpeg-turbo) gives the pixels that ``torchvision.io.decode_jpeg`` (deprecated)
+    gave for these files, bit for bit (tested; bench/RESULTS.md §7), so caches built before read
+    the same. EXIF orientation is ignored, as the encoder writes none.
+    """
+    frames = np.empty((len(lengths), *shape, 3), dtype=np.uint8)
+    offset = 0
+    for frame, length in zip(frames, lengths):
+        jpeg = data[offset:offset + length]
+        bgr = (cv2.imdecode(jpeg, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+               if jpeg.size else None)
+        if bgr is None or bgr.shape != frame.shape:
+            return None
+        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=frame)
+        offset += length
+    return frames

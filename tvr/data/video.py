@@ -12,6 +12,10 @@ return identical frames. ``fps`` is the stream's average frame rate (for a strea
 OpenCV reports 1 / time base where PyAV gives NaN, which
 :func:`tvr.data.frames.read_frames` rejects).
 
+TorchCodec's CPU decoder was tried as a third backend: same frames, same speed per core, but
+it decodes only with FFmpeg's shared libraries installed apart from pip, so it is not one
+(bench/RESULTS.md §7).
+
 Damaged streams: OpenCV ends a video at the first packet FFmpeg rejects (dropping the frames
 still buffered in the decoder), and the PyAV backend does the same, so a truncated file gives
 the same decodable prefix in both. A missing, unreadable or frameless video, or an empty window,
