@@ -16,7 +16,7 @@ import sys
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urlencode, urljoin
+from urllib.parse import quote, urlencode, urljoin
 from urllib.request import urlopen
 
 import pytest
@@ -118,6 +118,19 @@ def test_page_lists_the_search_results(index, client):
     assert "10 videos indexed" in empty and not ResultCards(empty).cards
 
 
+def test_the_page_says_when_nothing_matches_well(index, monkeypatch):
+    best = index.search([QUERY], top=1)[0].hits[0].score
+    pages = {}
+    for threshold in (best + 1e-3, best - 1e-3, None):
+        monkeypatch.setattr(index, "threshold", threshold)
+        client = create_app(index, top=TOP).test_client()
+        pages[threshold] = client.get("/", query_string={"q": QUERY}).get_data(as_text=True)
+    below, above, unset = pages.values()
+    assert 'id="no-match">No good match</b>' in below and ResultCards(below).cards
+    assert "No good match" not in above and "No good match" not in unset
+    assert f"{TOP} best of 10 videos" in above
+
+
 @pytest.mark.parametrize("query", ["", " ", " \t\n "])
 def test_an_empty_query_gets_the_empty_form(client, query):
     html = client.get("/", query_string={"q": query}).get_data(as_text=True)
@@ -133,7 +146,7 @@ def test_query_is_escaped(client):
 
 def test_thumbnails_and_videos_are_served(index, client):
     hit = index.search([QUERY], top=1)[0].hits[0]
-    thumb = client.get(f"/thumb/{hit.path}/{hit.frame}")
+    thumb = client.get(f"/thumb/{quote(hit.path)}/{hit.frame}")
     assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
     assert thumb.data == index.thumbnail(hit.path, hit.frame).read_bytes()
     data = (index.videos_root / NESTED).read_bytes()

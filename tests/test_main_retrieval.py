@@ -7,13 +7,13 @@ import socket
 import subprocess
 import sys
 import time
-from itertools import product
 from pathlib import Path
 
 import pytest
 import torch
 
-from tvr.data.toy import COLOURS, DIRECTIONS, SHAPES, MovingShape, all_captions, make_toy_dataset
+from tvr.data import toy_language
+from tvr.data.toy import make_toy_dataset
 from tvr.models.tokenizer import ClipTokenizer
 from tvr.cli.recipes import RECIPES
 
@@ -160,10 +160,19 @@ def test_two_gloo_processes_train_like_one(toy, tmp_path):
 
 def test_demo_max_words_holds_every_toy_caption():
     tokenizer = ClipTokenizer()
-    longest = max(len(tokenizer.tokenize(caption)) + 2  # SOT and EOT
-                  for colour, shape, way in product(COLOURS, SHAPES, DIRECTIONS)
-                  for caption in all_captions([MovingShape(colour, shape, way, (0, 0), (1, 0))]))
+    tokens = {}  # a caption's tokens are its words' (the tokenizer splits at spaces first)
+
+    def count(text: str) -> int:
+        return sum(tokens.setdefault(w, len(tokenizer.tokenize(w))) for w in text.split())
+
+    language = toy_language
+    longest = max(count(form.format(c=c, s=s, moves=moves, moving=moving, way=way)) + 2
+                  for form in language.TRAIN_FORMS + language.HELD_OUT_FORMS
+                  for c in sum(language.COLOUR_WORDS.values(), ())
+                  for s in sum(language.SHAPE_WORDS.values(), ())
+                  for d in language.WAY_WORDS for moves, moving, way in language.motions(d))
     assert longest <= RECIPES["demo"]["max_words"], "the demo would cut its own captions"
+    assert longest >= RECIPES["demo"]["max_words"] - 2, "max_words is larger than it needs"
 
 
 def test_a_checkpoint_rebuilds_its_model_and_refuses_contradicting_flags(toy, tmp_path):

@@ -47,25 +47,23 @@ HELD_OUT_FORMS = ("{c} {s} {moving}", "{c} {s} {moves}", "the {s} coloured {c} i
                   "a video of the {s} coloured {c} {moving}", "{moving} is the {c} {s}")
 
 
-def _motion(rng: np.random.Generator, direction: str) -> tuple[str, str, str]:
-    """("moves <way>", "moving <way>", "<way>") or, for up and down at times, ("rises",
-    "rising", <way>): one wording of ``direction``."""
+def motions(direction: str) -> list[tuple[str, str, str]]:
+    """Every wording of ``direction``: ("moves <way>", "moving <way>", "<way>") for each motion
+    verb and adverb, then, for up and down, ("rises", "rising", <way>) for each verb that
+    carries the direction and each adverb (the plain form uses the adverb alone)."""
     ways = WAY_WORDS[direction]
-    way = ways[rng.integers(len(ways))]
-    verbs = DIRECTION_VERBS.get(direction, ())
-    pick = rng.integers(len(MOTION_VERBS) + len(verbs))
-    if pick >= len(MOTION_VERBS):
-        moves, moving = verbs[pick - len(MOTION_VERBS)]
-        return moves, moving, way
-    moves, moving = MOTION_VERBS[pick]
-    return f"{moves} {way}", f"{moving} {way}", way
+    found = [(f"{moves} {way}", f"{moving} {way}", way)
+             for moves, moving in MOTION_VERBS for way in ways]
+    return found + [(moves, moving, way) for moves, moving in DIRECTION_VERBS.get(direction, ())
+                    for way in ways]
 
 
 def caption(rng: np.random.Generator, colour: str, shape: str, direction: str,
             forms: tuple[str, ...] = TRAIN_FORMS) -> str:
     """A caption of one object in one of ``forms``, each wording drawn at random."""
     form = forms[rng.integers(len(forms))]
-    moves, moving, way = _motion(rng, direction)
+    options = motions(direction)
+    moves, moving, way = options[rng.integers(len(options))]
     colours, shapes = COLOUR_WORDS[colour], SHAPE_WORDS[shape]
     text = form.format(c=colours[rng.integers(len(colours))],
                        s=shapes[rng.integers(len(shapes))], moves=moves, moving=moving, way=way)
