@@ -34,7 +34,7 @@ from tvr.data.config import SamplingConfig
 from tvr.data.datasets import RetrievalItem
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.frame_cache import CacheParams, FrameCache, cache_key
-from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.config import CLIP_CONFIGS
 from tvr.training.trainer import Trainer
 
 

@@ -31,8 +31,7 @@ import torch
 from tvr.data.datasets.annotations import AnnotationError
 from tvr.data.video import VideoReadError
 from tvr.cli.flags import FLAGS
-from tvr.models.clip import CLIP_CONFIGS
-from tvr.models.factory import CONTEXT_LENGTH
+from tvr.models.config import CLIP_CONFIGS, CONTEXT_LENGTH
 from tvr.models.pretrained import CheckpointNotFoundError, CLIPFileError, find_checkpoint
 from tvr.storage import StoreBusyError
 from tvr.training.checkpoint import CheckpointError, check_checkpoint, resume_path

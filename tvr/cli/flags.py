@@ -20,10 +20,9 @@ from typing import Any, Iterator, Optional, Sequence
 
 from tvr.data.config import DataConfig, SamplingConfig
 from tvr.evaluation.config import EvalConfig
-from tvr.losses.gare_terms import GARELossWeights
-from tvr.models.factory import ModelConfig, config_from_dict
-from tvr.models.gare import GAREConfig, NCLConfig
-from tvr.models.similarity import SimilarityConfig
+from tvr.losses.config import GARELossWeights
+from tvr.models.config import (GAREConfig, ModelConfig, NCLConfig, SimilarityConfig,
+                               config_from_dict)
 from tvr.settings import REQUIRED, Setting, settings_of
 from tvr.training.checkpoint import plain_args
 from tvr.training.config import FeatureConfig, RunConfig, TrainConfig

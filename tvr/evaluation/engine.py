@@ -49,7 +49,8 @@ import torch
 from torch import Tensor
 
 from tvr.evaluation.folding import NORM_EPS, Folding, centre
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from tvr.models.config import SimilarityConfig
+from tvr.models.similarity import GapAwareSimilarity
 
 Precision = Literal["fp64", "fp32", "tf32", "bf16"]
 EngineMode = Literal["auto", "folded", "naive"]
