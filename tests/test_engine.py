@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from bench.common import perturb_parameters
-from tvr.data.datasets.annotations import Annotations, Pair
-from tvr.data.datasets.base import RetrievalDataset, VideoFiles
+from tvr.data.datasets import Annotations, Pair, RetrievalDataset, VideoFiles
 from tvr.evaluation.engine import (CHECK_TOLERANCE, EngineCheckError, SimilarityEngine,
                                    build_engine)
 from tvr.evaluation.evaluate import evaluate, metric_variants
