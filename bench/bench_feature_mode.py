@@ -35,7 +35,7 @@ from bench.trainer_steps import TrainStep, bench_trainer, seconds_per_step
 from tvr.data.clip_features import FeatureStore
 from tvr.data.datasets import RetrievalItem
 from tvr.data.loaders import ResumableSampler
-from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.config import CLIP_CONFIGS
 from tvr.models.gare import GARE, CLIPOutputs
 from tvr.training.feature_mode import FeatureBatches
 

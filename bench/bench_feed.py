@@ -30,11 +30,11 @@ from bench.bench_loader import make_videos
 from bench.trainer_steps import TrainStep, bench_trainer, caption, seconds_per_step
 from preprocess.build_frame_cache import build_cache
 from tvr.data.cached_frames import CachedFrameLoader
-from tvr.data.config import SamplingConfig
+from tvr.data.config import CacheParams, SamplingConfig
 from tvr.data.datasets import RetrievalItem
 from tvr.data.device_loader import DeviceLoader
-from tvr.data.frame_cache import CacheParams, FrameCache, cache_key
-from tvr.models.clip import CLIP_CONFIGS
+from tvr.data.frame_cache import FrameCache, cache_key
+from tvr.models.config import CLIP_CONFIGS
 from tvr.training.trainer import Trainer
 
 

@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset
 from preprocess.build_frame_cache import build_cache
 from tvr.data.cached_frames import CachedFrameLoader
 from tvr.data.datasets import VideoItem, collate_skipping
-from tvr.data.frame_cache import CacheParams, FrameCache, cache_key
-from tvr.data.config import SamplingConfig
+from tvr.data.config import CacheParams, SamplingConfig
+from tvr.data.frame_cache import FrameCache, cache_key
 from tvr.data.frames import VideoFrameLoader, frames_to_input
 from tvr.data.transforms import build_frame_transform
 from tvr.data.video import VIDEO_BACKENDS

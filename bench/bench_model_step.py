@@ -20,7 +20,7 @@ import torch
 
 from bench.trainer_steps import (TrainStep, bench_trainer, resident, seconds_per_step,
                                  synthetic_pairs)
-from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.config import CLIP_CONFIGS
 
 
 def run(arch: str, batch: int, frames: int, words: int, device: str, precision: str,

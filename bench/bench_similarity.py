@@ -33,7 +33,8 @@ import torch
 
 from bench.common import perturb_parameters, run_child
 from tvr.evaluation.engine import SimilarityEngine
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from tvr.models.config import SimilarityConfig
+from tvr.models.similarity import GapAwareSimilarity
 
 
 def build(n: int, dim: int, frames: int, device: str, dtype=torch.float32, seed: int = 0):

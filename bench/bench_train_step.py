@@ -37,10 +37,12 @@ import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
 from bench.trainer_steps import TrainStep, bench_trainer, resident, synthetic_pairs
+from tvr.losses.config import GARELossWeights
 from tvr.losses.contrastive import symmetric_info_nce
-from tvr.losses.gare_terms import GARELossWeights, gare_loss
+from tvr.losses.gare_terms import gare_loss
 from tvr.models import gare as gare_model
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from tvr.models.config import SimilarityConfig
+from tvr.models.similarity import GapAwareSimilarity
 from tvr.training.trainer import Trainer
 
 WEIGHTS = GARELossWeights()

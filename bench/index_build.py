@@ -26,8 +26,8 @@ from tvr.index.build import build_index, load_checkpoint_model
 from tvr.index.config import BuildConfig
 from tvr.index.store import file_sha256
 from tvr.data.config import SamplingConfig
-from tvr.models.factory import ModelConfig, create_model
-from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.config import CLIP_CONFIGS, ModelConfig
+from tvr.models.factory import create_model
 from tvr.training.checkpoint import model_record, sampling_of, save_model
 
 

@@ -27,7 +27,8 @@ from tvr.evaluation.engine import coarse_vectors
 from tvr.index.search import VideoIndex
 from tvr.index.store import Manifest
 from tvr.models.gare import TextFeatures
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from tvr.models.config import SimilarityConfig
+from tvr.models.similarity import GapAwareSimilarity
 
 DIM, FRAMES = 512, 12
 # The synthetic features (make_gallery). Directions are unit vectors; noise vectors have norm ~1.

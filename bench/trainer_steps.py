@@ -24,7 +24,7 @@ from tvr.cli.flags import run_config
 from tvr.cli.retrieval import parse_args
 from tvr.data.datasets import Batch, RetrievalItem
 from tvr.data.device_loader import DeviceLoader
-from tvr.models.clip import CLIP_CONFIGS
+from tvr.models.config import CLIP_CONFIGS
 from tvr.models.factory import create_model
 from tvr.training.distributed import gather_rows
 from tvr.training.trainer import Trainer

@@ -22,6 +22,9 @@ threads (OpenCV and PyAV decode without holding the GIL).
 
 One build writes a cache folder at a time: a second one stops at once (exit status 2, naming the
 process that writes it), or with ``--wait`` waits for it and then adds what is still missing.
+
+The modules that read and decode videos (torch, OpenCV) are imported by the functions that use
+them, so that ``--help`` and a bad flag answer at once.
 """
 from __future__ import annotations
 
@@ -33,28 +36,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository's tvr package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from tvr.data.datasets import build_dataset  # noqa: E402
-from tvr.data.frame_cache import (CacheParams, FrameCache,  # noqa: E402
-                                  FrameCacheError, FrameCacheWriter, cache_key,
-                                  resize_short_side)
 from tvr.cli.flags import add_flag, add_setting_flags, declared  # noqa: E402
 from tvr.cli.checks import (UsageError, debug_requested, describe,  # noqa: E402
                             expected_errors)
 from tvr.cli.retrieval import parse_args, resolve  # noqa: E402
-from tvr.data.config import MAX_WORKERS  # noqa: E402
-from tvr.data.config import DataConfig  # noqa: E402
-from tvr.data.frames import sample_frames  # noqa: E402
+from tvr.data.config import MAX_WORKERS, CacheParams, DataConfig  # noqa: E402
 from tvr.data.video import VideoReadError  # noqa: E402
 from tvr.settings import (REQUIRED, SettingError, check_settings, integer,  # noqa: E402
                           setting, settings_of)
 from tvr.storage import ConfigMismatchError  # noqa: E402
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SPLITS = ("train", "val", "test")
 
@@ -62,7 +62,7 @@ SPLITS = ("train", "val", "test")
 @dataclass(frozen=True)
 class CacheBuild:
     """Where the cache goes and how the build runs (the storage settings are
-    :class:`~tvr.data.frame_cache.CacheParams`')."""
+    :class:`~tvr.data.config.CacheParams`')."""
 
     output: str = setting(REQUIRED, "the cache folder (then --frame_cache)", kind=str)
     workers: int = setting(4, "decoding threads (0 or 1: one)", integer(0, MAX_WORKERS))
@@ -94,6 +94,8 @@ def dataset_entries(data: DataConfig, max_words: int,
                     splits: list[str]) -> list[tuple[str, str, float | None, float | None]]:
     """``(key, path, start, end)`` of every distinct cache entry (a video and a caption's
     window) of ``splits``, in split order."""
+    from tvr.data.datasets import build_dataset
+    from tvr.data.frame_cache import cache_key
     entries: dict[str, tuple[str, str, float | None, float | None]] = {}
     for split in splits:
         dataset = build_dataset(data.datatype, split, data.anno_path, data.video_path, None, None,
@@ -111,6 +113,8 @@ def dataset_entries(data: DataConfig, max_words: int,
 def decode(path: str, start: float | None, end: float | None,
            params: CacheParams) -> tuple[np.ndarray, np.ndarray] | str:
     """The window's sampled frames (resized) and indices, or the reason it cannot be read."""
+    from tvr.data.frame_cache import resize_short_side
+    from tvr.data.frames import sample_frames
     try:
         sampled = sample_frames(path, params.sampling, start, end)
     except VideoReadError as error:
@@ -124,6 +128,7 @@ def build_cache(entries: list[tuple[str, str, float | None, float | None]], outp
     """Add the ``entries`` (:func:`dataset_entries`) the cache at ``output`` lacks; returns
     ``{path: reason}`` of the bad ones (including those recorded by an earlier, resumed build).
     ``wait``: if another build writes ``output``, wait for it (else :class:`FrameCacheError`)."""
+    from tvr.data.frame_cache import FrameCache, FrameCacheWriter
     writer = FrameCacheWriter(output, params, wait=wait)
     todo = [entry for entry in entries if entry[0] not in writer.done]
     bad: dict[str, str] = {}
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return build(parser, own, rest)
     except (ConfigMismatchError, *expected_errors()) as error:
+        from tvr.data.frame_cache import FrameCacheError  # imported by expected_errors()
         if own.debug or debug_requested():
             traceback.print_exc()
         print(f"{parser.prog}: error: {describe(error)}", file=sys.stderr)

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import cv2
 from tqdm import tqdm
 
 VIDEO_EXTENSIONS = frozenset({
@@ -111,6 +110,7 @@ def list_videos(input_root: Path, output_root: Path) -> tuple[list[Path], list[P
 
 def is_readable(path: Path) -> bool:
     """True when OpenCV opens ``path`` and decodes at least one frame."""
+    import cv2  # here, so that --help answers without loading OpenCV
     cap = cv2.VideoCapture(str(path))
     try:
         return cap.isOpened() and cap.read()[0]

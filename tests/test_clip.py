@@ -7,7 +7,8 @@ from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from tvr.models import pretrained
-from tvr.models.clip import CLIP, CLIP_CONFIGS, CLIPConfig
+from tvr.models.clip import CLIP
+from tvr.models.config import CLIP_CONFIGS, CLIPConfig
 from tvr.models.tokenizer import ClipTokenizer
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)

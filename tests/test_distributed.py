@@ -16,8 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from tvr.models import load_clip
-from tvr.models.gare import GARE, GAREConfig
+from tvr.models.config import GAREConfig
+from tvr.models.gare import GARE
+from tvr.models.pretrained import load_clip
 from tvr.training.distributed import (check_batch_size, cleanup, gather_rows, gather_with_grad,
                                       init_distributed, share_sizes)
 

@@ -10,15 +10,16 @@ import pytest
 import torch
 
 from bench.common import perturb_parameters
-from tvr.data.datasets.base import Annotations, Pair, RetrievalDataset, VideoFiles
+from tvr.data.datasets import Annotations, Pair, RetrievalDataset, VideoFiles
 from tvr.evaluation.engine import (CHECK_TOLERANCE, EngineCheckError, SimilarityEngine,
                                    build_engine)
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
 from tvr.evaluation.retrieval import topk_containment, two_stage_scores
-from tvr.models.clip import CLIP, CLIP_CONFIGS
-from tvr.models.gare import GARE, GAREConfig
-from tvr.models.similarity import GapAwareSimilarity, Psi, SimilarityConfig
+from tvr.models.clip import CLIP
+from tvr.models.config import CLIP_CONFIGS, GAREConfig, SimilarityConfig
+from tvr.models.gare import GARE
+from tvr.models.similarity import GapAwareSimilarity, Psi
 from tvr.models.tokenizer import ClipTokenizer
 
 FOLDED = [{}, {"gap_sign": -1}, {"psi_query": "text"}, {"delta_side": "video"}, {"no_delta": True},

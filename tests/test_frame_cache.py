@@ -17,14 +17,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from tvr.data.cached_frames import CachedFrameLoader
+from tvr.data.config import CacheParams, SamplingConfig
 from tvr.data.datasets import collate_skipping
 from tvr.data.device_loader import DeviceLoader
-from tvr.data.frame_cache import (CacheParams, FrameCache, FrameCacheError, FrameCacheWriter,
-                                  cache_key, decode_jpegs, resize_short_side)
+from tvr.data.frame_cache import (FrameCache, FrameCacheError, FrameCacheWriter, cache_key,
+                                  decode_jpegs, resize_short_side)
 from tvr.data.loaders import SeededItems, build_split
 from tvr.data.toy import make_toy_dataset
 from tvr.data.transforms import build_frame_transform
-from tvr.data.config import SamplingConfig
 from tvr.data.frames import VideoFrameLoader, sample_frames
 from tvr.data.video import VideoReadError
 from tvr.cli.flags import run_config

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvr.models.clip import CLIP, CLIP_CONFIGS, CLIPConfig
+from tvr.models.clip import CLIP
+from tvr.models.config import CLIP_CONFIGS, CLIPConfig
 from tvr.models.gare import GARE, TextFeatures
 from tvr.models.temporal import SeqLSTM, SeqTransf, build_temporal
 from tvr.cli.flags import build_parser, run_config

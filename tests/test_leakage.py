@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from tvr.evaluation.engine import SimilarityEngine, build_engine, foldable
-from tvr.models.clip import CLIP, CLIP_CONFIGS
-from tvr.models.gare import GARE, GAREConfig, TextFeatures, VideoFeatures
-from tvr.models.similarity import SimilarityConfig
+from tvr.models.clip import CLIP
+from tvr.models.config import CLIP_CONFIGS, GAREConfig, SimilarityConfig
+from tvr.models.gare import GARE, TextFeatures, VideoFeatures
 
 N_TEXTS, N_VIDEOS, N_FRAMES, N_WORDS = 7, 11, 4, 12
 SOT, EOT = 49406, 49407

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tvr.losses import gare_terms
+from tvr.losses.config import GARELossWeights
 from tvr.losses.contrastive import symmetric_info_nce
 from tvr.losses.gare_terms import (
-    GARELossWeights,
     direction_diversity,
     gare_loss,
     relaxed_vib_kl,

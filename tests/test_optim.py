@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from tvr.models import load_clip
 from tvr.models.gare import GARE
+from tvr.models.pretrained import load_clip
 from tvr.training.optim import (BertAdam, build_optimizer, clamp_logit_scale, param_groups,
                                 warmup_cosine)
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from tvr.models.config import SimilarityConfig
+from tvr.models.similarity import GapAwareSimilarity
 
 ABLATIONS = [
     {"delta_side": "video"},

@@ -25,7 +25,8 @@ A write killed mid-way leaves its temporary file (``.<name>.<pid>.tmp``);
 :func:`remove_stale_temporaries` removes those when the store is next opened for writing.
 POSIX only (``fcntl``, ``os.kill``), as the rest of the project.
 
-This module is the bottom layer of ``tvr``: it imports only the standard library and torch.
+This module is the bottom layer of ``tvr``: it imports only the standard library, and torch
+when :func:`atomic_save` writes a file, so that the command lines name its errors without it.
 """
 from __future__ import annotations
 
@@ -38,8 +39,6 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Union
-
-import torch
 
 PathLike = Union[str, os.PathLike]
 TEMPORARY = re.compile(r"\..+\.(\d+)\.tmp")  # atomic_write's temporary name: .<name>.<pid>.tmp
@@ -75,6 +74,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically; returns the path."""
+    import torch  # here: the module docstring says why
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -18,6 +18,9 @@ main_retrieval.py as one line (:func:`describe`), exit status 1 (also: a store, 
 The path checks (:func:`check_exists`, :func:`check_folder`, :func:`check_writable`,
 :func:`check_loads`) and :func:`check_device` check ``python -m tvr.index``'s flags too
 (tvr/cli/index.py).
+
+This module imports no torch, so that ``--help`` and the flag checks answer at once: the
+checks that need it (checkpoints, CUDA, the launch) import what they use when they run.
 """
 from __future__ import annotations
 
@@ -26,17 +29,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from tvr.data.datasets.annotations import AnnotationError
 from tvr.data.video import VideoReadError
 from tvr.cli.flags import FLAGS
-from tvr.models.clip import CLIP_CONFIGS
-from tvr.models.factory import CONTEXT_LENGTH
-from tvr.models.pretrained import CheckpointNotFoundError, CLIPFileError, find_checkpoint
+from tvr.models.config import CLIP_CONFIGS, CONTEXT_LENGTH
 from tvr.storage import StoreBusyError
-from tvr.training.checkpoint import CheckpointError, check_checkpoint, resume_path
-from tvr.training.distributed import check_batch_size
 
 DEBUG_ENV = "TVR_DEBUG"
 
@@ -89,6 +86,9 @@ def check_run(args: argparse.Namespace) -> None:
     """Raise :class:`UsageError` unless the run can start: something to do, existing inputs,
     loadable checkpoints, a writable ``--output_dir``, a batch the launch can split, and the
     ``--device``. Cheap: checkpoints are memory-mapped, no model is built."""
+    from tvr.models.pretrained import CheckpointNotFoundError, find_checkpoint
+    from tvr.training.checkpoint import resume_path
+    from tvr.training.distributed import check_batch_size
     if not args.do_train and not args.do_eval:
         raise UsageError("nothing to do: pass --do_train 1 (train, then test the best "
                          "checkpoint) or --do_eval 1 (evaluate, e.g. an --init_model)")
@@ -131,7 +131,10 @@ def check_run(args: argparse.Namespace) -> None:
 
 def check_device(args: argparse.Namespace, instead: str) -> None:
     """``--device cuda`` needs a CUDA device that this torch build sees; else use ``instead``."""
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device != "cuda":
+        return
+    import torch
+    if not torch.cuda.is_available():
         raise flag_error(args, "device", f"this torch build (torch {torch.__version__}) sees no "
                                          f"CUDA device for --device cuda; use {instead}")
 
@@ -172,6 +175,7 @@ def check_writable(args: argparse.Namespace, name: str) -> None:
 
 def check_loads(args: argparse.Namespace, name: str, path: Path | str, training: bool = False
                 ) -> None:
+    from tvr.training.checkpoint import CheckpointError, check_checkpoint
     try:
         check_checkpoint(path, training=training)
     except CheckpointError as error:
@@ -201,6 +205,8 @@ def check_data(args: argparse.Namespace) -> None:
 def expected_errors() -> tuple[type[BaseException], ...]:
     """The failures that main_retrieval.py reports in one line, without a traceback."""
     from tvr.data.frame_cache import FrameCacheError  # imported when a run needs them
+    from tvr.models.pretrained import CheckpointNotFoundError, CLIPFileError
+    from tvr.training.checkpoint import CheckpointError
     from tvr.training.trainer import NonFiniteLossError
     return (UsageError, AnnotationError, VideoReadError, CheckpointError,
             CheckpointNotFoundError, CLIPFileError, FrameCacheError, NonFiniteLossError,

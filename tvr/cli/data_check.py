@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from tvr.data.datasets.annotations import AnnotationError
-from tvr.data.datasets.base import VideoFiles
 from tvr.data.datasets.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
@@ -39,6 +38,7 @@ SHOWN = 3  # missing videos listed per split
 
 def check_split(datatype: str, split: str, anns: Path, videos: Path) -> list[str]:
     """The problems of one split: its annotations, then its video files."""
+    from tvr.data.datasets.base import VideoFiles  # imports torch: not for --help
     try:
         annotations = DATASETS[datatype].load(split, anns)
     except AnnotationError as error:

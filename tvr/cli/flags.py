@@ -6,7 +6,8 @@ configuration it fills. :data:`FLAGS` collects them; the parser, the range check
 recipe may set (tvr/cli/recipes.py) and the model flags a checkpoint records all come from it.
 Defaults reproduce the published MSR-VTT recipe; every paper ablation is a flag
 (docs/behaviour.md §5-8). Only this package sees flags: everything below takes the frozen
-configurations that :func:`run_config` builds.
+configurations that :func:`run_config` builds. The configurations import no torch, so neither
+does building the parser (``--help``).
 """
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ from typing import Any, Iterator, Optional, Sequence
 
 from tvr.data.config import DataConfig, SamplingConfig
 from tvr.evaluation.config import EvalConfig
-from tvr.losses.gare_terms import GARELossWeights
-from tvr.models.factory import ModelConfig, config_from_dict
-from tvr.models.gare import GAREConfig, NCLConfig
-from tvr.models.similarity import SimilarityConfig
+from tvr.losses.config import GARELossWeights
+from tvr.models.config import (GAREConfig, ModelConfig, NCLConfig, SimilarityConfig,
+                               config_from_dict)
 from tvr.settings import REQUIRED, Setting, settings_of
-from tvr.training.checkpoint import plain_args
 from tvr.training.config import FeatureConfig, RunConfig, TrainConfig
 
 GROUPS: dict[str, str] = {  # help groups, in the order --help lists them
@@ -193,6 +192,7 @@ def recorded_run(arguments: dict[str, Any]) -> RunConfig:
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The frozen configuration of parsed flags (the only way from flags to configurations).
     ``args.resume`` must already be a file (:func:`tvr.cli.retrieval.resolve`)."""
+    from tvr.training.checkpoint import plain_args  # imports torch: after parsing only
     nested: dict[str, Any] = {}
     for name, flag in FLAGS.items():
         level = nested

@@ -9,6 +9,8 @@ missing or damaged checkpoint, an ``--out`` that is a file, a missing ``--querie
 argparse's ``error:`` line and exit status 2, before any model is loaded; a failure at run time
 (an index of another checkpoint, a checkpoint whose record does not parse, a busy port) is one
 ``<prog>: error:`` line and exit status 1. ``--debug`` or ``TVR_DEBUG=1`` adds the traceback.
+The commands' modules (torch, faiss, Flask) are imported when a command runs, after its flags
+are checked: ``--help`` and a bad flag answer at once.
 """
 from __future__ import annotations
 
@@ -21,14 +23,8 @@ from typing import Any, Optional, Sequence
 from tvr.cli.checks import (UsageError, check_device, check_exists, check_folder, check_loads,
                             check_writable, debug_requested, describe, flag_error, shown)
 from tvr.cli.flags import ShowDefaults, add_setting_flags
-from tvr.evaluation.retrieval import faiss_available
-from tvr.index.build import build_index
 from tvr.index.config import BuildConfig, SearchConfig, ServeConfig
-from tvr.index.search import VideoIndex
-from tvr.index.server import ServeError, serve
-from tvr.index.store import IndexStoreError
 from tvr.settings import SettingError, settings_of
-from tvr.training.checkpoint import CheckpointError
 
 PROG = "python -m tvr.index"
 COMMANDS: dict[str, tuple[type, str, str]] = {  # configuration, help, usage
@@ -38,7 +34,6 @@ COMMANDS: dict[str, tuple[type, str, str]] = {  # configuration, help, usage
                "%(prog)s INDEX [SENTENCE ...] [flags]"),
     "serve": (ServeConfig, "a local web page to search the index", "%(prog)s INDEX [flags]"),
 }
-RUN_ERRORS = (IndexStoreError, CheckpointError, ServeError)  # one line, exit status 1
 PATHS = ("index", "checkpoint", "videos", "out", "queries_file")  # the user's paths
 
 
@@ -73,18 +68,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         args.parser.error(describe(error))
     try:
-        if args.command == "build":
-            print(build_index(config).format())
-        elif args.command == "search":
-            search(args.index, args.queries, config)
-        else:
-            serve(args.index, config)
-    except RUN_ERRORS as error:
+        run(args, config)
+    except run_errors() as error:
         if debug_requested(args):
             traceback.print_exc()
         print(f"{args.parser.prog}: error: {describe(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def run(args: argparse.Namespace, config: Any) -> None:
+    """Run the command whose flags :func:`check` accepted."""
+    if args.command == "build":
+        from tvr.index.build import build_index
+        print(build_index(config).format())
+    elif args.command == "search":
+        search(args.index, args.queries, config)
+    else:
+        from tvr.index.server import serve
+        serve(args.index, config)
+
+
+def run_errors() -> tuple[type[Exception], ...]:
+    """The failures of a command that :func:`main` prints in one line, exit status 1."""
+    from tvr.index.server import ServeError
+    from tvr.index.store import IndexStoreError
+    from tvr.training.checkpoint import CheckpointError
+    return (IndexStoreError, CheckpointError, ServeError)
 
 
 def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
@@ -119,6 +129,7 @@ def check(args: argparse.Namespace, config: Any) -> None:
         if config.checkpoint is not None:
             check_exists(args, "checkpoint", file=True)
             check_loads(args, "checkpoint", config.checkpoint)
+        from tvr.evaluation.retrieval import faiss_available
         if config.stage1 == "faiss" and not faiss_available():
             raise flag_error(args, "stage1", "faiss is not installed (pip install faiss-cpu); "
                                              "use --stage1 auto or torch")
@@ -145,6 +156,7 @@ def file_queries(args: argparse.Namespace) -> list[str]:
 
 def search(folder: str, queries: list[str], config: SearchConfig) -> None:
     """Print the ``config.top`` best videos of each sentence: rank, score, time, path."""
+    from tvr.index.search import VideoIndex
     index = VideoIndex.open(folder, config.checkpoint, config.stage1, config.device,
                             config.min_score)
     results = index.search(queries, top=config.top, k=config.k, exhaustive=config.exhaustive)

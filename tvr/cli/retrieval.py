@@ -5,6 +5,9 @@ Bad flags and files stop the run before any model is built, in one line (tvr/cli
 exit status 2 for a flag, 1 for a file that fails at run time (a malformed annotation, an
 unreadable video, an unusable checkpoint); ``--debug`` or ``TVR_DEBUG=1`` adds the traceback.
 Unexpected errors keep theirs.
+
+Parsing imports no torch (``--help`` and a bad flag answer at once); what a run needs is
+imported by the functions that run after it.
 """
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ from tvr.cli.checks import (UsageError, check_data, check_run, check_values, deb
 from tvr.cli.flags import FLAGS, build_parser, given_flags, run_config
 from tvr.cli.recipes import DEMO_DATA, RECIPES, RecipeError, load_recipe
 from tvr.storage import ConfigMismatchError
-from tvr.training.checkpoint import read_model_record, recorded_sampling, resume_path
 from tvr.training.config import RunConfig
 
 PROG = "main_retrieval.py"
@@ -101,6 +103,7 @@ def apply_model_record(args: argparse.Namespace, record: dict[str, Any], source:
     ``source``) holds, except flags the command line gave (``args.given``): those must agree
     with the record, or :class:`ConfigMismatchError` names each contradiction, unless
     ``args.override_config``. Returns a note per overridden flag, for the log."""
+    from tvr.training.checkpoint import recorded_sampling  # imports torch, as a run does
     given = set(getattr(args, "given", ()))
     recorded = {**record, "sampling": recorded_sampling(record)}
     clashes = []
@@ -127,6 +130,7 @@ def resolve(args: argparse.Namespace, warn: Callable[[str], None] = print) -> Ru
     """The run's configuration: ``--resume`` resolved to its file, and the model flags of the
     ``--resume`` / ``--init_model`` checkpoint's record applied (:func:`apply_model_record`).
     A checkpoint without a record (an older version) is trusted to match the flags."""
+    from tvr.training.checkpoint import read_model_record, resume_path
     if args.resume:
         args.resume = str(resume_path(args.resume, args.output_dir))
     source = args.resume or args.init_model

@@ -1,7 +1,8 @@
-"""The data layer's configurations: which dataset, where, how its videos are read and fed."""
+"""The data layer's configurations: which dataset, where, how its videos are read and fed, and
+how a frame cache stores them. No torch: main_retrieval.py's flags are declared from them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, fields
 from typing import Optional
 
 from tvr.data.datasets.registry import DATASETS
@@ -10,6 +11,7 @@ from tvr.settings import POSITIVE, check_settings, integer, setting
 
 MAX_FRAMES = 1024  # frames per video: more is a typo (the paragraph recipes use 64)
 MAX_WORKERS = 256  # loader processes per rank: more is a typo, not a machine
+FORMATS = ("jpeg", "raw")  # how a frame cache (tvr/data/frame_cache.py) stores frames
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,39 @@ class DataConfig:
     def augment(self) -> bool:
         """Whether training frames are augmented."""
         return self.train_augment == "randaugment"
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    """What the frames of a frame cache (tvr/data/frame_cache.py) depend on: the ``sampling``,
+    which must be the run's, and how the frames are stored."""
+
+    sampling: SamplingConfig
+    short_side: int = setting(224, "frames are shrunk (never enlarged) to this short side in px",
+                              integer(1, 4096))
+    format: str = setting("jpeg", "how frames are stored: JPEG (4:4:4) or raw RGB (exact, about "
+                                  "5x larger)", choices=FORMATS)
+    quality: int = setting(95, "JPEG quality", integer(1, 100))
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def mismatch(self, wanted: SamplingConfig) -> list[str]:
+        """``--flag cache-value (this run: wanted)`` for every sampling setting that differs."""
+        names = [f.name for f in fields(SamplingConfig)]
+        return [f"--{name} {ours} (this run: {theirs})" for name, ours, theirs
+                in zip(names, astuple(self.sampling), astuple(wanted)) if ours != theirs]
+
+    def record(self) -> dict[str, object]:
+        """The parameters as ``frame_cache.json`` holds them: one flat object, the frame rate a
+        float."""
+        sampling = asdict(self.sampling)
+        sampling["video_framerate"] = float(sampling["video_framerate"])
+        return {**sampling, "short_side": self.short_side, "format": self.format,
+                "quality": self.quality}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> CacheParams:
+        """The parameters of a :meth:`record` (``KeyError`` for a missing one)."""
+        sampling = SamplingConfig(**{f.name: record[f.name] for f in fields(SamplingConfig)})
+        return cls(sampling, **{f.name: record[f.name] for f in fields(cls)[1:]})

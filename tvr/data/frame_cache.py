@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, astuple, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,55 +45,17 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from tvr.data.config import SamplingConfig
-from tvr.settings import check_settings, integer, setting
+from tvr.data.config import CacheParams, SamplingConfig
 from tvr.storage import atomic_write_json, read_manifest, require_same, writer_lock
 
 PARAMS_FILE = "frame_cache.json"
 FORMAT_VERSION = 1
-FORMATS = ("jpeg", "raw")
 SHARD_BYTES = 1 << 30  # start a new shard after ~1 GiB
 REBUILD_HINT = "rebuild it with preprocess/build_frame_cache.py, or drop --frame_cache"
 
 
 class FrameCacheError(ValueError):
     """A frame cache that cannot serve this run: missing, incomplete, or built otherwise."""
-
-
-@dataclass(frozen=True)
-class CacheParams:
-    """What the cached frames depend on: the ``sampling``, which must be the run's, and how the
-    frames are stored."""
-
-    sampling: SamplingConfig
-    short_side: int = setting(224, "frames are shrunk (never enlarged) to this short side in px",
-                              integer(1, 4096))
-    format: str = setting("jpeg", "how frames are stored: JPEG (4:4:4) or raw RGB (exact, about "
-                                  "5x larger)", choices=FORMATS)
-    quality: int = setting(95, "JPEG quality", integer(1, 100))
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    def mismatch(self, wanted: SamplingConfig) -> list[str]:
-        """``--flag cache-value (this run: wanted)`` for every sampling setting that differs."""
-        names = [f.name for f in fields(SamplingConfig)]
-        return [f"--{name} {ours} (this run: {theirs})" for name, ours, theirs
-                in zip(names, astuple(self.sampling), astuple(wanted)) if ours != theirs]
-
-    def record(self) -> dict[str, object]:
-        """The parameters as ``frame_cache.json`` holds them: one flat object, the frame rate a
-        float."""
-        sampling = asdict(self.sampling)
-        sampling["video_framerate"] = float(sampling["video_framerate"])
-        return {**sampling, "short_side": self.short_side, "format": self.format,
-                "quality": self.quality}
-
-    @classmethod
-    def from_record(cls, record: dict[str, object]) -> CacheParams:
-        """The parameters of a :meth:`record` (``KeyError`` for a missing one)."""
-        sampling = SamplingConfig(**{f.name: record[f.name] for f in fields(SamplingConfig)})
-        return cls(sampling, **{f.name: record[f.name] for f in fields(cls)[1:]})
 
 
 def cache_key(name: str, start: float | None, end: float | None) -> str:

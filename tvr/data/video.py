@@ -20,6 +20,10 @@ Damaged streams: OpenCV ends a video at the first packet FFmpeg rejects (droppin
 still buffered in the decoder), and the PyAV backend does the same, so a truncated file gives
 the same decodable prefix in both. A missing, unreadable or frameless video, or an empty window,
 raises :class:`VideoReadError`; it never becomes a silent all-zero video.
+
+OpenCV is imported by :class:`OpenCVReader`, when it opens a video, so that importing this
+module costs none: main_retrieval.py declares and checks its flags with :data:`VIDEO_BACKENDS`
+(tvr/data/config.py) and :class:`VideoReadError` before any video is opened.
 """
 from __future__ import annotations
 
@@ -27,9 +31,12 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import cv2
 
 VIDEO_READ_HINT = ("re-encode it with preprocess/compress_video.py (and check the caption's "
                    "start/end times if it has some), or pass --skip_bad_videos to skip such "
@@ -128,6 +135,7 @@ class OpenCVReader(VideoReader):
     auto-rotation. ``header_frames`` is ``CAP_PROP_FRAME_COUNT`` (possibly an estimate)."""
 
     def __init__(self, path: str, threads: int = 1) -> None:
+        import cv2  # here, not at the top: the module docstring says why
         super().__init__(path, threads)
         self._capture = self._open()
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS))
@@ -136,6 +144,7 @@ class OpenCVReader(VideoReader):
         self._fresh = True
 
     def _open(self) -> cv2.VideoCapture:
+        import cv2
         capture = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG,
                                    [cv2.CAP_PROP_N_THREADS, self.threads])
         if not capture.isOpened():
@@ -145,6 +154,7 @@ class OpenCVReader(VideoReader):
         return capture
 
     def _frames(self) -> Iterator[Callable[[], np.ndarray]]:
+        import cv2
         if not self._fresh:
             self._capture.release()
             self._capture = self._open()

@@ -1,11 +1,16 @@
-"""How a split is evaluated: :class:`EvalConfig`."""
+"""How a split is evaluated (:class:`EvalConfig`) and the names of the scoring engines and
+stage-1 backends, without torch: the flags that declare them are parsed before any model module
+is imported."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
-from tvr.evaluation.engine import ENGINE_MODES
 from tvr.settings import Bounds, POSITIVE, check_settings, integer, setting
+
+EngineMode = Literal["auto", "folded", "naive"]  # tvr/evaluation/engine.py's build_engine
+ENGINE_MODES: tuple[EngineMode, ...] = ("auto", "folded", "naive")
+Stage1 = Literal["auto", "faiss", "torch"]  # tvr/evaluation/retrieval.py's Stage1Search
 
 
 @dataclass(frozen=True)

@@ -48,15 +48,15 @@ from typing import Callable, Iterator, Literal, Optional, Union
 import torch
 from torch import Tensor
 
+from tvr.evaluation.config import ENGINE_MODES, EngineMode
 from tvr.evaluation.folding import NORM_EPS, Folding, centre
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig
+from tvr.models.config import SimilarityConfig
+from tvr.models.similarity import GapAwareSimilarity
 
 Precision = Literal["fp64", "fp32", "tf32", "bf16"]
-EngineMode = Literal["auto", "folded", "naive"]
 Index = Union[slice, Tensor]
 Log = Callable[[str], None]
 
-ENGINE_MODES: tuple[EngineMode, ...] = ("auto", "folded", "naive")
 CHECK_ITEMS = 8  # the self-check scores the first CHECK_ITEMS texts against as many videos
 # Largest max |folded - naive| of the self-check's cosine scores, per engine dtype (the check
 # always runs at full matmul precision); its margin: docs/evaluation_engine.md §5.

@@ -19,9 +19,9 @@ import torch
 
 from tvr.data.datasets import RetrievalDataset
 from tvr.evaluation.calibration import calibrate, nonsense_scores
+from tvr.evaluation.config import ENGINE_MODES, EngineMode
 from tvr.evaluation.encode import EncodedSplit, encode_split
-from tvr.evaluation.engine import (ENGINE_MODES, EngineMode, Prepared, SimilarityEngine,
-                                  build_engine)
+from tvr.evaluation.engine import Prepared, SimilarityEngine, build_engine
 from tvr.evaluation.metrics import compare_normalisers, format_table
 from tvr.models.gare import GARE, TextFeatures
 

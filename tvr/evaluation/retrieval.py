@@ -25,9 +25,9 @@ from typing import Callable, Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from tvr.evaluation.config import Stage1
 from tvr.evaluation.engine import Prepared, SimilarityEngine
 
-Stage1 = Literal["auto", "faiss", "torch"]
 PREPARE_CHUNK = 4096  # videos prepared at once by Gallery.scores
 _FILL_OFFSET = 3.0  # coarse cosine - 3 <= -2 < -1 <= every GARE cosine
 

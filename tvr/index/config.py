@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, get_args
 
-from tvr.evaluation.retrieval import Stage1
+from tvr.evaluation.config import Stage1
 from tvr.settings import REQUIRED, Bounds, check_settings, integer, setting
 
 DEVICES = ("cpu", "cuda")

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tvr.evaluation.config import Stage1
 from tvr.evaluation.engine import SimilarityEngine, build_engine
-from tvr.evaluation.retrieval import Gallery, Stage1
+from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
 from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, read_shard,
                              thumbnail_dir)

@@ -1,7 +1,4 @@
-"""Models: the CLIP backbone and its tokenizer (and, built on them, the GARE retrieval model)."""
-from tvr.models.clip import CLIP, CLIP_CONFIGS, CLIPConfig
-from tvr.models.pretrained import CheckpointNotFoundError, find_checkpoint, load_clip
-from tvr.models.tokenizer import ClipTokenizer
-
-__all__ = ["CLIP", "CLIP_CONFIGS", "CLIPConfig", "CheckpointNotFoundError", "ClipTokenizer",
-           "find_checkpoint", "load_clip"]
+"""Models: the CLIP backbone (``clip``, ``pretrained``) and its tokenizer (``tokenizer``), and,
+built on them, the GARE retrieval model (``temporal``, ``similarity``, ``gare``, ``factory``);
+their configurations are in ``config``. The package imports none of its modules, so that a
+configuration loads without torch (``python main_retrieval.py --help``)."""

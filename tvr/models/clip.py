@@ -5,85 +5,23 @@ loads unchanged (``visual.conv1.weight``, ``transformer.resblocks.0.attn.in_proj
 but attention runs through ``F.scaled_dot_product_attention`` on batch-first tensors, so the
 fused (flash / memory-efficient) kernels are used where the device has them.
 
-Architecture hyper-parameters live in :class:`CLIPConfig`; they are read from a checkpoint's
-tensor shapes (:meth:`CLIPConfig.from_state_dict`) or taken from :data:`CLIP_CONFIGS`, which also
-holds the small ``"tiny"`` configuration used by the tests and the CPU demo. docs/behaviour.md §1.
+Architecture hyper-parameters live in :class:`CLIPConfig` (tvr/models/config.py); they are read
+from a checkpoint's tensor shapes (:meth:`CLIPConfig.from_state_dict`) or taken from
+:data:`CLIP_CONFIGS`, which also holds the small ``"tiny"`` configuration used by the tests and
+the CPU demo. docs/behaviour.md §1.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEAD_WIDTH = 64  # every OpenAI CLIP uses 64-wide attention heads: heads = width // 64
+from tvr.models.config import CLIPConfig
+
 NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI TorchScript
-
-
-@dataclass(frozen=True)
-class CLIPConfig:
-    """Shapes of a ViT CLIP. ``embed_dim`` is the joint embedding width d."""
-
-    embed_dim: int
-    image_size: int
-    patch_size: int
-    vision_width: int
-    vision_layers: int
-    text_width: int
-    text_layers: int
-    context_length: int = 77
-    vocab_size: int = 49408
-
-    @property
-    def vision_heads(self) -> int:
-        return self.vision_width // HEAD_WIDTH
-
-    @property
-    def text_heads(self) -> int:
-        return self.text_width // HEAD_WIDTH
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    @classmethod
-    def from_state_dict(cls, state_dict: dict[str, Tensor]) -> "CLIPConfig":
-        """Read every hyper-parameter from the tensor shapes of a CLIP ViT state dict."""
-        if "visual.proj" not in state_dict:
-            raise ValueError(
-                "state dict is not a CLIP ViT checkpoint (no 'visual.proj'); only the ViT "
-                "variants (ViT-B/32, ViT-B/16, ViT-L/14) are supported")
-        conv1 = state_dict["visual.conv1.weight"]
-        patch_size = conv1.shape[-1]
-        grid = math.isqrt(state_dict["visual.positional_embedding"].shape[0] - 1)
-        return cls(
-            embed_dim=state_dict["text_projection"].shape[1],
-            image_size=patch_size * grid,
-            patch_size=patch_size,
-            vision_width=conv1.shape[0],
-            vision_layers=_count_blocks(state_dict, "visual.transformer.resblocks."),
-            text_width=state_dict["ln_final.weight"].shape[0],
-            text_layers=_count_blocks(state_dict, "transformer.resblocks."),
-            context_length=state_dict["positional_embedding"].shape[0],
-            vocab_size=state_dict["token_embedding.weight"].shape[0],
-        )
-
-
-def _count_blocks(state_dict: dict[str, Tensor], prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
-
-
-CLIP_CONFIGS: dict[str, CLIPConfig] = {
-    "ViT-B/32": CLIPConfig(512, 224, 32, 768, 12, 512, 12),
-    "ViT-B/16": CLIPConfig(512, 224, 16, 768, 12, 512, 12),
-    "ViT-L/14": CLIPConfig(768, 224, 14, 1024, 24, 768, 12),
-    # Small enough to train from scratch on a CPU in minutes (tests, demo). The text tower has
-    # four blocks so that seqTransf can be initialised from them as for the real models.
-    "tiny": CLIPConfig(128, 32, 8, 128, 2, 128, 4),
-}
 
 
 class QuickGELU(nn.Module):

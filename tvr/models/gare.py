@@ -16,18 +16,18 @@ cast to fp32 and the similarity and losses always run in fp32 (as the reference 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-from tvr.losses.gare_terms import GARELossWeights, gare_loss
+from tvr.losses.gare_terms import gare_loss
 from tvr.losses.ncl import FeatureQueue, ncl_batch_biases
 from tvr.models.clip import CLIP
-from tvr.models.similarity import GapAwareSimilarity, SimilarityConfig, SimilarityOutput
-from tvr.models.temporal import AGG_MODULES, build_temporal
-from tvr.settings import Bounds, check_settings, integer, setting
+from tvr.models.config import GAREConfig
+from tvr.models.similarity import GapAwareSimilarity, SimilarityOutput
+from tvr.models.temporal import build_temporal
 
 
 class TextFeatures(NamedTuple):
@@ -57,50 +57,6 @@ class CLIPOutputs(NamedTuple):
     text_mask: Tensor
     frames: Tensor
     video_mask: Tensor
-
-
-@dataclass(frozen=True)
-class NCLConfig:
-    """NCL training (docs/behaviour.md §8). ``tau=None`` uses the contrastive temperature
-    1/exp(logit_scale).
-
-    ``queue`` past queries per direction (texts for text->video, videos for video->text) join
-    the batch's queries when the Sinkhorn biases are computed; their scores against the batch
-    are computed with the model's current similarity, in chunks of ``chunk`` queued items.
-    """
-
-    enabled: bool = setting(False, "train with NCL biases (off by default)", flag="ncl")
-    tau: Optional[float] = setting(None, "Sinkhorn temperature (default: 1/exp(logit_scale))",
-                                   Bounds(0, low_open=True, optional=True), flag="ncl_tau",
-                                   kind=float)
-    iters: int = setting(10, "Sinkhorn iterations", integer(1), flag="ncl_iters")
-    tol: float = 1e-4
-    queue: int = setting(4096, "past queries kept per direction for the training-time biases",
-                         integer(1), flag="ncl_queue")
-    chunk: int = 512
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-
-@dataclass(frozen=True)
-class GAREConfig:
-    """Everything of the model beyond CLIP. Defaults = the published MSR-VTT recipe.
-
-    ``similarity.dim`` is ignored: the similarity always takes CLIP's embedding width.
-    """
-
-    agg_module: str = setting("seqTransf", "frame aggregation before the similarity (the msvd "
-                                           "recipe uses None: the reference skips it there)",
-                              choices=AGG_MODULES)
-    num_hidden_layers: int = setting(4, "seqTransf blocks, initialised from the first CLIP text "
-                                        "blocks", integer(1))
-    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
-    loss: GARELossWeights = field(default_factory=GARELossWeights)
-    ncl: NCLConfig = field(default_factory=NCLConfig)
-
-    def __post_init__(self) -> None:
-        check_settings(self)
 
 
 def _identity(x: Tensor) -> Tensor:

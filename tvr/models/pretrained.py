@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tvr.models.clip import CLIP, CLIP_CONFIGS, NON_PARAMETER_KEYS, CLIPConfig
+from tvr.models.clip import CLIP, NON_PARAMETER_KEYS
+from tvr.models.config import CLIP_CONFIGS, CLIPConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ENV_VAR = "TVR_CLIP_PATH"

@@ -18,61 +18,13 @@ bounded-memory evaluation engine can reuse its pieces (:func:`text_conditioned_p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tvr.settings import FRACTION, POSITIVE, check_settings, setting
-
-
-@dataclass(frozen=True)
-class SimilarityConfig:
-    """Hyper-parameters and ablation switches of the GARE similarity (docs/behaviour.md §6).
-
-    Defaults are the published MSR-VTT setting.
-
-    Attributes:
-        dim: embedding width d (512 for ViT-B/32 and ViT-B/16, 768 for ViT-L/14); every layer of
-            Psi is d wide.
-        temp: temperature of the text-conditioned pooling softmax (`--temp`, 3.0).
-        dropout: dropout probability inside Psi, on W_1 x + b_1 (0.3).
-        delta_side: where the increment is applied. "text" (default): s = cos(t_a + Δ_ab, v_ab).
-            "video" (used for ActivityNet): s = cos(t_a, v_ab + Δ_ab).
-        psi_query: query of Psi. "gap" (default): the semantic gap g_ab. "text": t_a alone.
-        gap_sign: η in g_ab = η (mean_k f_bk − t_a). +1 (default): video minus text;
-            −1: text minus video. No effect with psi_query="text".
-        psi_context: keys/values of Psi. "frames" (default): the video's frames f_bk, all F slots,
-            no mask (as the reference). "words": the text's word features (B_t, L, d) with padded
-            words masked out of the attention softmax (the forward then needs `words` and
-            `word_mask`; a row needs at least one real word).
-        no_delta: the paper's Baseline: s_ab = cos(t_a, v_ab), no Psi is built and Δ is None.
-    """
-
-    dim: int = 512
-    temp: float = setting(3.0, "temperature of the text-conditioned frame pooling softmax",
-                          POSITIVE)
-    dropout: float = setting(0.3, "dropout inside Psi, on W_1 x + b_1", FRACTION,
-                             flag="psi_dropout")
-    delta_side: Literal["text", "video"] = setting(
-        "text", "apply Δ to the text (s = cos(t + Δ, v); MSR-VTT) or to the pooled video "
-                "(s = cos(t, v + Δ); ActivityNet)", choices=("text", "video"))
-    psi_query: Literal["gap", "text"] = setting(
-        "gap", "Psi's query: the semantic gap g_ab, or the text embedding alone",
-        choices=("gap", "text"))
-    gap_sign: int = setting(1, "η in g = η (mean frame - text): +1 video minus text, "
-                               "-1 reversed", choices=(1, -1))
-    psi_context: Literal["frames", "words"] = setting(
-        "frames", "Psi's keys/values: the video's frames, or the caption's words",
-        choices=("frames", "words"))
-    no_delta: bool = setting(False, "the paper's Baseline: no Psi, s = cos(t, pooled video)")
-
-    def __post_init__(self) -> None:
-        if self.dim <= 0:
-            raise ValueError(f"dim must be positive, got {self.dim}")
-        check_settings(self)
+from tvr.models.config import SimilarityConfig
 
 
 class SimilarityOutput(NamedTuple):

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tvr.models.clip import CLIP, Transformer
+from tvr.models.config import AGG_MODULES
 
-AGG_MODULES = ("seqTransf", "seqLSTM", "meanP", "None")
 SEQ_TRANSF_LN_EPS = 1e-12  # the reference's TF-style LayerNorm in its temporal transformer
 
 

@@ -56,8 +56,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from tvr.data.config import SamplingConfig
-from tvr.models.clip import CLIPConfig
-from tvr.models.factory import ModelConfig, config_from_record, create_model, record_of
+from tvr.models.config import CLIPConfig, ModelConfig
+from tvr.models.factory import config_from_record, create_model, record_of
 from tvr.models.gare import GARE
 from tvr.storage import PathLike, atomic_save, remove_stale_temporaries
 from tvr.training.distributed import unwrap_model

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from tvr.data.config import DataConfig
 from tvr.evaluation.config import EvalConfig
-from tvr.models.factory import ModelConfig
+from tvr.models.config import ModelConfig
 from tvr.settings import FRACTION, NON_NEGATIVE, POSITIVE, SWITCH, check_settings, integer, \
     setting
 

@@ -4,13 +4,27 @@
 skip_bad_videos=False)`` gives a :class:`RetrievalDataset`; see :mod:`.base` for the item
 structure and the evaluation views, :mod:`.skipping` for unreadable videos, :mod:`.registry`
 for adding a dataset.
-"""
-from tvr.data.datasets.annotations import AnnotationError
-from tvr.data.datasets.base import (Annotations, CaptionItem, Pair, RetrievalDataset,
-                                    RetrievalItem, VideoFiles, VideoItem)
-from tvr.data.datasets.registry import DATASETS, DatasetFormat, build_dataset
-from tvr.data.datasets.skipping import Batch, SkippedVideo, SkipReport, collate_skipping
 
-__all__ = ["AnnotationError", "Annotations", "Batch", "CaptionItem", "DATASETS",
-           "DatasetFormat", "Pair", "RetrievalDataset", "RetrievalItem", "SkipReport",
-           "SkippedVideo", "VideoFiles", "VideoItem", "build_dataset", "collate_skipping"]
+The names below are imported from their modules when first asked for (the module's
+``__getattr__``): the registry and the annotation files' reader import no torch, and the
+flags of main_retrieval.py are declared from the registry (tvr/data/config.py).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {  # an exported name -> the module of this package that defines it
+    "AnnotationError": "annotations", "Annotations": "annotations", "Pair": "annotations",
+    "CaptionItem": "base", "RetrievalDataset": "base", "RetrievalItem": "base",
+    "VideoFiles": "base", "VideoItem": "base", "build_dataset": "base",
+    "DATASETS": "registry", "DatasetFormat": "registry", "Batch": "skipping",
+    "SkippedVideo": "skipping", "SkipReport": "skipping", "collate_skipping": "skipping",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -24,10 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_listed, check_video_id, read_json, required,
-                                           split_file)
-from tvr.data.datasets.base import Annotations, Pair
+from tvr.data.datasets.annotations import (AnnotationError, Annotations, Pair, annotation_file,
+                                           caption_text, check_listed, check_video_id, read_json,
+                                           required, split_file)
 
 ID_LISTS = {"train": "train_ids.json", "val": "val_ids.json", "test": "val_ids.json"}
 CAPTIONS = {"train": "train.json", "val": "val_1.json", "test": "val_1.json"}

@@ -19,9 +19,25 @@ import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
 
 from tvr.models.tokenizer import clean_text
+
+
+class Pair(NamedTuple):
+    """One caption of a video; ``start``/``end`` (seconds) clip the video, ``None``: whole."""
+
+    caption: str
+    video_id: str
+    start: float | None = None
+    end: float | None = None
+
+
+class Annotations(NamedTuple):
+    """What a dataset format's ``load(split, anno_path)`` returns."""
+
+    pairs: list[Pair]
+    video_ids: list[str]
 
 
 class AnnotationError(ValueError):

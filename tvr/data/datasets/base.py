@@ -1,7 +1,9 @@
 """The retrieval dataset shared by every ``--datatype`` (docs/behaviour.md §4).
 
 A dataset is a list of caption pairs ``(caption, video_id, start, end)`` plus the ordered list
-of its videos. Indexing it gives one training pair, a :class:`RetrievalItem`::
+of its videos (the :class:`~tvr.data.datasets.annotations.Annotations` that a ``--datatype``'s
+format reads; :func:`build_dataset` builds one). Indexing it gives one training pair, a
+:class:`RetrievalItem`::
 
     text_ids    LongTensor (max_words,)   CLIP token ids, 0-padded (docs/behaviour.md §2)
     text_mask   LongTensor (max_words,)   1 on real tokens
@@ -30,24 +32,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tvr.data.datasets.annotations import Annotations
+from tvr.data.datasets.registry import DATASETS
 from tvr.data.datasets.skipping import SkippedVideo
 from tvr.data.video import VideoReadError
-
-
-class Pair(NamedTuple):
-    """One caption of a video; ``start``/``end`` (seconds) clip the video, ``None``: whole."""
-
-    caption: str
-    video_id: str
-    start: float | None = None
-    end: float | None = None
-
-
-class Annotations(NamedTuple):
-    """What a dataset format's ``load(split, anno_path)`` returns."""
-
-    pairs: list[Pair]
-    video_ids: list[str]
 
 
 class RetrievalItem(NamedTuple):
@@ -231,3 +219,19 @@ class VideoView(Dataset):
         if isinstance(loaded, SkippedVideo):
             return loaded
         return VideoItem(*loaded, video_index)
+
+
+def build_dataset(datatype: str, split: str, anno_path: str | Path, video_path: str | Path,
+                  tokenizer: CaptionTokenizer, frame_loader: FrameLoader, max_words: int,
+                  skip_bad_videos: bool = False) -> RetrievalDataset:
+    """The ``split`` (train, val, test) of ``datatype`` as a :class:`RetrievalDataset`.
+
+    Annotations are read (and checked) here; videos are read lazily, per item, by
+    ``frame_loader`` (the caller picks the train or eval transform and the frame count).
+    """
+    if datatype not in DATASETS:
+        raise ValueError(f"unknown datatype {datatype!r}; choose from {sorted(DATASETS)}")
+    fmt = DATASETS[datatype]
+    return RetrievalDataset(fmt.load(split, Path(anno_path)),
+                            VideoFiles(video_path, fmt.video_names), tokenizer, frame_loader,
+                            max_words, skip_bad_videos, name=f"{datatype}/{split}")

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_listed, check_video_id, read_id_list, read_json,
-                                           required, split_file)
-from tvr.data.datasets.base import Annotations, Pair
+from tvr.data.datasets.annotations import (AnnotationError, Annotations, Pair, annotation_file,
+                                           caption_text, check_listed, check_video_id, read_id_list,
+                                           read_json, required, split_file)
 
 MOMENTS = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
 LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_video_id, split_file, text_file)
-from tvr.data.datasets.base import Annotations, Pair
+from tvr.data.datasets.annotations import (AnnotationError, Annotations, Pair, annotation_file,
+                                           caption_text, check_video_id, split_file, text_file)
 
 FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
          "test": "LSMDC16_challenge_1000_publictect.csv"}

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_video_id, read_csv, read_json, required,
-                                           split_file)
-from tvr.data.datasets.base import Annotations, Pair
+from tvr.data.datasets.annotations import (AnnotationError, Annotations, Pair, annotation_file,
+                                           caption_text, check_video_id, read_csv, read_json,
+                                           required, split_file)
 
 TRAIN_LIST = "MSRVTT_train.9k.csv"
 TEST_PAIRS = "MSRVTT_JSFUSION_test.csv"

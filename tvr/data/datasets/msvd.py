@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tvr.data.datasets.annotations import (AnnotationError, annotation_file, caption_text,
-                                           check_video_id, read_id_list, read_pickle,
+from tvr.data.datasets.annotations import (AnnotationError, Annotations, Pair, annotation_file,
+                                           caption_text, check_video_id, read_id_list, read_pickle,
                                            split_file)
-from tvr.data.datasets.base import Annotations, Pair
 
 LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
 CAPTIONS = "raw-captions.pkl"

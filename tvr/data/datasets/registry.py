@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tvr.data.datasets import activitynet, didemo, lsmdc, msrvtt, msvd
-from tvr.data.datasets.base import (Annotations, CaptionTokenizer, FrameLoader,
-                                    RetrievalDataset, VideoFiles)
+from tvr.data.datasets.annotations import Annotations
 
 
 class DatasetFormat(NamedTuple):
@@ -34,19 +33,3 @@ DATASETS: dict[str, DatasetFormat] = {
     "activitynet": DatasetFormat(activitynet.load, activitynet.video_names),
     "didemo": DatasetFormat(didemo.load, didemo.video_names),
 }
-
-
-def build_dataset(datatype: str, split: str, anno_path: str | Path, video_path: str | Path,
-                  tokenizer: CaptionTokenizer, frame_loader: FrameLoader, max_words: int,
-                  skip_bad_videos: bool = False) -> RetrievalDataset:
-    """The ``split`` (train, val, test) of ``datatype`` as a :class:`RetrievalDataset`.
-
-    Annotations are read (and checked) here; videos are read lazily, per item, by
-    ``frame_loader`` (the caller picks the train or eval transform and the frame count).
-    """
-    if datatype not in DATASETS:
-        raise ValueError(f"unknown datatype {datatype!r}; choose from {sorted(DATASETS)}")
-    fmt = DATASETS[datatype]
-    return RetrievalDataset(fmt.load(split, Path(anno_path)),
-                            VideoFiles(video_path, fmt.video_names), tokenizer, frame_loader,
-                            max_words, skip_bad_videos, name=f"{datatype}/{split}")
