@@ -62,7 +62,7 @@ def free_port() -> int:
 
 def test_train_then_evaluate_beats_chance_and_eval_only_reproduces_it(toy, tmp_path):
     out = tmp_path / "run"
-    run_main(["--do_train", "1", "--epochs", "4", "--output_dir", str(out), *SMALL,
+    run_main(["--do_train", "1", "--epochs", "8", "--output_dir", str(out), *SMALL,
               *data_flags(toy)])
     metrics = json.loads((out / "metrics_test.json").read_text())["raw"]
     chance_r5 = 100 * 5 / toy.num_test

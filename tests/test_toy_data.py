@@ -58,7 +58,7 @@ def parse(caption: str) -> list[tuple[str, str, str]]:
     """(colour, shape, direction) of every clause of a caption."""
     objects = []
     for clause in caption.split(" and "):
-        words = clause.split()
+        words = clause.replace(",", " ").split()
         colour = [COLOUR_OF[w] for w in words if w in COLOUR_OF]
         shape = [SHAPE_OF[w] for w in words if w in SHAPE_OF]
         way = [WAY_OF[w] for w in words if w in WAY_OF]

@@ -38,12 +38,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # captions). max_words 16 holds every toy caption (at most 14 tokens with SOT/EOT); 6
     # frames, as left/right is learned more reliably than with 4; lr 5e-4 after a warm-up of
     # about 130 steps, as larger early steps often lose the sense of motion (left/right,
-    # up/down) for good; 14 epochs, as the captions' many wordings take longer to learn than
+    # up/down) for good; 18 epochs, as the captions' many wordings take longer to learn than
     # one phrase each, within a 5-minute budget on 2 CPU cores. Why, with the measurements:
     # docs/demo.md §3, §4 and §6.
     "demo": dict(datatype="msrvtt", do_train=1, base_encoder="tiny", max_words=16, max_frames=6,
-                 video_framerate=3, batch_size=32, batch_size_val=100, epochs=14, lr=5e-4,
-                 warmup_proportion=0.2, coef_lr=1.0, n_display=50, workers=2,
+                 video_framerate=3, batch_size=32, batch_size_val=100, epochs=18, lr=5e-4,
+                 warmup_proportion=0.16, coef_lr=1.0, n_display=50, workers=2,
                  train_augment="none", num_hidden_layers=2),
 }
 

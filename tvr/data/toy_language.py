@@ -9,7 +9,8 @@ direction itself, "rises", "is sinking"). A caption is one *form*, a sentence fr
 
 - :data:`TRAIN_FORMS` give the training, validation and test captions;
 - :data:`HELD_OUT_FORMS` are never seen in training: other word orders, no article, the colour
-  after the shape. They make the paraphrase test split, which asks whether the model learned
+  after the shape (a training form puts the motion first too, "rising, a green ball": a model
+  that never saw the words in another order could not be asked to read them in one). They make the paraphrase test split, which asks whether the model learned
   the words rather than the sentences of its training set;
 - :func:`plain_caption` gives the plain-words split: "red circle left".
 
@@ -42,7 +43,7 @@ DIRECTION_VERBS = {"up": (("rises", "rising"), ("climbs", "climbing")),
                    "down": (("falls", "falling"), ("sinks", "sinking"), ("drops", "dropping"))}
 # {c} colour, {s} shape, {moves} "moves left" / "rises", {moving} "moving left" / "rising"
 TRAIN_FORMS = ("a {c} {s} {moves}", "the {c} {s} is {moving}", "a video of a {c} {s} {moving}",
-               "a {s} coloured {c} {moves}", "{c} {s} {way}")
+               "a {s} coloured {c} {moves}", "{moving}, a {c} {s}", "{c} {s} {way}")
 HELD_OUT_FORMS = ("{c} {s} {moving}", "{c} {s} {moves}", "the {s} coloured {c} is {moving}",
                   "a video of the {s} coloured {c} {moving}", "{moving} is the {c} {s}")
 
