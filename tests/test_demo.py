@@ -40,7 +40,9 @@ def test_each_table_is_printed_once(demo):
     for name, where in (("paraphrase", "data/toy/paraphrase"), ("plain", "data/toy/plain")):
         metrics = json.loads((out / f"metrics_{name}.json").read_text())
         r1 = metrics["raw"]["t2v"]["R1"]
-        assert r1 > 50, (name, r1)  # chance: 1 %
+        # chance: 1 %. Not the demo's targets (README): a run that loses the sense of motion
+        # still finds colour, shape and axis, about 40 % (docs/demo.md §6).
+        assert r1 > 20, (name, r1)
         assert f"| {where} | {r1:.1f} |" in stdout
 
 
