@@ -3,7 +3,8 @@ tests that need it are skipped, with the reason shown, on a fresh clone.
 
 Every test runs under a time limit (pytest-timeout, ``TEST_TIMEOUT_S``): a test that hangs (a
 deadlocked worker process, a lost rendezvous) ends the run with a stack dump of every thread
-instead of stalling CI until its budget runs out. The slowest test takes under a minute here.
+instead of stalling CI until its budget runs out. The slowest test takes under a minute here,
+but for tests/test_demo.py, which trains the demo (about 4 minutes) under a limit of its own.
 
 The warning filters of ``pytest.ini`` (a deprecation is an error) also hold in the Python
 processes that tests start (main_retrieval.py, torchrun's workers, the preprocess scripts):

@@ -14,6 +14,8 @@ import pytest
 from tvr.cli.index import main as index_main
 from tvr.evaluation.calibration import nonsense_queries
 
+# the demo trains for about 4 minutes on 2 cores: more than the suite's per-test limit
+pytestmark = pytest.mark.timeout(1800)
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "toy"
 GIBBERISH = ["zzzz qqqq xxxx", "qwerty uiop asdf", "blorp fnord"]
