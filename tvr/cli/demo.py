@@ -17,8 +17,7 @@ from typing import Any
 from tvr.cli.checks import shown
 from tvr.data.loaders import build_split
 from tvr.data.toy import PHRASINGS, ToyDataset, make_toy_dataset
-from tvr.evaluation.evaluate import evaluate, result_files
-from tvr.evaluation.metrics import save_json
+from tvr.evaluation.evaluate import evaluate, write_results
 from tvr.training.checkpoint import BEST, load_model
 from tvr.training.config import RunConfig
 
@@ -46,9 +45,7 @@ def test_phrasings(config: RunConfig) -> dict[str, dict[str, Any]]:
                            workers=config.data.workers,
                            device=next(model.parameters()).device,
                            is_main=True)
-        record, table = result_files(results)
-        save_json(record, out / f"metrics_{name}.json")
-        (out / f"metrics_{name}.md").write_text(table)
+        write_results(results, out, name)
         found[name] = results["raw"]["t2v"]
     return found
 

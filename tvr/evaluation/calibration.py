@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tvr.evaluation.encode import encode_sentences
 from tvr.evaluation.engine import Prepared, SimilarityEngine
 from tvr.models.gare import GARE
-from tvr.models.tokenizer import ClipTokenizer
 
 NONSENSE = 256  # nonsense queries drawn for a calibration
 NONSENSE_SEED = 0
@@ -78,12 +78,7 @@ def nonsense_scores(model: GARE, engine: SimilarityEngine, videos: Prepared, max
                     autocast: Callable[[], contextlib.AbstractContextManager]
                     = contextlib.nullcontext) -> Tensor:
     """The best score over ``videos`` (prepared by ``engine``) of each nonsense query."""
-    tokenizer = ClipTokenizer()
-    encoded = [tokenizer.encode_caption(q, max_words) for q in nonsense_queries()]
-    device = next(model.parameters()).device
-    ids = torch.from_numpy(np.stack([e[0] for e in encoded])).to(device)
-    mask = torch.from_numpy(np.stack([e[1] for e in encoded])).to(device)
-    with autocast():
-        text = model.encode_text(ids, mask)
-    texts = engine.prepare_texts(text.sentence, text.words if model.uses_words else None, mask)
+    text = encode_sentences(model, nonsense_queries(), max_words, autocast=autocast)
+    texts = engine.prepare_texts(text.sentence, text.words if model.uses_words else None,
+                                 text.mask)
     return engine.score(texts, videos).float().max(dim=1).values.cpu()

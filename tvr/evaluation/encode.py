@@ -20,6 +20,7 @@ from tvr.data.datasets import RetrievalDataset, collate_skipping
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.video import VideoReadError
 from tvr.models.gare import GARE, TextFeatures, VideoFeatures
+from tvr.models.tokenizer import ClipTokenizer
 
 
 class EncodedSplit(NamedTuple):
@@ -59,6 +60,22 @@ def _gather_list(items: list[str]) -> list[str]:
     everyone: list[list[str]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(everyone, items)
     return [item for part in everyone for item in part]
+
+
+@torch.no_grad()
+def encode_sentences(model: GARE, sentences: list[str], max_words: int,
+                     tokenizer: ClipTokenizer | None = None,
+                     autocast: Callable[[], contextlib.AbstractContextManager]
+                     = contextlib.nullcontext) -> TextFeatures:
+    """The text features of free sentences (search queries, calibration queries), encoded as
+    captions are (``max_words`` tokens), on the model's device."""
+    tokenizer = tokenizer or ClipTokenizer()
+    encoded = [tokenizer.encode_caption(sentence, max_words) for sentence in sentences]
+    device = next(model.parameters()).device
+    ids = torch.from_numpy(np.stack([e[0] for e in encoded])).to(device)
+    mask = torch.from_numpy(np.stack([e[1] for e in encoded])).to(device)
+    with autocast():
+        return model.encode_text(ids, mask)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ are not metric variants: :func:`metric_variants` leaves them out for tables and 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -22,7 +23,7 @@ from tvr.evaluation.calibration import calibrate, nonsense_scores
 from tvr.evaluation.config import ENGINE_MODES, EngineMode
 from tvr.evaluation.encode import EncodedSplit, encode_split
 from tvr.evaluation.engine import Prepared, SimilarityEngine, build_engine
-from tvr.evaluation.metrics import compare_normalisers, format_table
+from tvr.evaluation.metrics import compare_normalisers, format_table, save_json
 from tvr.models.gare import GARE, TextFeatures
 
 INFO_KEYS = ("engine", "skipped_videos", "calibration")
@@ -44,6 +45,13 @@ def result_files(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
     note = (f"\n{len(skipped)} unreadable video(s) left out of the gallery (not the full "
             f"benchmark): {', '.join(skipped)}\n" if skipped else "")
     return record, format_table(variants) + note
+
+
+def write_results(results: dict[str, Any], folder: Path, name: str) -> None:
+    """:func:`result_files` of ``results`` as ``metrics_<name>.json`` and ``.md`` in ``folder``."""
+    record, table = result_files(results)
+    save_json(record, folder / f"metrics_{name}.json")
+    (folder / f"metrics_{name}.md").write_text(table)
 
 
 def split_scores(engine: SimilarityEngine, split: EncodedSplit, dataset: RetrievalDataset

@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from tvr.evaluation.config import Stage1
+from tvr.evaluation.encode import encode_sentences
 from tvr.evaluation.engine import SimilarityEngine, build_engine
 from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
@@ -115,11 +115,7 @@ class VideoIndex:
     @torch.no_grad()
     def encode_queries(self, queries: list[str]) -> Tensor:
         """(Q, d) sentence embeddings (not normalised) of ``queries``."""
-        encoded = [self.tokenizer.encode_caption(q, self.max_words) for q in queries]
-        ids = torch.from_numpy(np.stack([e[0] for e in encoded]))
-        mask = torch.from_numpy(np.stack([e[1] for e in encoded]))
-        device = self.gallery.frames.device
-        return self.model.encode_text(ids.to(device), mask.to(device)).sentence
+        return encode_sentences(self.model, queries, self.max_words, self.tokenizer).sentence
 
     @property
     def engine(self) -> SimilarityEngine:

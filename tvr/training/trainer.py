@@ -29,8 +29,8 @@ from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.loaders import ResumableSampler, build_split
 from tvr.data.video import VideoReadError
-from tvr.evaluation.evaluate import evaluate, metric_variants, result_files
-from tvr.evaluation.metrics import format_table, save_json
+from tvr.evaluation.evaluate import evaluate, metric_variants, write_results
+from tvr.evaluation.metrics import format_table
 from tvr.models.factory import create_model
 from tvr.models.gare import GARE
 from tvr.training import checkpoint
@@ -149,9 +149,7 @@ class Trainer:
     def write_results(self, results: dict, name: str) -> None:
         if not self.ctx.is_main:
             return
-        record, table = result_files(results)
-        save_json(record, self.output_dir / f"metrics_{name}.json")
-        (self.output_dir / f"metrics_{name}.md").write_text(table)
+        write_results(results, self.output_dir, name)
 
     # ---------------------------------------------------------------- training
     def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
