@@ -39,22 +39,26 @@ def metric_variants(results: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if k not in INFO_KEYS}
 
 
-def result_files(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def result_files(results: dict[str, Any], run_info: Optional[dict[str, Any]] = None
+                 ) -> tuple[dict[str, Any], str]:
     """What a run writes of :func:`evaluate`'s results: the JSON object (the metric variants,
-    the per-query ``ranks`` of each, and ``skipped_videos``: their count and files) and the
-    markdown (the table, then a line naming the skipped videos, so a score on a shrunken
-    gallery never passes for a full one)."""
+    the per-query ``ranks`` of each, ``skipped_videos``: their count and files, and the entries
+    of ``run_info``, facts about the run that made the results, such as the trainer's
+    ``"noisy_pairs"``) and the markdown (the table, then a line naming the skipped videos, so a
+    score on a shrunken gallery never passes for a full one)."""
     skipped, variants = list(results.get("skipped_videos", [])), metric_variants(results)
     record = {**variants, "ranks": results["ranks"],
-              "skipped_videos": {"count": len(skipped), "videos": skipped}}
+              "skipped_videos": {"count": len(skipped), "videos": skipped}, **(run_info or {})}
     note = (f"\n{len(skipped)} unreadable video(s) left out of the gallery (not the full "
             f"benchmark): {', '.join(skipped)}\n" if skipped else "")
     return record, format_table(variants) + note
 
 
-def write_results(results: dict[str, Any], folder: Path, name: str) -> None:
-    """:func:`result_files` of ``results`` as ``metrics_<name>.json`` and ``.md`` in ``folder``."""
-    record, table = result_files(results)
+def write_results(results: dict[str, Any], folder: Path, name: str,
+                  run_info: Optional[dict[str, Any]] = None) -> None:
+    """:func:`result_files` of ``results`` (and ``run_info``) as ``metrics_<name>.json`` and
+    ``.md`` in ``folder``."""
+    record, table = result_files(results, run_info)
     save_json(record, folder / f"metrics_{name}.json")
     (folder / f"metrics_{name}.md").write_text(table)
 
