@@ -19,6 +19,7 @@ SCORE_FLAGS = [
 LOSS_FLAGS = [
     ["--beta", "0"], ["--kl_prior_std", "2.0"], ["--kl_anchor", "text"], ["--lambda_dir", "0"],
     ["--alpha", "5.0"], ["--lambda_epsilon", "0"], ["--lambda_lower", "1e-6"], ["--ncl"],
+    ["--dir_loss", "orthogonal"],
 ]
 
 
