@@ -24,9 +24,11 @@ from tvr.models.tokenizer import ClipTokenizer
 
 FOLDED = [{}, {"gap_sign": -1}, {"psi_query": "text"}, {"delta_side": "video"}, {"no_delta": True},
           {"psi_query": "text", "delta_side": "video"}, {"gap_sign": -1, "delta_side": "video"},
-          {"no_delta": True, "psi_context": "words"}]
+          {"no_delta": True, "psi_context": "words"}, {"normalize_delta": True},
+          {"normalize_delta": True, "delta_side": "video", "psi_query": "text"}]
 FALLBACK = [{"psi_context": "words"},
-            {"psi_context": "words", "delta_side": "video", "gap_sign": -1}]
+            {"psi_context": "words", "delta_side": "video", "gap_sign": -1},
+            {"psi_context": "words", "normalize_delta": True}]
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 PRECISION = {torch.float64: "fp64", torch.float32: "fp32"}
 
@@ -114,7 +116,8 @@ def test_forced_naive_path(overrides: dict) -> None:
                                rtol=0)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"psi_query": "text", "delta_side": "video"}], ids=name)
+@pytest.mark.parametrize("overrides", [{}, {"psi_query": "text", "delta_side": "video"},
+                                       {"normalize_delta": True}], ids=name)
 def test_real_width_fp32(overrides: dict) -> None:
     """d = 512, F = 12, features sharing a common direction (so the gap is small, as with CLIP)."""
     model = trained(SimilarityConfig(dim=512, **overrides), torch.float32)
