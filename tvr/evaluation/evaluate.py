@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from torch import Tensor
 
 from tvr.data.datasets import RetrievalDataset
 from tvr.evaluation.calibration import calibrate, nonsense_scores
@@ -78,6 +79,17 @@ def split_scores(engine: SimilarityEngine, split: EncodedSplit, dataset: Retriev
     return texts, videos, engine.score(texts, videos).float().cpu(), caption_to_video[kept]
 
 
+def bank_scores(scorer: SimilarityEngine, bank: EncodedSplit, texts: Prepared,
+                videos: Prepared) -> dict[str, Tensor]:
+    """The scores of the bank's captions with the split's videos (``bank_t2v``) and of the
+    bank's videos with the split's captions (``bank_v2t``, videos first), for QB-Norm and
+    NCL."""
+    bank_texts = scorer.prepare_texts(*bank.texts)
+    bank_videos = scorer.prepare_videos(*bank.videos)
+    return {"bank_t2v": scorer.score(bank_texts, videos).float().cpu(),
+            "bank_v2t": scorer.score(texts, bank_videos).float().cpu().T}
+
+
 def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers: int,
              device: torch.device, is_main: bool,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -122,13 +134,9 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
     texts, videos, scores, caption_to_video = split_scores(scorer, split, dataset)
     banks = {}
     if bank_split is not None:
-        bank_texts = scorer.prepare_texts(*bank_split.texts)
-        bank_videos = scorer.prepare_videos(*bank_split.videos)
-        banks = {"bank_t2v": scorer.score(bank_texts, videos).float().cpu(),
-                 "bank_v2t": scorer.score(texts, bank_videos).float().cpu().T,
-                 "qb_beta": qb_beta, "qb_k": qb_k,
-                 "ncl_tau": ncl_tau if ncl_tau is not None
-                 else float(torch.exp(-model.clip.logit_scale.detach()))}
+        banks = dict(bank_scores(scorer, bank_split, texts, videos), qb_beta=qb_beta, qb_k=qb_k,
+                     ncl_tau=ncl_tau if ncl_tau is not None
+                     else float(torch.exp(-model.clip.logit_scale.detach())))
     ranks = normaliser_ranks(scores, caption_to_video, dsl_temp=dsl_temp, **banks)
     results: dict[str, Any] = summarize_variants(ranks)
     results["ranks"] = rank_lists(ranks)
