@@ -201,7 +201,9 @@ class StoredVideos:
         starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
         pieces = [read(int(shards[a]), self.row_of[rows[order[a:b]]])
                   for a, b in zip(starts, np.r_[starts[1:], len(order)])]
-        gathered = np.concatenate(pieces)
+        gathered = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
+            return gathered
         out = np.empty_like(gathered)
         out[order] = gathered
         return out
@@ -209,8 +211,7 @@ class StoredVideos:
     def parts(self, rows: Tensor) -> dict[str, Tensor]:
         """The stored compact state of the videos ``rows`` (frames float16, the rest float32)."""
         records = self._gather(rows, lambda shard, index: self.records[shard][index])
-        return {name: torch.from_numpy(np.ascontiguousarray(records[name]))
-                for name in records.dtype.names}
+        return {name: torch.from_numpy(records[name]) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
         """(rows, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
