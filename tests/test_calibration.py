@@ -72,3 +72,11 @@ def test_words_never_seen_in_training(tokenizer, query, unknown, refused):
     known = training_vocabulary(["a red circle moves left", "the blue bar rises"], tokenizer)
     assert unknown_words(query, known, tokenizer) == unknown
     assert mostly_unknown(query, unknown_words(query, known, tokenizer)) is refused
+
+
+def test_a_threshold_never_refuses_every_caption():
+    """Nonsense scoring above every caption (an untrained model): refusing everything and
+    refusing nothing tie; the threshold refuses nothing."""
+    calibration = calibrate(torch.tensor([0.1, 0.2]), torch.tensor([0.5, 0.6]))
+    assert calibration.threshold < 0.1 and calibration.matched == 1.0
+    assert calibration.refused == 0.0

@@ -73,13 +73,15 @@ def nonsense_queries(count: int = NONSENSE, seed: int = NONSENSE_SEED) -> list[s
 def calibrate(matches: Tensor, nonsense: Tensor) -> Calibration:
     """The threshold between the scores of captions with their own videos (``matches``) and
     the best scores of nonsense queries (``nonsense``): every midpoint between two sorted
-    scores is tried, and of the best, the middle one is kept."""
+    scores is tried, and of the best, the middle one is kept. A threshold that keeps no
+    caption is never chosen: where nothing separates better than chance (an untrained model),
+    the threshold refuses nothing rather than everything."""
     matches, nonsense = matches.double().flatten(), nonsense.double().flatten()
     values = torch.sort(torch.cat([matches, nonsense])).values
-    candidates = torch.cat([values[:1] - 1, (values[1:] + values[:-1]) / 2, values[-1:] + 1])
+    candidates = torch.cat([values[:1] - 1, (values[1:] + values[:-1]) / 2])
     kept = (matches[None, :] >= candidates[:, None]).double().mean(dim=1)
     refused = (nonsense[None, :] < candidates[:, None]).double().mean(dim=1)
-    balanced = kept + refused
+    balanced = torch.where(kept > 0, kept + refused, -1.0)
     best = torch.nonzero(balanced == balanced.max()).view(-1)
     pick = int(best[len(best) // 2])
     return Calibration(float(candidates[pick]), float(kept[pick]), float(refused[pick]),
