@@ -1,0 +1,3 @@
+from tvr.experiments.cli import main
+
+raise SystemExit(main())
