@@ -5,7 +5,9 @@ import re
 import pytest
 import torch
 
-from tvr.evaluation.calibration import calibrate, nonsense_queries
+from tvr.evaluation.calibration import (calibrate, mostly_unknown, nonsense_queries,
+                                        training_vocabulary, unknown_words)
+from tvr.models.tokenizer import ClipTokenizer
 
 
 def test_nonsense_queries_are_fixed_strings_of_random_letters():
@@ -44,3 +46,29 @@ def test_overlapping_scores_get_the_best_balanced_threshold(seed):
     assert balanced == pytest.approx(brute_force_best(matches, nonsense), abs=1e-12)
     assert 0.5 < balanced < 1.0
     assert calibration.as_dict()["threshold"] == calibration.threshold
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return ClipTokenizer()
+
+
+def test_the_vocabulary_is_the_token_ids_of_the_captions(tokenizer):
+    captions = ["a red circle moves left", "The blue bar rises."]
+    known = training_vocabulary(captions, tokenizer)
+    assert list(known) == sorted(set(known))
+    assert set(known) == {t for c in captions for t in tokenizer.tokenize(c)}
+
+
+@pytest.mark.parametrize("query, unknown, refused", [
+    ("a red circle moves left", [], False),
+    ("A RED circle, moving left!", ["moving"], False),  # case and punctuation are no words
+    ("zzzz qqqq xxxx", ["zzzz", "qqqq", "xxxx"], True),
+    ("red zzzz", ["zzzz"], False),  # half unknown: the score decides
+    ("red zzzz qqqq", ["zzzz", "qqqq"], True),
+    ("reddish circles", ["reddish", "circles"], True),  # known prefixes are other tokens
+])
+def test_words_never_seen_in_training(tokenizer, query, unknown, refused):
+    known = training_vocabulary(["a red circle moves left", "the blue bar rises"], tokenizer)
+    assert unknown_words(query, known, tokenizer) == unknown
+    assert mostly_unknown(query, unknown_words(query, known, tokenizer)) is refused

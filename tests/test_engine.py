@@ -445,6 +445,11 @@ def test_evaluate_checks_the_engine(tiny_split: RetrievalDataset, tmp_path) -> N
     stock = run("auto")
     assert stock["engine"] == {"method": "folded"} and stock["skipped_videos"] == []
     assert set(metric_variants(stock)) == {"raw"}
+    ranks = stock["ranks"]["raw"]  # 20 captions, 10 videos, in the split's order
+    assert (len(ranks["t2v"]), len(ranks["v2t"])) == (20, 10)
+    for direction, listed in ranks.items():
+        assert stock["raw"][direction]["R5"] == pytest.approx(
+            100 * sum(r <= 5 for r in listed) / len(listed))
     save_json(metric_variants(stock), tmp_path / "metrics.json")
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"raw"}
     assert format_table(metric_variants(stock)).count("\n") == 4  # header, rule, t2v, v2t

@@ -18,7 +18,9 @@ import torch
 
 from tvr.data.frames import VideoFrameLoader
 from tvr.data.transforms import build_frame_transform
+from tvr.data.datasets import msrvtt
 from tvr.data.toy import make_toy_dataset
+from tvr.evaluation.calibration import training_vocabulary
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import Stage1Search, faiss_available
 from tvr.index import build as build_module
@@ -27,6 +29,7 @@ from tvr.index.build import BuildReport, build_index, load_checkpoint_model
 from tvr.index.config import BuildConfig
 from tvr.index.search import VideoIndex
 from tvr.index.store import IndexStoreError, Manifest
+from tvr.models.tokenizer import ClipTokenizer
 from tvr.training.checkpoint import sampling_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,21 +165,43 @@ def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
 def test_the_checkpoints_threshold_decides_no_good_match(trained, tmp_path):
     checkpoint, toy = trained
     calibration = load_checkpoint_model(checkpoint)[1]["calibration"]
-    assert set(calibration) == {"threshold", "matched", "refused", "captions", "nonsense"}
+    assert set(calibration) == {"threshold", "matched", "refused", "captions", "nonsense",
+                                "known_tokens"}
     assert calibration["captions"] == 8 and 0 <= calibration["matched"] <= 1
     folder, _ = gallery(tmp_path, toy, 6)
     out = tmp_path / "index"
     build(checkpoint, folder, out)
     index = VideoIndex.open(out)
     assert index.threshold == calibration["threshold"]
+    index.known_tokens = None  # the score alone (the vocabulary: the next test)
     best = index.search(QUERIES, top=1)
     for answer in best:
         assert answer.good == (answer.hits[0].score >= calibration["threshold"])
     scores = [answer.hits[0].score for answer in best]
-    assert [a.good for a in VideoIndex.open(out, threshold=min(scores)).search(QUERIES)] == \
-        [True] * len(QUERIES)
-    above = VideoIndex.open(out, threshold=max(scores) + 1e-3).search(QUERIES)
-    assert [a.good for a in above] == [False] * len(QUERIES)
+    below, above = (VideoIndex.open(out, threshold=t) for t in (min(scores), max(scores) + 1e-3))
+    below.known_tokens = above.known_tokens = None
+    assert [a.good for a in below.search(QUERIES)] == [True] * len(QUERIES)
+    assert [a.good for a in above.search(QUERIES)] == [False] * len(QUERIES)
+    assert {a.reason for a in above.search(QUERIES)} == \
+        {f"the best score is below {max(scores) + 1e-3:.4f}, the threshold"}
+
+
+def test_words_never_seen_in_training_are_no_good_match(trained, tmp_path):
+    """A text tower trained from scratch records the tokens of its training captions; a query
+    of words it never saw is no good match, whatever its score."""
+    checkpoint, toy = trained
+    captions = [pair.caption for pair in msrvtt.load("train", toy.root).pairs]
+    known = load_checkpoint_model(checkpoint)[1]["calibration"]["known_tokens"]
+    assert tuple(known) == training_vocabulary(captions, ClipTokenizer())
+    folder, _ = gallery(tmp_path, toy, 6)
+    build(checkpoint, folder, tmp_path / "index")
+    index = VideoIndex.open(tmp_path / "index", threshold=-10.0)  # every score passes
+    caption, gibberish, half = index.search(
+        [captions[0], "zzzz qqqq xxxx", f"zzzz {captions[0].split()[-1]}"], top=1)
+    assert (caption.good, caption.unknown) == (True, ())
+    assert (gibberish.good, gibberish.unknown) == (False, ("zzzz", "qqqq", "xxxx"))
+    assert gibberish.reason == "most of its words were never seen in training"
+    assert (half.good, half.unknown) == (True, ("zzzz",))
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")

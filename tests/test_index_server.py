@@ -23,6 +23,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from tvr.data.toy import make_toy_dataset
+from tvr.evaluation.calibration import training_vocabulary
 from tvr.index.search import VideoIndex
 from tvr.index.server import clock, create_app
 from tvr.index.store import IndexStoreError
@@ -129,6 +130,18 @@ def test_the_page_says_when_nothing_matches_well(index, monkeypatch):
     assert 'id="no-match">No good match</b>' in below and ResultCards(below).cards
     assert "No good match" not in above and "No good match" not in unset
     assert f"{TOP} best of 10 videos" in above
+
+
+def test_the_page_names_the_words_the_model_never_saw(index, monkeypatch):
+    monkeypatch.setattr(index, "known_tokens", training_vocabulary([QUERY], index.tokenizer))
+    monkeypatch.setattr(index, "threshold", None)
+    client = create_app(index, top=TOP).test_client()
+    page = client.get("/", query_string={"q": "zzzz <qqqq> left"}).get_data(as_text=True)
+    assert 'id="no-match">No good match</b>' in page
+    assert "most of its words were never seen in training" in page
+    assert "never saw in training:\n zzzz, qqqq</p>" in page  # "<", ">" are no words
+    known = client.get("/", query_string={"q": QUERY}).get_data(as_text=True)
+    assert "No good match" not in known and "unknown-words" not in known
 
 
 @pytest.mark.parametrize("query", ["", " ", " \t\n "])

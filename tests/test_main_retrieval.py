@@ -82,7 +82,8 @@ def test_train_then_evaluate_learns_and_eval_only_reproduces_it(toy, tmp_path):
               *SMALL, *data_flags(toy)])
     evaluated = json.loads((again / "metrics_test.json").read_text())
     assert evaluated["raw"] == metrics
-    assert set(evaluated) == {"raw", "DSL", "QB-Norm", "NCL", "skipped_videos"}  # side by side
+    assert set(evaluated) == {"raw", "DSL", "QB-Norm", "NCL", "ranks", "skipped_videos"}
+    assert set(evaluated["ranks"]) == {"raw", "DSL", "QB-Norm", "NCL"}  # side by side
     assert evaluated["skipped_videos"] == {"count": 0, "videos": []}
     assert set(evaluated["NCL"]) == {"t2v", "v2t"}
     assert "| QB-Norm | text-to-video |" in (again / "metrics_test.md").read_text()

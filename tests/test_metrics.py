@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
-from tvr.evaluation.metrics import (compare_normalisers, format_table, retrieval_metrics, save_json,
-                                    summarize_ranks, text_to_video_ranks, video_to_text_ranks)
+from tvr.evaluation.evaluate import metric_variants, write_results
+from tvr.evaluation.metrics import (compare_normalisers, format_table, normaliser_ranks,
+                                    rank_lists, retrieval_metrics, save_json, summarize_ranks,
+                                    summarize_variants, text_to_video_ranks, video_to_text_ranks)
 from tvr.evaluation.normalizers import dual_softmax, ncl_normalize, qb_norm
 
 
@@ -143,3 +146,32 @@ def test_compare_normalisers_and_outputs(tmp_path) -> None:
 
     save_json(results, tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text()) == results
+
+
+@pytest.mark.parametrize("per_video", [1, 3])
+def test_the_metrics_file_holds_the_ranks_that_give_its_metrics(per_video: int, tmp_path) -> None:
+    g = torch.Generator().manual_seed(11)
+    c2v = layout(25, per_video, shuffle=True)
+    scores = torch.round(torch.randn(len(c2v), 25, generator=g) * 4) / 20  # ties included
+    scores[torch.arange(len(c2v)), c2v] += 0.2
+    ranks = normaliser_ranks(scores, c2v, dsl_temp=0.05, ncl_tau=0.05,
+                             bank_t2v=torch.randn(40, 25, generator=g) * 0.2,
+                             bank_v2t=torch.randn(30, len(c2v), generator=g) * 0.2)
+    results = {**summarize_variants(ranks), "ranks": rank_lists(ranks), "skipped_videos": []}
+    write_results(results, tmp_path, "test")
+    text = (tmp_path / "metrics_test.json").read_text()
+    record = json.loads(text)
+    assert set(record["ranks"]) == {"raw", "DSL", "QB-Norm", "NCL"}
+    assert record["ranks"]["raw"]["v2t"] == video_to_text_ranks(scores, c2v).tolist()
+    for variant, directions in record["ranks"].items():
+        for direction, listed in directions.items():
+            assert all(type(r) is int and r >= 1 for r in listed)
+            assert len(listed) == (len(c2v) if direction == "t2v" else 25)
+            listed, reported = np.array(listed), record[variant][direction]
+            for k in (1, 5, 10, 50):
+                assert 100 * np.mean(listed <= k) == pytest.approx(reported[f"R{k}"]), (variant, k)
+            assert np.median(listed) == pytest.approx(reported["MedR"])
+            assert np.mean(listed) == pytest.approx(reported["MeanR"])
+    assert all(line.count("[") == line.count("]") for line in text.splitlines())  # a list a line
+    table = (tmp_path / "metrics_test.md").read_text()
+    assert table == format_table(metric_variants(results)) and "ranks" not in table

@@ -7,6 +7,7 @@ decoded frames by its palette colour alone, so a caption that disagrees with the
 """
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -141,6 +142,22 @@ def test_held_out_forms_are_new_sentences_of_known_words():
     assert not train & held
     assert {w for c in held for w in c.split()} <= {w for c in train for w in c.split()}
     assert all(parse(c)[0] in contents for c in held | set(list(train)[:2000]))
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+def test_the_directions_own_word_is_the_most_frequent(direction, monkeypatch):
+    """A share toy_language.OWN_WORD_SHARE of the captions says the direction's own word
+    after a motion verb; the rest draw from all its wordings, which still occur."""
+    def with_word(share):
+        monkeypatch.setattr(toy_language, "OWN_WORD_SHARE", share)
+        rng = np.random.default_rng(1)
+        captions = [toy_language.caption(rng, "red", "circle", direction) for _ in range(4000)]
+        return np.mean([re.search(rf"\b{direction}\b", c) is not None for c in captions]), \
+            captions
+    uniform, captions = with_word(0.0)
+    share = 0.5
+    assert with_word(share)[0] == pytest.approx(share + (1 - share) * uniform, abs=0.03)
+    assert uniform < 0.6 and len({c.split()[-1] for c in captions}) >= 4
 
 
 def test_captions_match_the_pixels(toy):

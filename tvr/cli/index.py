@@ -162,9 +162,10 @@ def search(folder: str, queries: list[str], config: SearchConfig) -> None:
     results = index.search(queries, top=config.top, k=config.k, exhaustive=config.exhaustive)
     for query, answer in zip(queries, results):
         print(query)
+        if answer.unknown:
+            print(f"  words this model never saw in training: {', '.join(answer.unknown)}")
         if answer.good is False:
-            print(f"  no good match (the best score is below {index.threshold:.4f}, the "
-                  f"threshold); the closest:")
+            print(f"  no good match ({answer.reason}); the closest:")
         for rank, hit in enumerate(answer.hits, 1):
             minutes, seconds = divmod(hit.time, 60)
             print(f"  {rank:3d}  {hit.score:.4f}  {int(minutes)}:{seconds:04.1f}  "

@@ -72,7 +72,7 @@ _SHIFT = 4  # cv2 drawing with 1/16-pixel precision
 BAR_HALF_SIZE = (1.25, 0.5)  # half width and half height of a bar, in object radii
 # Raised whenever the same parameters would draw different videos or captions, so that a set
 # written by an older version of this module is regenerated rather than silently reused.
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 
 
 @dataclass(frozen=True)

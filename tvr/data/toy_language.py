@@ -41,6 +41,11 @@ MOTION_VERBS = (("moves", "moving"), ("slides", "sliding"), ("travels", "travell
 # verbs that carry the direction themselves
 DIRECTION_VERBS = {"up": (("rises", "rising"), ("climbs", "climbing")),
                    "down": (("falls", "falling"), ("sinks", "sinking"), ("drops", "dropping"))}
+# The share of captions whose motion is the direction's own word ("moves left", "up"). A model
+# trained from scratch must first learn to tell left from right and up from down, and the
+# signal that breaks that symmetry is split over every wording of a direction; one frequent
+# wording concentrates it (docs/demo.md §6).
+OWN_WORD_SHARE = 0.5
 # {c} colour, {s} shape, {moves} "moves left" / "rises", {moving} "moving left" / "rising"
 TRAIN_FORMS = ("a {c} {s} {moves}", "the {c} {s} is {moving}", "a video of a {c} {s} {moving}",
                "a {s} coloured {c} {moves}", "{moving}, a {c} {s}", "{c} {s} {way}")
@@ -61,9 +66,13 @@ def motions(direction: str) -> list[tuple[str, str, str]]:
 
 def caption(rng: np.random.Generator, colour: str, shape: str, direction: str,
             forms: tuple[str, ...] = TRAIN_FORMS) -> str:
-    """A caption of one object in one of ``forms``, each wording drawn at random."""
+    """A caption of one object in one of ``forms``, each wording drawn at random; the motion
+    is the direction's own word after a motion verb ("moves left") with probability
+    :data:`OWN_WORD_SHARE`, else any of its wordings (:func:`motions`)."""
     form = forms[rng.integers(len(forms))]
     options = motions(direction)
+    if rng.random() < OWN_WORD_SHARE:
+        options = [wording for wording in options if wording[2] == direction][:len(MOTION_VERBS)]
     moves, moving, way = options[rng.integers(len(options))]
     colours, shapes = COLOUR_WORDS[colour], SHAPE_WORDS[shape]
     text = form.format(c=colours[rng.integers(len(colours))],

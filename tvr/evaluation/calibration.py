@@ -13,13 +13,23 @@ matches at or above it and the share of nonsense below it). Both shares are kept
 a checkpoint says how well its threshold works. A search whose best video scores below it
 answers "no good match" (tvr/index/search.py). It holds for galleries like the validation
 split's; a caller can pass another (``--min_score``).
+
+A text tower trained from scratch (``--base_encoder tiny``, the demo) has a second, sharper
+signal: the words it never saw. The embedding of a token absent from every training caption
+is its random initialisation, so a score that rests on such words says nothing; and nonsense
+built of unseen words lands among the captions (docs/demo.md §6). Such a run records the
+token ids of its training captions (``known_tokens``, :func:`training_vocabulary`), and a
+query most of whose words use an unseen token is "no good match" whatever its score
+(:func:`unknown_words`, :func:`mostly_unknown`). A CLIP-initialised text tower has learned
+every token, and records none.
 """
 from __future__ import annotations
 
 import contextlib
+import re
 import string
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -28,6 +38,7 @@ from torch import Tensor
 from tvr.evaluation.encode import encode_sentences
 from tvr.evaluation.engine import Prepared, SimilarityEngine
 from tvr.models.gare import GARE
+from tvr.models.tokenizer import ClipTokenizer
 
 NONSENSE = 256  # nonsense queries drawn for a calibration
 NONSENSE_SEED = 0
@@ -36,14 +47,16 @@ NONSENSE_SEED = 0
 @dataclass(frozen=True)
 class Calibration:
     """The score threshold and how well it separated the validation split's matches (share
-    kept: ``matched``) from nonsense (share refused: ``refused``); stored in checkpoints as a
-    dict."""
+    kept: ``matched``) from nonsense (share refused: ``refused``), and the token ids of the
+    training captions when the text tower was trained from scratch (``known_tokens``, module
+    docstring); stored in checkpoints as a dict."""
 
     threshold: float
     matched: float
     refused: float
     captions: int
     nonsense: int
+    known_tokens: Optional[tuple[int, ...]] = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,3 +95,26 @@ def nonsense_scores(model: GARE, engine: SimilarityEngine, videos: Prepared, max
     texts = engine.prepare_texts(text.sentence, text.words if model.uses_words else None,
                                  text.mask)
     return engine.score(texts, videos).float().max(dim=1).values.cpu()
+
+
+def training_vocabulary(captions: Iterable[str], tokenizer: ClipTokenizer) -> tuple[int, ...]:
+    """The sorted token ids that occur in ``captions``."""
+    return tuple(sorted({token for text in captions for token in tokenizer.tokenize(text)}))
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``: its runs of letters and digits, lower-cased (punctuation is no
+    word)."""
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+def unknown_words(text: str, known_tokens: Iterable[int], tokenizer: ClipTokenizer
+                  ) -> list[str]:
+    """The :func:`words` of ``text`` with a token outside ``known_tokens``."""
+    known = set(known_tokens)
+    return [word for word in words(text) if not known.issuperset(tokenizer.tokenize(word))]
+
+
+def mostly_unknown(text: str, unknown: list[str]) -> bool:
+    """Whether more than half of the :func:`words` of ``text`` are ``unknown``."""
+    return 2 * len(unknown) > len(words(text))

@@ -7,8 +7,10 @@ The engine is self-checked on the first few texts and videos before it scores (s
 :func:`~tvr.evaluation.engine.build_engine`); the results name the path that scored
 (``"engine"``). Videos skipped by ``--skip_bad_videos`` are removed from the gallery together
 with their captions, and listed in the results (``"skipped_videos"``): the numbers are then not
-those of the full benchmark, and the log says so. :data:`INFO_KEYS` are these two entries, which
-are not metric variants: :func:`metric_variants` leaves them out for tables and JSON files.
+those of the full benchmark, and the log says so. The results also keep the per-query ranks
+behind every variant's metrics (``"ranks"``), which the JSON file carries and the table does
+not. :data:`INFO_KEYS` are the entries that are not metric variants: :func:`metric_variants`
+leaves them out for tables and JSON files.
 """
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ from tvr.evaluation.calibration import calibrate, nonsense_scores
 from tvr.evaluation.config import ENGINE_MODES, EngineMode
 from tvr.evaluation.encode import EncodedSplit, encode_split
 from tvr.evaluation.engine import Prepared, SimilarityEngine, build_engine
-from tvr.evaluation.metrics import compare_normalisers, format_table, save_json
+from tvr.evaluation.metrics import (format_table, normaliser_ranks, rank_lists, save_json,
+                                    summarize_variants)
 from tvr.models.gare import GARE, TextFeatures
 
-INFO_KEYS = ("engine", "skipped_videos", "calibration")
+INFO_KEYS = ("engine", "skipped_videos", "calibration", "ranks")
 
 
 def metric_variants(results: dict[str, Any]) -> dict[str, Any]:
@@ -37,11 +40,13 @@ def metric_variants(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def result_files(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """What a run writes of :func:`evaluate`'s results: the JSON object (the metric variants
-    and ``skipped_videos``: their count and files) and the markdown (the table, then a line
-    naming the skipped videos, so a score on a shrunken gallery never passes for a full one)."""
+    """What a run writes of :func:`evaluate`'s results: the JSON object (the metric variants,
+    the per-query ``ranks`` of each, and ``skipped_videos``: their count and files) and the
+    markdown (the table, then a line naming the skipped videos, so a score on a shrunken
+    gallery never passes for a full one)."""
     skipped, variants = list(results.get("skipped_videos", [])), metric_variants(results)
-    record = {**variants, "skipped_videos": {"count": len(skipped), "videos": skipped}}
+    record = {**variants, "ranks": results["ranks"],
+              "skipped_videos": {"count": len(skipped), "videos": skipped}}
     note = (f"\n{len(skipped)} unreadable video(s) left out of the gallery (not the full "
             f"benchmark): {', '.join(skipped)}\n" if skipped else "")
     return record, format_table(variants) + note
@@ -93,6 +98,8 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
     mode passes one that reads cached CLIP outputs, tvr/training/feature_mode.py).
 
     Returns ``{"raw": {"t2v": {...}, "v2t": {...}}, ...normalised variants...,
+    "ranks": {"raw": {"t2v": [1-based rank of each caption's video, in the split's caption
+    order], "v2t": [each video's rank, as in tvr/evaluation/metrics.py]}, ...same variants...},
     "engine": {"method": "folded" or "naive", "reason": why naive (only then)},
     "calibration": the split's "no good match" threshold (tvr/evaluation/calibration.py),
     "skipped_videos": [...]}``; :func:`metric_variants` keeps the variants only.
@@ -118,8 +125,9 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
                  "qb_beta": qb_beta, "qb_k": qb_k,
                  "ncl_tau": ncl_tau if ncl_tau is not None
                  else float(torch.exp(-model.clip.logit_scale.detach()))}
-    results: dict[str, Any] = compare_normalisers(scores, caption_to_video, dsl_temp=dsl_temp,
-                                                  **banks)
+    ranks = normaliser_ranks(scores, caption_to_video, dsl_temp=dsl_temp, **banks)
+    results: dict[str, Any] = summarize_variants(ranks)
+    results["ranks"] = rank_lists(ranks)
     results["calibration"] = calibrate(
         scores.gather(1, caption_to_video.view(-1, 1)),
         nonsense_scores(model, scorer, videos, dataset.max_words, autocast))

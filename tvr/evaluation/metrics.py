@@ -14,13 +14,16 @@ for an even number of queries); MeanR the mean rank.
 
 Results are ``{"t2v": {...}, "v2t": {...}}`` dicts (either direction may be missing in a
 normalised variant), :func:`compare_normalisers` returns ``{variant: results}``;
-:func:`format_table` and :func:`save_json` write them.
+:func:`format_table` and :func:`save_json` write them. :func:`normaliser_ranks` keeps the
+per-query ranks the results summarise (``{variant: {"t2v": ranks, "v2t": ranks}}``), so that a
+metrics file can carry them (:func:`rank_lists`) for a reader to recompute the recalls or
+bootstrap their intervals (:mod:`tvr.evaluation.bootstrap`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -30,6 +33,7 @@ from tvr.evaluation.normalizers import dual_softmax, ncl_normalize, qb_norm
 RECALLS = (1, 5, 10, 50)
 Metrics = dict[str, float]
 Results = dict[str, Metrics]
+Ranks = dict[str, Tensor]  # {"t2v": (N_c,), "v2t": (N_v,)} 1-based ranks, either may be missing
 
 _CHUNK_ELEMENTS = 1 << 24  # bound on the boolean comparison matrices
 
@@ -91,13 +95,14 @@ def retrieval_metrics(scores: Tensor, caption_to_video: Tensor,
             "v2t": summarize_ranks(video_to_text_ranks(v2t, caption_to_video))}
 
 
-def compare_normalisers(scores: Tensor, caption_to_video: Tensor, *,
-                        dsl_temp: Optional[float] = None,
-                        bank_t2v: Optional[Tensor] = None, bank_v2t: Optional[Tensor] = None,
-                        qb_beta: float = 20.0, qb_k: int = 1,
-                        ncl_tau: Optional[float] = None, ncl_iters: int = 10,
-                        ncl_tol: float = 1e-4) -> dict[str, Results]:
-    """Raw scores and the inference normalisers of :mod:`tvr.evaluation.normalizers` side by side.
+def normaliser_ranks(scores: Tensor, caption_to_video: Tensor, *,
+                     dsl_temp: Optional[float] = None,
+                     bank_t2v: Optional[Tensor] = None, bank_v2t: Optional[Tensor] = None,
+                     qb_beta: float = 20.0, qb_k: int = 1,
+                     ncl_tau: Optional[float] = None, ncl_iters: int = 10,
+                     ncl_tol: float = 1e-4) -> dict[str, Ranks]:
+    """Per-query ranks of the raw scores and of the inference normalisers of
+    :mod:`tvr.evaluation.normalizers`, side by side: ``{variant: {"t2v": ..., "v2t": ...}}``.
 
     Variants: "raw" always; "DSL" when ``dsl_temp`` is given; "QB-Norm" and, with ``ncl_tau``,
     "NCL" for each direction whose bank is given. Banks are (bank queries x gallery):
@@ -107,27 +112,45 @@ def compare_normalisers(scores: Tensor, caption_to_video: Tensor, *,
     for video-to-text.
     """
     index = _check(scores, caption_to_video)
-    results: dict[str, Results] = {"raw": retrieval_metrics(scores, index)}
 
-    def variant(t2v: Optional[Tensor], v2t_queries_first: Optional[Tensor]) -> Results:
-        out: Results = {}
+    def variant(t2v: Optional[Tensor], v2t_queries_first: Optional[Tensor]) -> Ranks:
+        out: Ranks = {}
         if t2v is not None:
-            out["t2v"] = summarize_ranks(text_to_video_ranks(t2v, index))
+            out["t2v"] = text_to_video_ranks(t2v, index)
         if v2t_queries_first is not None:
-            out["v2t"] = summarize_ranks(video_to_text_ranks(v2t_queries_first.T, index))
+            out["v2t"] = video_to_text_ranks(v2t_queries_first.T, index)
         return out
 
+    ranks = {"raw": variant(scores, scores.T)}
     if dsl_temp is not None:
-        results["DSL"] = variant(dual_softmax(scores, dsl_temp), dual_softmax(scores.T, dsl_temp))
+        ranks["DSL"] = variant(dual_softmax(scores, dsl_temp), dual_softmax(scores.T, dsl_temp))
     if bank_t2v is not None or bank_v2t is not None:
-        results["QB-Norm"] = variant(
+        ranks["QB-Norm"] = variant(
             None if bank_t2v is None else qb_norm(scores, bank_t2v, qb_beta, qb_k),
             None if bank_v2t is None else qb_norm(scores.T, bank_v2t, qb_beta, qb_k))
         if ncl_tau is not None:
-            results["NCL"] = variant(
+            ranks["NCL"] = variant(
                 None if bank_t2v is None else ncl_normalize(scores, bank_t2v, ncl_tau, ncl_iters, ncl_tol),
                 None if bank_v2t is None else ncl_normalize(scores.T, bank_v2t, ncl_tau, ncl_iters, ncl_tol))
-    return results
+    return ranks
+
+
+def summarize_variants(ranks: Mapping[str, Ranks]) -> dict[str, Results]:
+    """:func:`summarize_ranks` of every variant and direction of :func:`normaliser_ranks`."""
+    return {name: {direction: summarize_ranks(r) for direction, r in directions.items()}
+            for name, directions in ranks.items()}
+
+
+def rank_lists(ranks: Mapping[str, Ranks]) -> dict[str, dict[str, list[int]]]:
+    """:func:`normaliser_ranks` as JSON-ready lists of ints, in the split's query order."""
+    return {name: {direction: r.tolist() for direction, r in directions.items()}
+            for name, directions in ranks.items()}
+
+
+def compare_normalisers(scores: Tensor, caption_to_video: Tensor,
+                        **options: Any) -> dict[str, Results]:
+    """The metrics of :func:`normaliser_ranks` (same arguments): ``{variant: results}``."""
+    return summarize_variants(normaliser_ranks(scores, caption_to_video, **options))
 
 
 def _as_variants(results: Union[Results, Mapping[str, Results]]) -> Mapping[str, Results]:
@@ -150,6 +173,18 @@ def format_table(results: Union[Results, Mapping[str, Results]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_json(results: Union[Results, Mapping[str, Results]], path: Union[str, Path]) -> None:
-    """Write the results (variants as in :func:`format_table`) as indented JSON."""
-    Path(path).write_text(json.dumps(_as_variants(results), indent=2) + "\n")
+def _indented(value: Any, depth: int = 0) -> str:
+    """JSON with one key of an object a line (indent 2) and any other value, a list of ranks
+    included, on one line: readable, and thousands of ranks do not make thousands of lines."""
+    if not isinstance(value, Mapping) or not value:
+        return json.dumps(value)
+    inner = "  " * (depth + 1)
+    items = [f"{inner}{json.dumps(str(key))}: {_indented(item, depth + 1)}"
+             for key, item in value.items()]
+    return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+
+
+def save_json(results: Union[Results, Mapping[str, Any]], path: Union[str, Path]) -> None:
+    """Write the results (variants as in :func:`format_table`, other keys as they are) as
+    indented JSON, lists on one line."""
+    Path(path).write_text(_indented(_as_variants(results)) + "\n")

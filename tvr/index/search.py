@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from tvr.evaluation.calibration import mostly_unknown, unknown_words
 from tvr.evaluation.config import Stage1
 from tvr.evaluation.encode import encode_sentences
 from tvr.evaluation.engine import SimilarityEngine, build_engine
@@ -44,24 +45,30 @@ class Hit(NamedTuple):
 
 
 class Answer(NamedTuple):
-    """One sentence's answer: its hits, best first, and ``good``: False when the best scores
-    below the index's threshold ("no good match", tvr/evaluation/calibration.py), None when
-    there is no threshold."""
+    """One sentence's answer: its hits, best first; ``good``: False when the best scores
+    below the index's threshold or most of the sentence's words are ``unknown`` to the model
+    ("no good match", tvr/evaluation/calibration.py, with the ``reason``), None when there is
+    no threshold; ``unknown``: its words that the model never saw in training (known only for
+    a text tower trained from scratch)."""
 
     hits: list[Hit]
     good: Optional[bool]
+    unknown: tuple[str, ...] = ()
+    reason: str = ""
 
 
 class VideoIndex:
     """An index opened for search: its features in memory (``gallery``) and the model that
     made them. ``threshold``: the score below which a search answers "no good match" (by
-    default the checkpoint's calibration; None: never)."""
+    default the checkpoint's calibration; None: never); ``known_tokens``: the token ids of
+    the model's training captions, when its text tower was trained from scratch."""
 
     def __init__(self, folder: Path, manifest: Manifest, model: GARE, paths: list[str],
                  frames: Tensor, mask: Tensor, coarse: Tensor, stage1: Stage1 = "auto",
-                 threshold: Optional[float] = None):
+                 threshold: Optional[float] = None,
+                 known_tokens: Optional[Sequence[int]] = None):
         self.folder, self.manifest, self.model, self.paths = folder, manifest, model, paths
-        self.threshold = threshold
+        self.threshold, self.known_tokens = threshold, known_tokens
         self.videos_root = Path(manifest.videos_root)
         self.max_words = manifest.config["max_words"]
         self.tokenizer = ClipTokenizer()
@@ -91,8 +98,9 @@ class VideoIndex:
                                   f"(its content differs): its features would not match; "
                                   f"rebuild the index with this checkpoint")
         model, info = load_checkpoint_model(source, device)
+        calibration = info.get("calibration") or {}
         if threshold is None:
-            threshold = (info.get("calibration") or {}).get("threshold")
+            threshold = calibration.get("threshold")
         paths, frames, mask, coarse = [], [], [], []
         for shard, rows in sorted(manifest.live_rows().items()):
             parts = read_shard(folder, shard)
@@ -104,7 +112,8 @@ class VideoIndex:
         if not paths:
             raise IndexStoreError(f"index {folder} holds no video")
         return cls(folder, manifest, model, paths, torch.cat(frames).to(device),
-                   torch.cat(mask).to(device), torch.cat(coarse), stage1, threshold)
+                   torch.cat(mask).to(device), torch.cat(coarse), stage1, threshold,
+                   calibration.get("known_tokens"))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -140,9 +149,21 @@ class VideoIndex:
             frames = self.best_frames(text[q], best)
             hits = [self._hit(int(row), score[int(row)], int(frame))
                     for row, frame in zip(best, frames)]
-            answers.append(Answer(hits, None if self.threshold is None
-                                  else hits[0].score >= self.threshold))
+            answers.append(self._answer(queries[q], hits))
         return answers
+
+    def _answer(self, query: str, hits: list[Hit]) -> Answer:
+        unknown = ([] if self.known_tokens is None
+                   else unknown_words(query, self.known_tokens, self.tokenizer))
+        if mostly_unknown(query, unknown):
+            return Answer(hits, False, tuple(unknown),
+                          "most of its words were never seen in training")
+        if self.threshold is None:
+            return Answer(hits, None, tuple(unknown))
+        if hits[0].score < self.threshold:
+            return Answer(hits, False, tuple(unknown),
+                          f"the best score is below {self.threshold:.4f}, the threshold")
+        return Answer(hits, True, tuple(unknown))
 
     def best_frames(self, text: Tensor, rows: Tensor) -> Tensor:
         """Per video row, the sampled frame with the largest pooling weight for ``text``."""

@@ -69,9 +69,11 @@ PAGE = """<!doctype html>
 </form>
 <p class="summary">
 {%- if query and answer.good is false %} <b id="no-match">No good match</b> for <q>{{ query }}</q>
- among {{ count }} videos: the closest {{ hits | length }} are shown, but none stands out
+ among {{ count }} videos ({{ answer.reason }}): the closest {{ hits | length }} are shown
 {%- elif query %} {{ hits | length }} best of {{ count }} videos for <q>{{ query }}</q>
 {%- else %} {{ count }} videos indexed{% endif %}</p>
+{% if answer and answer.unknown %}<p id="unknown-words">Words this model never saw in training:
+ {{ answer.unknown | join(', ') }}</p>{% endif %}
 {% if hits %}
 <ol id="results">
 {%- for hit in hits %}

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,10 +30,12 @@ from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.loaders import ResumableSampler, build_split
 from tvr.data.video import VideoReadError
+from tvr.evaluation.calibration import training_vocabulary
 from tvr.evaluation.evaluate import evaluate, metric_variants, write_results
 from tvr.evaluation.metrics import format_table
 from tvr.models.factory import create_model
 from tvr.models.gare import GARE
+from tvr.models.tokenizer import ClipTokenizer
 from tvr.training import checkpoint
 from tvr.training.config import RunConfig
 from tvr.training.distributed import (DistContext, barrier, check_batch_size, cleanup,
@@ -156,6 +159,7 @@ class Trainer:
         """Train for the configured epochs (from where a resumed run stopped), validating and
         writing ``ckpt_last.pt`` after each epoch."""
         run = self.prepare_training(train_set)
+        self.known_tokens = self.vocabulary(train_set)
         skipped = SkipReport()
         while run.epoch < self.config.train.epochs:
             self.train_epoch(run, val_set, skipped)
@@ -187,6 +191,14 @@ class Trainer:
             self.log(f"resumed from {self.resume_from} at step {run.global_step} (epoch "
                      f"{run.epoch})")
         return run
+
+    def vocabulary(self, train_set: RetrievalDataset) -> Optional[tuple[int, ...]]:
+        """The token ids of the training captions when the text tower starts from random
+        weights (tvr/evaluation/calibration.py: words it never saw mean nothing to it), else
+        None."""
+        if self.config.model.base_encoder != "tiny" or self.config.init_model:
+            return None
+        return training_vocabulary((pair.caption for pair in train_set.pairs), ClipTokenizer())
 
     def optimisation(self, steps_per_epoch: int) -> tuple[BertAdam, torch.amp.GradScaler]:
         """The optimiser (its schedule over the configured epochs) and the gradient scaler of
@@ -289,7 +301,9 @@ class Trainer:
                 checkpoint.save_model(self.output_dir / checkpoint.BEST, model,
                                       epoch=epoch, global_step=global_step, metric=r1,
                                       config=self.record, args=self.config.arguments,
-                                      calibration=results["calibration"].as_dict())
+                                      calibration=dataclasses.replace(
+                                          results["calibration"],
+                                          known_tokens=self.known_tokens).as_dict())
                 self.log(f"new best validation t2v R@1 {r1:.2f} at step {global_step}")
         return best
 
