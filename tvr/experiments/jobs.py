@@ -169,16 +169,15 @@ def differences(job: Job, setup: Setup) -> list[str]:
     except (OSError, CheckpointError) as error:
         return [f"its checkpoint cannot be read ({error})"]
     args, record = meta.get("args") or {}, meta.get("config")
-    wanted = intended(job.row, job.seed, setup)
+    wanted, checked = intended(job.row, job.seed, setup), checked_flags(job.table)
     found = [f"--{flag} {args.get(flag)!r} (asked: {getattr(wanted, flag)!r})"
-             for flag in checked_flags(job.table) if args.get(flag) != getattr(wanted, flag)]
+             for flag in checked if args.get(flag) != getattr(wanted, flag)]
     if bool(args.get("clip_features")) != (setup.feature_dir is not None):
         found.append(f"--clip_features {args.get('clip_features')!r} (asked: "
                      f"{'frozen CLIP features' if setup.feature_dir else 'the full model'})")
     model = recorded_values(record) if record else {}
     found += [f"the model's {flag} {model[flag]!r} (asked: {getattr(wanted, flag)!r})"
-              for flag in checked_flags(job.table)
-              if flag in model and model[flag] != getattr(wanted, flag)]
+              for flag in checked if flag in model and model[flag] != getattr(wanted, flag)]
     return found
 
 

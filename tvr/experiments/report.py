@@ -10,9 +10,10 @@ its row's is left out, with a note) and writes ``<out>/<table>.md`` and ``<out>/
   test queries (their per-query ranks in the metrics files), pooled over the seeds
   (:func:`tvr.evaluation.bootstrap.recall_interval`);
 - the text-to-video R@1 difference from the row it is compared with (the table's reference row,
-  the published recipe, unless the row names another; tvr/experiments/tables.py), by the paired
-  bootstrap over the same queries and the seeds both rows finished, called significant only
-  when its 95 % interval excludes 0 (:func:`tvr.evaluation.bootstrap.paired_difference`).
+  the published recipe, unless the row names another; tvr/experiments/tables.py), each row
+  averaged over its seeds, by the paired bootstrap over the same test queries, called
+  significant only when its 95 % interval excludes 0
+  (:func:`tvr.evaluation.bootstrap.paired_difference`).
 
 A row with no finished seed is "not run". The title says "frozen CLIP" when the table ran in
 feature mode and names a ``--recipe`` that replaced the rows' own (both from the table's
@@ -86,17 +87,15 @@ def row_entry(table: Table, row: Row, results: dict[int, dict[str, Any]], notes:
 
 def comparison(row: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]],
                against: str, reps: int) -> Optional[dict[str, Any]]:
-    """The paired bootstrap of the t2v R@1 difference, row minus ``against``, over the seeds
-    both finished; None without such seeds or ranks."""
+    """The paired bootstrap of the t2v R@1 difference, row minus ``against``, each averaged
+    over its own seeds; None when either has no seed with ranks."""
     from tvr.evaluation.bootstrap import paired_difference
-    seeds = [seed for seed in row if seed in other]
-    mine = ranks({seed: row[seed] for seed in seeds}, "t2v")
-    theirs = ranks({seed: other[seed] for seed in seeds}, "t2v")
+    mine, theirs = ranks(row, "t2v"), ranks(other, "t2v")
     if mine is None or theirs is None:
         return None
     found = paired_difference(mine, theirs, k=1, reps=reps)
-    return {"against": against, "seeds": seeds, "estimate": found.estimate, "low": found.low,
-            "high": found.high, "significant": bool(found.significant)}
+    return {"against": against, "estimate": found.estimate, "low": found.low,
+            "high": found.high, "significant": found.significant}
 
 
 def build(table: Table, out: Path, reps: int) -> dict[str, Any]:

@@ -118,9 +118,9 @@ def finish(launch: Launch, returncode: int, setup: Setup) -> Outcome:
                             "started": launch.started, "seconds": round(seconds, 1),
                             "returncode": returncode}) + "\n")
     if returncode != 0:
+        errors = job.folder / "stderr.log"
         return Outcome(job, "failed", f"exit status {returncode}: "
-                                      f"{last_error(job.folder / 'stderr.log', launch.error_offset)}"
-                                      f" (log: {job.folder / 'stderr.log'})")
+                                      f"{last_error(errors, launch.error_offset)} (log: {errors})")
     if not (job.folder / METRICS_FILE).is_file():
         return Outcome(job, "failed", f"it wrote no {METRICS_FILE} (log: "
                                       f"{job.folder / 'stdout.log'})")
