@@ -14,6 +14,7 @@ from torch import nn
 
 from tvr.cli.retrieval import parse_args, resolve
 from tvr.models.factory import create_model
+from tvr.models.gare import TextFeatures, VideoFeatures
 from tvr.storage import ConfigMismatchError
 from tvr.training import checkpoint as ckpt
 from tvr.training.optim import BertAdam, param_groups
@@ -254,3 +255,32 @@ def test_build_model_follows_the_record_and_warns_for_an_old_file(tmp_path):
     assert legacy.config.similarity.temp == 3.0  # the flags are trusted
     with pytest.raises(ckpt.CheckpointError, match="records no model configuration"):
         ckpt.load_model(old)
+
+
+def test_ablation_switches_travel_with_the_record_and_older_records_default(tmp_path):
+    """--normalize_delta and --dir_loss are recorded: the checkpoint alone rebuilds the same
+    model (same scores); a record written before they existed loads with their defaults."""
+    data = ["--anno_path", "anns", "--video_path", "videos"]
+    model, _, config = built(["--base_encoder", "tiny", "--agg_module", "meanP",
+                              "--normalize_delta", "--dir_loss", "orthogonal", *data])
+    record = ckpt.model_record(config.model, config.data.sampling, model)
+    assert record["gare"]["similarity"]["normalize_delta"] is True
+    assert record["gare"]["loss"]["dir_loss"] == "orthogonal"
+    path = ckpt.save_model(tmp_path / ckpt.BEST, model, config=record,
+                           epoch=0, global_step=0, metric=None)
+    rebuilt = ckpt.load_model(path)[0]
+    assert rebuilt.config == model.config
+    g = torch.Generator().manual_seed(0)
+    text = TextFeatures(torch.randn(3, 128, generator=g), None, torch.ones(3, 4))
+    video = VideoFeatures(torch.randn(4, 2, 128, generator=g), torch.ones(4, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval().score(text, video).scores,
+                                   model.eval().score(text, video).scores)
+
+    stored = torch.load(path, weights_only=True)
+    del stored["config"]["gare"]["similarity"]["normalize_delta"]
+    del stored["config"]["gare"]["loss"]["dir_loss"]
+    older = tmp_path / "older.pt"
+    torch.save(stored, older)
+    legacy = ckpt.load_model(older)[0].config
+    assert legacy.similarity.normalize_delta is False and legacy.loss.dir_loss == "uniformity"

@@ -18,7 +18,6 @@ from torch import nn
 
 import main_retrieval
 import tvr.data.loaders
-import tvr.training.checkpoint
 import tvr.training.trainer
 from fixtures_annotations import write_csv, write_msrvtt
 from tvr.training import checkpoint as ckpt
@@ -51,7 +50,7 @@ def nothing_built(monkeypatch):
         raise AssertionError("built something before the error")
     for module, name in [(tvr.training.trainer, "Trainer"),
                          (tvr.training.trainer, "create_model"),
-                         (tvr.training.checkpoint, "load_model"),
+                         (ckpt, "load_model"),
                          (tvr.data.loaders, "build_split")]:
         monkeypatch.setattr(module, name, tripwire)
     monkeypatch.delenv("TVR_DEBUG", raising=False)

@@ -1,5 +1,5 @@
-"""The evaluation engine (folded and naive paths, its self-check, evaluate() with it) and
-two-stage retrieval against the naive module."""
+"""The evaluation engine (folded and naive paths, its self-check, evaluate() with it) against
+the naive module."""
 from __future__ import annotations
 
 import json
@@ -9,55 +9,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.common import perturb_parameters
 from tvr.data.datasets import Annotations, Pair, RetrievalDataset, VideoFiles
 from tvr.evaluation.engine import (CHECK_TOLERANCE, EngineCheckError, SimilarityEngine,
                                    build_engine)
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
-from tvr.evaluation.retrieval import topk_containment, two_stage_scores
 from tvr.models.clip import CLIP
 from tvr.models.config import CLIP_CONFIGS, GAREConfig, SimilarityConfig
 from tvr.models.gare import GARE
 from tvr.models.similarity import GapAwareSimilarity, Psi
 from tvr.models.tokenizer import ClipTokenizer
+from fixtures_similarity import inputs, trained
 
 FOLDED = [{}, {"gap_sign": -1}, {"psi_query": "text"}, {"delta_side": "video"}, {"no_delta": True},
           {"psi_query": "text", "delta_side": "video"}, {"gap_sign": -1, "delta_side": "video"},
-          {"no_delta": True, "psi_context": "words"}]
+          {"no_delta": True, "psi_context": "words"}, {"normalize_delta": True},
+          {"normalize_delta": True, "delta_side": "video", "psi_query": "text"}]
 FALLBACK = [{"psi_context": "words"},
-            {"psi_context": "words", "delta_side": "video", "gap_sign": -1}]
+            {"psi_context": "words", "delta_side": "video", "gap_sign": -1},
+            {"psi_context": "words", "normalize_delta": True}]
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 PRECISION = {torch.float64: "fp64", torch.float32: "fp32"}
 
 
 def name(overrides: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "default"
-
-
-def trained(config: SimilarityConfig, dtype: torch.dtype, seed: int = 1) -> GapAwareSimilarity:
-    """Every LayerNorm and Linear moved away from its initialisation, in eval mode."""
-    torch.manual_seed(0)
-    model = GapAwareSimilarity(config)
-    perturb_parameters(model, torch.Generator().manual_seed(seed))
-    return model.to(dtype).eval()
-
-
-def inputs(b_t: int, b_v: int, n_frames: int, dim: int, dtype: torch.dtype, seed: int = 0,
-           n_words: int = 5) -> dict[str, torch.Tensor]:
-    """Random features; padded frame slots (and words) hold random, non-zero values."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(b_v, n_frames)
-    for b in range(1, b_v):
-        mask[b, max(1, n_frames - b):] = 0
-    word_mask = torch.ones(b_t, n_words)
-    for a in range(1, b_t):
-        word_mask[a, max(2, n_words - a):] = 0
-    return {"text": torch.randn(b_t, dim, generator=g, dtype=dtype),
-            "frames": torch.randn(b_v, n_frames, dim, generator=g, dtype=dtype),
-            "video_mask": mask,
-            "words": torch.randn(b_t, n_words, dim, generator=g, dtype=dtype),
-            "word_mask": word_mask}
 
 
 def run_engine(engine: SimilarityEngine, x: dict, block=None) -> torch.Tensor:
@@ -114,7 +90,8 @@ def test_forced_naive_path(overrides: dict) -> None:
                                rtol=0)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"psi_query": "text", "delta_side": "video"}], ids=name)
+@pytest.mark.parametrize("overrides", [{}, {"psi_query": "text", "delta_side": "video"},
+                                       {"normalize_delta": True}], ids=name)
 def test_real_width_fp32(overrides: dict) -> None:
     """d = 512, F = 12, features sharing a common direction (so the gap is small, as with CLIP)."""
     model = trained(SimilarityConfig(dim=512, **overrides), torch.float32)
@@ -187,74 +164,6 @@ def test_bf16_and_tf32_run_close() -> None:
     bf16 = run_engine(SimilarityEngine(model, precision="bf16"), x)
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, reference, atol=0.1, rtol=0)
-
-
-def test_coarse_score_is_cosine_with_masked_mean() -> None:
-    model = trained(SimilarityConfig(dim=16), torch.float64)
-    x = inputs(b_t=4, b_v=5, n_frames=4, dim=16, dtype=torch.float64)
-    engine = SimilarityEngine(model, precision="fp64")
-    coarse = engine.coarse_score(engine.prepare_texts(x["text"]),
-                                 engine.prepare_videos(x["frames"], x["video_mask"]))
-    m = x["video_mask"].double().unsqueeze(-1)
-    mean = (x["frames"] * m).sum(1) / m.sum(1)
-    expected = torch.nn.functional.cosine_similarity(x["text"].unsqueeze(1), mean.unsqueeze(0),
-                                                     dim=-1)
-    torch.testing.assert_close(coarse, expected, atol=1e-12, rtol=0)
-
-
-@pytest.mark.parametrize("budget", [256 * 2**20, 4000])
-def test_two_stage_with_all_videos_equals_engine(budget: int) -> None:
-    model = trained(SimilarityConfig(dim=16), torch.float64)
-    x = inputs(b_t=9, b_v=7, n_frames=4, dim=16, dtype=torch.float64)
-    engine = SimilarityEngine(model, memory_budget_bytes=budget, precision="fp64")
-    texts = engine.prepare_texts(x["text"])
-    videos = engine.prepare_videos(x["frames"], x["video_mask"])
-    full = engine.score(texts, videos)
-    result = two_stage_scores(engine, texts, videos, k=7)
-    torch.testing.assert_close(result.scores, full, atol=1e-12, rtol=0)
-    assert result.candidates.shape == (9, 7)
-    assert topk_containment(full, result.candidates, 10) == {"items": 1.0, "queries": 1.0}
-
-
-def test_two_stage_small_k() -> None:
-    model = trained(SimilarityConfig(dim=16), torch.float64)
-    x = inputs(b_t=6, b_v=8, n_frames=4, dim=16, dtype=torch.float64)
-    engine = SimilarityEngine(model, memory_budget_bytes=3000, precision="fp64")
-    texts = engine.prepare_texts(x["text"])
-    videos = engine.prepare_videos(x["frames"], x["video_mask"])
-    full, coarse = engine.score(texts, videos), engine.coarse_score(texts, videos)
-    for fill in ("stage1", "-inf"):
-        result = two_stage_scores(engine, texts, videos, k=3, fill=fill)
-        for a in range(6):
-            top = torch.sort(coarse[a], descending=True, stable=True).indices[:3]
-            assert torch.equal(result.candidates[a], top)
-            torch.testing.assert_close(result.scores[a, top], full[a, top], atol=1e-12, rtol=0)
-            rest = torch.ones(8, dtype=torch.bool)
-            rest[top] = False
-            if fill == "-inf":
-                assert torch.isneginf(result.scores[a, rest]).all()
-            else:
-                torch.testing.assert_close(result.scores[a, rest], coarse[a, rest] - 3,
-                                           atol=1e-12, rtol=0)
-                assert result.scores[a, rest].max() < result.scores[a, top].min()
-    with pytest.raises(ValueError):
-        two_stage_scores(engine, texts, videos, k=0)
-
-
-def test_topk_containment_constructed() -> None:
-    """3 texts, 12 videos; full top-10 of each text is known; candidates cover 10, 9 and 5 of
-    them."""
-    full = torch.zeros(3, 12)
-    full[:, :10] = torch.arange(10, 0, -1, dtype=torch.float32)    # top-10 = videos 0..9
-    full[2] = 0.0
-    full[2, 2:12] = 1.0                                              # ties: top-10 = 2..11
-    candidates = torch.tensor([list(range(10)) + [10, 11],
-                               [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 11],
-                               [2, 3, 4, 5, 6, 0, 1, 0, 1, 0, 1, 0]])
-    out = topk_containment(full, candidates, top=10)
-    assert out["items"] == pytest.approx((10 + 9 + 5) / 30)
-    assert out["queries"] == pytest.approx(1 / 3)
-    assert topk_containment(full, candidates, top=1) == {"items": 1.0, "queries": 1.0}
 
 
 # ---------------------------------------------------------------------- the engine's self-check

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tvr.losses.gare_terms import relaxed_vib_kl
 from tvr.models.clip import CLIP
 from tvr.models.config import CLIP_CONFIGS, CLIPConfig
 from tvr.models.gare import GARE, TextFeatures
@@ -13,11 +14,12 @@ from tvr.cli.retrieval import parse_args
 SCORE_FLAGS = [
     ["--agg_module", "seqLSTM"], ["--agg_module", "meanP"], ["--num_hidden_layers", "2"],
     ["--temp", "1.0"], ["--delta_side", "video"], ["--psi_query", "text"], ["--gap_sign", "-1"],
-    ["--psi_context", "words"], ["--no_delta"],
+    ["--psi_context", "words"], ["--no_delta"], ["--normalize_delta"],
 ]
 LOSS_FLAGS = [
     ["--beta", "0"], ["--kl_prior_std", "2.0"], ["--kl_anchor", "text"], ["--lambda_dir", "0"],
     ["--alpha", "5.0"], ["--lambda_epsilon", "0"], ["--lambda_lower", "1e-6"], ["--ncl"],
+    ["--dir_loss", "orthogonal"],
 ]
 
 
@@ -161,6 +163,19 @@ def test_no_delta_is_cosine_of_text_and_pooled_video():
     expected = F.cosine_similarity(text.sentence[:, None], pooled, dim=-1)
     torch.testing.assert_close(scores, expected)
     assert set(model.loss(text, video)) == {"nce", "loss"}
+
+
+def test_normalized_delta_is_what_the_losses_see():
+    """--normalize_delta: the KL is taken of the unit-norm Δ that the scores use, and the trust
+    region is inert (every radius is 1, so Var_b(r) = 0)."""
+    model = make_model(["--normalize_delta"]).eval()
+    text, video = encode(model, make_batch())
+    with torch.no_grad():
+        delta = model.score(text, video).delta
+        out = model.loss(text, video)
+    torch.testing.assert_close(delta.norm(dim=-1), torch.ones(delta.shape[:2]))
+    torch.testing.assert_close(out["kl"], relaxed_vib_kl(delta, 1.0, "video"))
+    assert abs(out["eps"].item()) < 1e-10
 
 
 def _shared_weights(model: GARE, reference: GARE) -> GARE:

@@ -13,6 +13,7 @@ from tvr.losses.contrastive import symmetric_info_nce
 from tvr.losses.gare_terms import (
     direction_diversity,
     gare_loss,
+    orthogonality_term,
     relaxed_vib_kl,
     trust_region_term,
 )
@@ -73,15 +74,20 @@ def ref_eps(delta, lower=0.5):
     return value if value >= -lower else 0.0
 
 
+def ref_unit(rows):
+    """Each vector of ``rows`` (lists) over its norm, clamped at 1e-12 as F.normalize does."""
+    units = []
+    for row in rows:
+        norm = max(math.sqrt(sum(x * x for x in row)), 1e-12)
+        units.append([x / norm for x in row])
+    return units
+
+
 def ref_dir(delta, alpha=2.0):
-    d3 = delta.tolist()
     n_t, n_v = delta.shape[:2]
     acc = 0.0
     for a in range(n_t):
-        z = []
-        for b in range(n_v):
-            norm = max(math.sqrt(sum(x * x for x in d3[a][b])), 1e-12)
-            z.append([x / norm for x in d3[a][b]])
+        z = ref_unit(delta[a].tolist())
         kernel = 0.0
         for b in range(n_v):
             for b2 in range(n_v):
@@ -91,11 +97,22 @@ def ref_dir(delta, alpha=2.0):
     return acc / n_t
 
 
+def ref_orth(delta):
+    n_t, n_v = delta.shape[:2]
+    acc = 0.0
+    for a in range(n_t):
+        z = ref_unit(delta[a].tolist())
+        pairs = [(b, b2) for b in range(n_v) for b2 in range(n_v) if b != b2]
+        acc += sum(sum(x * y for x, y in zip(z[b], z[b2])) ** 2 for b, b2 in pairs) / len(pairs)
+    return acc / n_t
+
+
 def ref_total(scores, delta, logit_scale, w):
+    direction = ref_orth(delta) if w.dir_loss == "orthogonal" else ref_dir(delta, w.alpha)
     return (
         ref_info_nce(scores, logit_scale)
         + w.beta * ref_kl(delta, w.prior_std, w.kl_anchor)
-        + w.lambda_dir * ref_dir(delta, w.alpha)
+        + w.lambda_dir * direction
         + w.lambda_epsilon * ref_eps(delta, w.lambda_lower)
     )
 
@@ -172,21 +189,48 @@ def test_direction_diversity_matches_loop(dtype):
     assert direction_diversity(delta[:1], 20.0).item() == pytest.approx(expected_zero_row)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_orthogonality_matches_loop(dtype):
+    delta = rand(5, 7, 16, dtype=dtype)
+    delta[1, 3] = 0.0  # zero increment: z = 0, cosine 0 with everything
+    close(orthogonality_term(delta), ref_orth(delta))
+    close(orthogonality_term(delta[:, :2]), ref_orth(delta[:, :2]))
+    delta.requires_grad_()
+    orthogonality_term(delta).backward()
+    assert torch.isfinite(delta.grad).all() and delta.grad[0].abs().sum() > 0
+
+
+def test_orthogonality_extremes():
+    """0 for pairwise orthogonal directions whatever their lengths, 1 for one shared line, and
+    the diagonal b = b' never counts."""
+    basis = torch.eye(6, dtype=torch.float64)[:4] * torch.tensor([[1.0], [3.0], [0.2], [7.0]])
+    assert orthogonality_term(basis.unsqueeze(0)).item() == 0.0
+    line = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    same = torch.stack([line, -3 * line, 0.1 * line]).unsqueeze(0)
+    close(orthogonality_term(same), 1.0, tol=1e-12)
+    # uniformity keeps rewarding spread past orthogonality; orthogonality does not
+    opposite = torch.stack([line, -line]).unsqueeze(0)
+    assert direction_diversity(opposite, 2.0) < direction_diversity(basis[:2].unsqueeze(0), 2.0)
+    close(orthogonality_term(opposite), 1.0, tol=1e-12)
+
+
 # ------------------------------------------------------------------------ total loss
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("anchor", ["video", "text"])
-def test_total_matches_loop(dtype, anchor):
+@pytest.mark.parametrize("anchor,dir_loss", [("video", "uniformity"), ("text", "uniformity"),
+                                             ("video", "orthogonal")])
+def test_total_matches_loop(dtype, anchor, dir_loss):
     scores = rand(6, 6, dtype=dtype, scale=0.3, seed=3)
     delta = rand(6, 6, 16, dtype=dtype, scale=0.3, seed=4)
     # large weights so that every term matters at the 1e-5 level
-    w = GARELossWeights(beta=0.1, lambda_dir=0.5, lambda_epsilon=2.0, kl_anchor=anchor)
+    w = GARELossWeights(beta=0.1, lambda_dir=0.5, lambda_epsilon=2.0, kl_anchor=anchor,
+                        dir_loss=dir_loss)
     out = gare_loss(scores, delta, math.log(20.0), w)
     assert set(out) == {"loss", "nce", "kl", "dir", "eps"}
     close(out["loss"], ref_total(scores, delta, math.log(20.0), w))
     close(out["kl"], ref_kl(delta, 1.0, anchor))
-    close(out["dir"], ref_dir(delta))
+    close(out["dir"], ref_orth(delta) if dir_loss == "orthogonal" else ref_dir(delta))
     close(out["eps"], ref_eps(delta))
     default = gare_loss(scores, delta, math.log(20.0))
     close(default["loss"], ref_total(scores, delta, math.log(20.0), GARELossWeights()))
@@ -208,6 +252,7 @@ def test_gradcheck_terms_rectangular(anchor):
     delta = rand(3, 4, 5, dtype=torch.float64, scale=0.3, seed=7).requires_grad_()
     assert torch.autograd.gradcheck(lambda d: relaxed_vib_kl(d, 0.8, anchor), (delta,))
     assert torch.autograd.gradcheck(lambda d: direction_diversity(d, 2.0), (delta,))
+    assert torch.autograd.gradcheck(orthogonality_term, (delta,))
     assert torch.autograd.gradcheck(lambda d: trust_region_term(d, 0.5), (delta,))
 
 
@@ -268,3 +313,7 @@ def test_weights_validation_and_shape_checks():
         gare_loss(torch.zeros(3, 3), torch.zeros(3, 4, 2), 0.0)
     with pytest.raises(ValueError):
         direction_diversity(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="dir_loss"):
+        GARELossWeights(dir_loss="cosine")
+    with pytest.raises(ValueError, match="B_v >= 2"):
+        orthogonality_term(torch.ones(3, 1, 4))

@@ -19,6 +19,7 @@ ABLATIONS = [
     {"gap_sign": -1},
     {"psi_context": "words"},
     {"no_delta": True},
+    {"normalize_delta": True},
 ]
 
 
@@ -106,6 +107,8 @@ def loop_reference(model: GapAwareSimilarity, text: torch.Tensor, frames: torch.
             x = ln(p.layer_norm2, o)
             h = ln(p.layer_norm3, x + lin(p.linear1, x))
             delta = lin(p.mean_proj, h)
+            if cfg.normalize_delta:
+                delta = delta / max(torch.linalg.vector_norm(delta), 1e-12)
             deltas[a, b] = delta
             scores[a, b] = cos(t, v + delta) if cfg.delta_side == "video" else cos(t + delta, v)
     return scores, (None if p is None else deltas)
@@ -144,7 +147,8 @@ def test_padding_quirks_matter() -> None:
     assert not torch.allclose(base[:, 1:], zeroed[:, 1:])
 
 
-@pytest.mark.parametrize("overrides", [{}, {"psi_context": "words"}], ids=["frames", "words"])
+@pytest.mark.parametrize("overrides", [{}, {"psi_context": "words"}, {"normalize_delta": True}],
+                         ids=["frames", "words", "normalized"])
 def test_gradcheck(overrides: dict) -> None:
     model = build(SimilarityConfig(dim=8, **overrides), torch.float64)
     inputs = make_inputs(b_t=2, b_v=3, n_frames=4, dim=8, dtype=torch.float64, n_words=4)
@@ -156,6 +160,25 @@ def test_gradcheck(overrides: dict) -> None:
         return out.scores, out.delta
 
     assert torch.autograd.gradcheck(fn, (text, frames))
+
+
+def test_normalized_delta_is_the_direction_of_psi_output() -> None:
+    """normalize_delta: Δ = Psi's output over its norm (unit norm, same direction); a zero output
+    stays zero, so the score falls back to cos(t, v) instead of NaN."""
+    model = build(SimilarityConfig(dim=16, normalize_delta=True), torch.float64)
+    x = make_inputs(b_t=3, b_v=4, n_frames=5, dim=16, dtype=torch.float64)
+    with torch.no_grad():
+        delta = model(**x).delta
+        raw = model.psi_output(x["text"], x["frames"])
+        torch.testing.assert_close(delta.norm(dim=-1), torch.ones(3, 4, dtype=torch.float64))
+        torch.testing.assert_close(delta * raw.norm(dim=-1, keepdim=True), raw)
+        model.psi.mean_proj.weight.zero_()
+        model.psi.mean_proj.bias.zero_()
+        out = model(**x)
+    assert torch.equal(out.delta, torch.zeros_like(out.delta))
+    pooled = model.pool(x["text"], x["frames"], x["video_mask"])
+    expected = F.cosine_similarity(x["text"].unsqueeze(1), pooled, dim=-1)
+    torch.testing.assert_close(out.scores, expected, atol=1e-14, rtol=0)
 
 
 def test_no_delta_is_cosine_of_pooled() -> None:

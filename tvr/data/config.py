@@ -7,7 +7,7 @@ from typing import Optional
 
 from tvr.data.datasets.registry import DATASETS
 from tvr.data.video import VIDEO_BACKENDS
-from tvr.settings import POSITIVE, check_settings, integer, setting
+from tvr.settings import FRACTION, POSITIVE, check_settings, integer, setting
 
 MAX_FRAMES = 1024  # frames per video: more is a typo (the paragraph recipes use 64)
 MAX_WORKERS = 256  # loader processes per rank: more is a typo, not a machine
@@ -45,6 +45,10 @@ class DataConfig:
                    "default) or per video (seed, epoch, video index: all captions of a video "
                    "share the epoch's draw, as feature mode's views do)",
         choices=("caption", "video"), group="features")
+    noisy_pairs: float = setting(
+        0.0, "fraction of TRAINING captions re-assigned to a random other training video (seeded "
+             "by --seed), to test robustness to noisy supervision; validation and test are "
+             "untouched (tvr/data/noise.py)", FRACTION)
     skip_bad_videos: bool = setting(
         False, "skip unreadable videos and list them at the end of each epoch (default: stop "
                "with an error naming the file)")

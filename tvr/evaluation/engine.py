@@ -15,10 +15,11 @@ The "folded" path rewrites Psi algebraically (:mod:`tvr.evaluation.folding`; der
 ``docs/evaluation_engine.md``).
 
 Folded: the default setting, ``gap_sign`` ±1, ``psi_query`` "gap" or "text", ``delta_side``
-"text" or "video", ``no_delta``, and all their combinations. Not folded: ``psi_context="words"``
-(the context, hence every per-frame precomputation, would belong to the text); the engine then
-runs the naive module in blocks (``method == "naive"``) and warns once (or tells ``log``).
-``naive=True`` selects that reference path for any setting.
+"text" or "video", ``normalize_delta`` (a rescaling of the three Δ products,
+:func:`~tvr.evaluation.folding.unit_delta`), ``no_delta``, and all their combinations. Not
+folded: ``psi_context="words"`` (the context, hence every per-frame precomputation, would
+belong to the text); the engine then runs the naive module in blocks (``method == "naive"``)
+and warns once (or tells ``log``). ``naive=True`` selects that reference path for any setting.
 
 Self-check (:meth:`SimilarityEngine.verify`, run by :func:`build_engine`): the folding reads the
 weights of a stock :class:`~tvr.models.similarity.Psi` by name, so a forked

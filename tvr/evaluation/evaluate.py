@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from torch import Tensor
 
 from tvr.data.datasets import RetrievalDataset
 from tvr.evaluation.calibration import calibrate, nonsense_scores
@@ -39,22 +40,26 @@ def metric_variants(results: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if k not in INFO_KEYS}
 
 
-def result_files(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def result_files(results: dict[str, Any], run_info: Optional[dict[str, Any]] = None
+                 ) -> tuple[dict[str, Any], str]:
     """What a run writes of :func:`evaluate`'s results: the JSON object (the metric variants,
-    the per-query ``ranks`` of each, and ``skipped_videos``: their count and files) and the
-    markdown (the table, then a line naming the skipped videos, so a score on a shrunken
-    gallery never passes for a full one)."""
+    the per-query ``ranks`` of each, ``skipped_videos``: their count and files, and the entries
+    of ``run_info``, facts about the run that made the results, such as the trainer's
+    ``"noisy_pairs"``) and the markdown (the table, then a line naming the skipped videos, so a
+    score on a shrunken gallery never passes for a full one)."""
     skipped, variants = list(results.get("skipped_videos", [])), metric_variants(results)
     record = {**variants, "ranks": results["ranks"],
-              "skipped_videos": {"count": len(skipped), "videos": skipped}}
+              "skipped_videos": {"count": len(skipped), "videos": skipped}, **(run_info or {})}
     note = (f"\n{len(skipped)} unreadable video(s) left out of the gallery (not the full "
             f"benchmark): {', '.join(skipped)}\n" if skipped else "")
     return record, format_table(variants) + note
 
 
-def write_results(results: dict[str, Any], folder: Path, name: str) -> None:
-    """:func:`result_files` of ``results`` as ``metrics_<name>.json`` and ``.md`` in ``folder``."""
-    record, table = result_files(results)
+def write_results(results: dict[str, Any], folder: Path, name: str,
+                  run_info: Optional[dict[str, Any]] = None) -> None:
+    """:func:`result_files` of ``results`` (and ``run_info``) as ``metrics_<name>.json`` and
+    ``.md`` in ``folder``."""
+    record, table = result_files(results, run_info)
     save_json(record, folder / f"metrics_{name}.json")
     (folder / f"metrics_{name}.md").write_text(table)
 
@@ -72,6 +77,17 @@ def split_scores(engine: SimilarityEngine, split: EncodedSplit, dataset: Retriev
     texts = engine.prepare_texts(texts.sentence, texts.words, texts.mask)
     videos = engine.prepare_videos(split.videos.frames, split.videos.mask)
     return texts, videos, engine.score(texts, videos).float().cpu(), caption_to_video[kept]
+
+
+def bank_scores(scorer: SimilarityEngine, bank: EncodedSplit, texts: Prepared,
+                videos: Prepared) -> dict[str, Tensor]:
+    """The scores of the bank's captions with the split's videos (``bank_t2v``) and of the
+    bank's videos with the split's captions (``bank_v2t``, videos first), for QB-Norm and
+    NCL."""
+    bank_texts = scorer.prepare_texts(*bank.texts)
+    bank_videos = scorer.prepare_videos(*bank.videos)
+    return {"bank_t2v": scorer.score(bank_texts, videos).float().cpu(),
+            "bank_v2t": scorer.score(texts, bank_videos).float().cpu().T}
 
 
 def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers: int,
@@ -118,13 +134,9 @@ def evaluate(model: GARE, dataset: RetrievalDataset, *, batch_size: int, workers
     texts, videos, scores, caption_to_video = split_scores(scorer, split, dataset)
     banks = {}
     if bank_split is not None:
-        bank_texts = scorer.prepare_texts(*bank_split.texts)
-        bank_videos = scorer.prepare_videos(*bank_split.videos)
-        banks = {"bank_t2v": scorer.score(bank_texts, videos).float().cpu(),
-                 "bank_v2t": scorer.score(texts, bank_videos).float().cpu().T,
-                 "qb_beta": qb_beta, "qb_k": qb_k,
-                 "ncl_tau": ncl_tau if ncl_tau is not None
-                 else float(torch.exp(-model.clip.logit_scale.detach()))}
+        banks = dict(bank_scores(scorer, bank_split, texts, videos), qb_beta=qb_beta, qb_k=qb_k,
+                     ncl_tau=ncl_tau if ncl_tau is not None
+                     else float(torch.exp(-model.clip.logit_scale.detach())))
     ranks = normaliser_ranks(scores, caption_to_video, dsl_temp=dsl_temp, **banks)
     results: dict[str, Any] = summarize_variants(ranks)
     results["ranks"] = rank_lists(ranks)

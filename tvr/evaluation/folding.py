@@ -35,6 +35,15 @@ def cosine(dot: Tensor, x_sq: Tensor, y_sq: Tensor) -> Tensor:
     return (dot / (x_norm * y_norm)).T
 
 
+def unit_delta(text_delta: Tensor, delta_v: Tensor, delta_sq: Tensor
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """t_a·Δ, Δ·v_ab and ||Δ||² of Δ / max(||Δ||, eps) (``normalize_delta``, as F.normalize
+    scales Δ in the module) from those of Δ: the products scale by 1 / max(||Δ||, eps), the
+    squared norm by its square, so the folded path stays exact."""
+    inv = 1.0 / torch.sqrt(delta_sq.clamp_min(0)).clamp_min(NORM_EPS)
+    return text_delta * inv, delta_v * inv, delta_sq * inv.square()
+
+
 class Folding:
     """The folded path of one eval-mode similarity ``module`` (the engine's own copy).
 
@@ -146,6 +155,8 @@ class Folding:
         text_delta = (coef * dots[:, 2 * n_frames:3 * n_frames + 2]).sum(1)
         delta_v = (coef * torch.bmm(v["delta_frames"], w)).sum(1)
         delta_sq = (coef * torch.bmm(v["gram_delta"], coef)).sum(1)
+        if cfg.normalize_delta:
+            text_delta, delta_v, delta_sq = unit_delta(text_delta, delta_v, delta_sq)
         if cfg.delta_side == "video":
             return cosine(text_v + text_delta, text_sq, v_sq + 2 * delta_v + delta_sq)
         return cosine(text_v + delta_v, text_sq + 2 * text_delta + delta_sq, v_sq)

@@ -17,7 +17,9 @@ from tvr.losses.contrastive import symmetric_info_nce
 
 __all__ = [
     "direction_diversity",
+    "direction_term",
     "gare_loss",
+    "orthogonality_term",
     "relaxed_vib_kl",
     "trust_region_term",
 ]
@@ -101,6 +103,36 @@ def direction_diversity(delta: torch.Tensor, alpha: float = 2.0) -> torch.Tensor
     return torch.log(kernel.mean(dim=(1, 2)) + _LOG_EPS).mean()
 
 
+def orthogonality_term(delta: torch.Tensor) -> torch.Tensor:
+    """Strict-orthogonality direction term (docs/behaviour.md §7, ``--dir_loss orthogonal``;
+    the paper's Table 8 row "strict orthogonality over j != k").
+
+    ``z_ab = Δ_ab / ||Δ_ab||`` (``F.normalize``, as in :func:`direction_diversity`) and::
+
+        L_orth = mean_a mean_{b != b'} (z_ab · z_ab')²,
+
+    the squared off-diagonal entries of each text's Gram matrix of directions: 0 exactly when
+    the B_v directions of every text are pairwise orthogonal, 1 when they all coincide (or are
+    opposite). The diagonal b = b' is left out. Needs B_v >= 2.
+    """
+    _check_delta(delta)
+    n_videos = delta.shape[1]
+    if n_videos < 2:
+        raise ValueError(f"orthogonality_term needs B_v >= 2, got shape {tuple(delta.shape)}")
+    z = F.normalize(delta, dim=-1)
+    squared = torch.matmul(z, z.transpose(1, 2)).square()
+    off_diagonal = squared.sum(dim=(1, 2)) - squared.diagonal(dim1=1, dim2=2).sum(dim=-1)
+    return (off_diagonal / (n_videos * (n_videos - 1))).mean()
+
+
+def direction_term(delta: torch.Tensor, weights: GARELossWeights) -> torch.Tensor:
+    """The direction term that ``weights.dir_loss`` names: :func:`direction_diversity` with
+    ``weights.alpha`` ("uniformity") or :func:`orthogonality_term` ("orthogonal")."""
+    if weights.dir_loss == "orthogonal":
+        return orthogonality_term(delta)
+    return direction_diversity(delta, weights.alpha)
+
+
 def gare_loss(
     scores: torch.Tensor,
     delta: torch.Tensor | None,
@@ -110,7 +142,9 @@ def gare_loss(
 ) -> dict[str, torch.Tensor]:
     """Total GARE training loss (docs/behaviour.md §7, "Total")::
 
-        L = L_nce + beta · KL + lambda_dir · L_dir + lambda_epsilon · L_eps.
+        L = L_nce + beta · KL + lambda_dir · L_dir + lambda_epsilon · L_eps,
+
+    L_dir being :func:`direction_diversity` or :func:`orthogonality_term` (``w.dir_loss``).
 
     ``scores`` is the B x B matrix of s_ab (docs/behaviour.md §6.4), ``delta`` the (B, B, d)
     increments, ``logit_scale`` the raw parameter and ``biases`` optional NCL biases passed on to
@@ -136,7 +170,7 @@ def gare_loss(
             out["kl"] = relaxed_vib_kl(delta, w.prior_std, w.kl_anchor)
             total = total + w.beta * out["kl"]
         if w.lambda_dir > 0:
-            out["dir"] = direction_diversity(delta, w.alpha)
+            out["dir"] = direction_term(delta, w)
             total = total + w.lambda_dir * out["dir"]
         if w.lambda_epsilon > 0:
             out["eps"] = trust_region_term(delta, w.lambda_lower)

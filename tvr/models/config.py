@@ -107,6 +107,9 @@ class SimilarityConfig:
             words masked out of the attention softmax (the forward then needs `words` and
             `word_mask`; a row needs at least one real word).
         no_delta: the paper's Baseline: s_ab = cos(t_a, v_ab), no Psi is built and Δ is None.
+        normalize_delta: the paper's "normalized Δ" ablation (Table 6): Psi's output is scaled to
+            unit L2 norm per pair, Δ_ab / max(||Δ_ab||, 1e-12), before it enters the score; the
+            returned Δ, hence every loss term, is the normalised one. No effect with no_delta.
     """
 
     dim: int = 512
@@ -126,6 +129,8 @@ class SimilarityConfig:
         "frames", "Psi's keys/values: the video's frames, or the caption's words",
         choices=("frames", "words"))
     no_delta: bool = setting(False, "the paper's Baseline: no Psi, s = cos(t, pooled video)")
+    normalize_delta: bool = setting(False, "scale Δ to unit L2 norm per pair before it is added "
+                                           "and before the losses see it (paper Table 6)")
 
     def __post_init__(self) -> None:
         if self.dim <= 0:

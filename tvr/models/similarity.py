@@ -6,7 +6,8 @@ the temporal aggregation of docs/behaviour.md §5, frame mask m_bk) the score is
     w_abk  = softmax_k((t_a · f_bk) / temp) * m_bk            (softmax over all F slots)
     v_ab   = Σ_k w_abk f_bk                                    (text-conditioned pooling)
     g_ab   = η (mean_k f_bk − t_a)                             (semantic gap, plain mean)
-    Δ_ab   = Psi(g_ab, {f_bk})                                 (pair-specific increment)
+    Δ_ab   = Psi(g_ab, {f_bk})                                 (pair-specific increment;
+                                                               unit norm with normalize_delta)
     s_ab   = cos(t_a + Δ_ab, v_ab)
 
 Everything is computed for a whole block of B_t texts against B_v videos with batched tensor
@@ -165,7 +166,15 @@ class GapAwareSimilarity(nn.Module):
 
     def delta(self, text: Tensor, frames: Tensor, words: Optional[Tensor] = None,
               word_mask: Optional[Tensor] = None) -> Tensor:
-        """Δ_ab, (B_t, B_v, d), from the configured query and context.
+        """Δ_ab, (B_t, B_v, d): Psi's output (:meth:`psi_output`), scaled to unit L2 norm per
+        pair with ``normalize_delta`` (``F.normalize``: Δ / max(||Δ||, 1e-12), so a zero Δ stays
+        zero)."""
+        raw = self.psi_output(text, frames, words, word_mask)
+        return F.normalize(raw, dim=-1) if self.config.normalize_delta else raw
+
+    def psi_output(self, text: Tensor, frames: Tensor, words: Optional[Tensor] = None,
+                   word_mask: Optional[Tensor] = None) -> Tensor:
+        """Psi's output per pair, (B_t, B_v, d), from the configured query and context.
 
         Frames context: keys/values per video (all F slots, no mask, as the reference).
         Words context: keys/values per text from `words` (B_t, L, d), padded words masked by

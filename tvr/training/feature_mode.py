@@ -20,7 +20,9 @@ What is cached, per split:
 
 Batches are the full model's: the same :class:`~tvr.data.loaders.ResumableSampler` over the
 training captions (without those of videos found unreadable at extraction), so the same pairs
-in the same order, resumable mid-epoch.
+in the same order, resumable mid-epoch. Captions meet the video of ``caption_to_video``, so
+``--noisy_pairs`` (tvr/data/noise.py) flows through; it changes no caption, video or window,
+so the store of the clean split serves it.
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ alone writes logs, TensorBoard scalars, checkpoints and metrics.
 
 Outputs in ``--output_dir``: ``log.txt``, ``tensorboard/``, ``ckpt_last.pt`` (full state, for
 ``--resume``), ``ckpt_best.pt`` (best validation text-to-video R@1), ``metrics_<split>.json``
-and ``.md`` tables, ``curves.png``.
+(after training also ``"noisy_pairs"``: the ``--noisy_pairs`` fraction and how many training
+captions it re-assigned) and ``.md`` tables, ``curves.png``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from tvr.data.datasets import RetrievalDataset, SkipReport
 from tvr.data.device_loader import DeviceLoader
 from tvr.data.loaders import ResumableSampler, build_split
+from tvr.data.noise import NoiseReport, add_noise
 from tvr.data.video import VideoReadError
 from tvr.evaluation.calibration import training_vocabulary
 from tvr.evaluation.evaluate import evaluate, metric_variants, write_results
@@ -92,6 +94,7 @@ class Trainer:
         self.log = self.monitor.log.info
         self.precision, self.autocast = autocast_for(train.precision, self.ctx.device)
         self.resume_from = Path(config.resume) if config.resume else None
+        self.noise: Optional[NoiseReport] = None  # what --noisy_pairs did, once training began
         source = config.resume or config.init_model
         if model is not None:
             self.model = model
@@ -152,7 +155,8 @@ class Trainer:
     def write_results(self, results: dict, name: str) -> None:
         if not self.ctx.is_main:
             return
-        write_results(results, self.output_dir, name)
+        noise = {} if self.noise is None else {"noisy_pairs": self.noise.record()}
+        write_results(results, self.output_dir, name, noise)
 
     # ---------------------------------------------------------------- training
     def train(self, train_set: RetrievalDataset, val_set: RetrievalDataset) -> None:
@@ -330,12 +334,22 @@ class Trainer:
         return build_split(data, name, self.image_size, self.config.model.max_words,
                            on_device=on_device, train=train)
 
+    def training_split(self) -> RetrievalDataset:
+        """The training split, with the training augmentation and its captions re-paired by
+        ``--noisy_pairs`` (tvr/data/noise.py, seeded by ``--seed``; the other splits and the
+        evaluation bank stay clean), the noise logged and kept for the metrics files."""
+        dataset = self.split("train", train=True)
+        self.noise = add_noise(dataset, self.config.data.noisy_pairs, self.config.train.seed)
+        if self.noise.fraction:
+            self.log(str(self.noise))
+        return dataset
+
     def run(self) -> Optional[dict]:
         config = self.config
         test_set = self.split("test")
         results = None
         if config.do_train:
-            train_set = self.split("train", train=True)
+            train_set = self.training_split()
             val_set = self.split("val")
             self.log(f"train {train_set!r}; val {val_set!r}; test {test_set!r}")
             self.train(train_set, val_set)

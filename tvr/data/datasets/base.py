@@ -16,7 +16,9 @@ Evaluation encodes each caption and each video once: :meth:`RetrievalDataset.cap
 :meth:`RetrievalDataset.videos` are Datasets over the unique captions (:class:`CaptionItem`)
 and the unique videos (:class:`VideoItem`). ``caption_to_video[i]`` is the video of caption
 ``i`` and ``video_to_captions[v]`` the captions of video ``v``, so metrics rank every caption
-against every video (text-to-video) and score video-to-text by the best-ranked caption.
+against every video (text-to-video) and score video-to-text by the best-ranked caption. A
+training split may be re-paired (:meth:`RetrievalDataset.pair_captions`, ``--noisy_pairs``):
+then ``caption_to_video`` is the pairing that training uses, and ``pairs`` keep the annotations'.
 
 With ``skip_bad_videos=True`` an unreadable video gives a :class:`SkippedVideo` marker instead
 of an item (see :mod:`tvr.data.datasets.skipping`); by default its ``VideoReadError``
@@ -139,6 +141,22 @@ class RetrievalDataset(Dataset):
             if not captions:
                 raise ValueError(f"{name}: video {self.video_ids[v]!r} has no caption")
         self.video_bounds: list[tuple[float | None, float | None]] = bounds
+
+    def pair_captions(self, videos: Sequence[int]) -> None:
+        """Pair caption ``i`` with video ``videos[i]`` from now on (noisy supervision,
+        tvr/data/noise.py): ``caption_to_video`` and ``video_to_captions`` follow, and so do the
+        items. ``pairs``, ``video_ids`` and ``video_bounds`` stay as the annotations give them,
+        so a video keeps its own clip window even with no caption left (a one-caption-per-video
+        split, e.g. ActivityNet, leaves some so), and the split's captions, videos and windows,
+        what feature mode caches, do not change."""
+        if len(videos) != len(self.pairs):
+            raise ValueError(f"{self.name}: {len(videos)} videos for {len(self.pairs)} captions")
+        if any(not 0 <= v < len(self.video_ids) for v in videos):
+            raise ValueError(f"{self.name}: a video index outside [0, {len(self.video_ids)})")
+        self.caption_to_video = [int(v) for v in videos]
+        self.video_to_captions = [[] for _ in self.video_ids]
+        for i, v in enumerate(self.caption_to_video):
+            self.video_to_captions[v].append(i)
 
     @property
     def multi_sentence(self) -> bool:
