@@ -3,6 +3,7 @@ maps to flags main_retrieval.py accepts and that set another value per row, the 
 numbers match the rows, data folders and extra flags are resolved or refused, devices are
 shared out."""
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,41 @@ def test_a_second_job_waits_for_the_first_on_a_feature_store(tmp_path):
     chosen = runner._startable(by_seed, [], set(), free=4)
     assert [job.seed for job in chosen] == [0, 1]      # one per store
     assert runner._startable(by_seed, [], {by_seed[0].store}, free=4) == by_seed[:3]
+
+
+FAKE_MAIN = '''import json, os, sys, time
+out = sys.argv[sys.argv.index("--output_dir") + 1]
+start = time.time()
+time.sleep(1.0)
+seed = sys.argv[sys.argv.index("--seed") + 1]
+with open(os.path.join(out, "fake.json"), "w") as f:
+    json.dump({"devices": os.environ["CUDA_VISIBLE_DEVICES"], "start": start,
+               "end": time.time()}, f)
+if seed == "1":
+    sys.exit("main_retrieval.py: error: seed 1 fails")
+open(os.path.join(out, "metrics_test.json"), "w").write("{}")
+'''
+
+
+def test_jobs_share_the_gpus_and_a_failure_does_not_stop_the_others(tmp_path, monkeypatch):
+    """Four jobs on two one-GPU slots, main_retrieval.py replaced by a script that records its
+    GPU and time and fails for seed 1: two at a time, each on its own GPU, all run."""
+    fake = tmp_path / "fake_main.py"
+    fake.write_text(FAKE_MAIN)
+    monkeypatch.setattr(runner, "MAIN", fake)
+    monkeypatch.setattr(runner, "differences", lambda job, setup: [])
+    found, _ = plan(TABLES["table9"], None, [0, 1], tmp_path / "out",
+                    [str(dataset(tmp_path / "msrvtt"))], FULL)
+    said = []
+    outcomes = runner.run_jobs(found, runner.device_slots("0,1", "1"), FULL, said.append)
+    status = {outcome.job.name: outcome.status for outcome in outcomes}
+    assert status == {"table9/kl_text/seed0": "trained", "table9/kl_video/seed0": "trained",
+                      "table9/kl_text/seed1": "failed", "table9/kl_video/seed1": "failed"}
+    failed = next(outcome for outcome in outcomes if outcome.status == "failed")
+    assert "exit status 1: main_retrieval.py: error: seed 1 fails" in failed.message
+    runs = [json.loads((job.folder / "fake.json").read_text()) for job in found]
+    overlapping = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+                   if a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlapping and all(a["devices"] != b["devices"] for a, b in overlapping)
+    assert {run["devices"] for run in runs} == {"0", "1"}
+    assert sum("training on GPU" in line for line in said) == 4

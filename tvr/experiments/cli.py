@@ -128,9 +128,11 @@ def run(args: argparse.Namespace, extra: tuple[str, ...]) -> int:
         raise PlanError("--feature_mode runs each job in one process (a feature store is "
                         "extracted by one: docs/feature_mode.md); use --per_row 1")
     if args.dry_run:
-        for job in jobs:
-            print(f"{job.name} ({job.state()}): "
-                  f"{shlex.join(command(job, None, job.state() == 'resume')[0])}")
+        for index, job in enumerate(jobs):
+            devices = slots[index % len(slots)]  # the slot it gets when every job lasts alike
+            where = "" if devices is None else f"CUDA_VISIBLE_DEVICES={','.join(devices)} "
+            argv = command(job, devices, job.state() == "resume")[0]
+            print(f"{job.name} ({job.state()}): {where}{shlex.join(argv)}")
         return 0
     record_setup(out / table.name, setup)
     outcomes = run_jobs(jobs, slots, setup, lambda text: print(text, flush=True))

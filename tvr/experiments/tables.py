@@ -132,7 +132,7 @@ TABLE5 = Table("table5", "Table 5: Psi's query (MSR-VTT, text-to-video)", 5,
                ("query_gap",))
 
 # Table 6 (MSR-VTT): the KL prior N(0, s^2 I), --kl_prior_std s (docs/behaviour.md §7), and Δ
-# normalised to unit length, --normalize_delta.
+# normalised to unit length, --normalize_delta with σ = 1 (§6).
 TABLE6 = Table("table6", "Table 6: the KL prior's scale, and a normalised Δ (MSR-VTT, "
                          "text-to-video)", 6,
                (_paper("normalized_s1", normalize_delta=True, kl_prior_std=1),
@@ -149,8 +149,9 @@ TABLE7 = Table("table7", "Table 7: Δ's side, Psi's context and the gap's sign (
                             psi_context=context, gap_sign=-1 if sign == "neg" else 1)
                      for side, context in _T7 for sign in ("neg", "pos")), ("t_frames_pos",))
 
-# Table 8 (MSR-VTT): the direction-diversity kernel's sharpness --alpha (docs/behaviour.md §7),
-# and the strict-orthogonality L_dir over j != k, --dir_loss orthogonal.
+# Table 8 (MSR-VTT): the direction-diversity kernel's sharpness --alpha with --dir_loss
+# uniformity, and the strict-orthogonality L_dir over j != k, --dir_loss orthogonal (which has no
+# alpha) (docs/behaviour.md §7).
 TABLE8 = Table("table8", "Table 8: the direction-diversity term (MSR-VTT)", 8,
                (*(_paper(f"a{alpha}", alpha=alpha, dir_loss="uniformity")
                   for alpha in ("0.5", "1", "2", "3", "4", "5")),
@@ -171,9 +172,10 @@ def _noisy(model: str, fraction: str) -> Row:
                setting=f"{'baseline (no Δ)' if baseline else 'GARE'}, --noisy_pairs {fraction}")
 
 
-# Robustness (this project's, no paper numbers): the baseline (--no_delta) and GARE with a
-# share P of the training pairs made noisy (--noisy_pairs P); each baseline row is compared
-# with GARE at the same P, each noisy GARE row with GARE at P = 0.
+# Robustness (this project's, no paper numbers): the baseline (--no_delta, docs/behaviour.md §6)
+# and GARE with a share P of the training captions paired with another video (--noisy_pairs P,
+# §4); each baseline row is compared with GARE at the same P, each noisy GARE row with GARE at
+# P = 0.
 ROBUSTNESS = Table("robustness", "Robustness to noisy training pairs (MSR-VTT; no paper "
                                  "numbers)", None,
                    tuple(_noisy(model, fraction) for model in ("baseline", "gare")
