@@ -1,40 +1,32 @@
-"""The video index (tvr/index) at scale: query latency, memory and top-10 containment on
-synthetic galleries, and index build throughput.
+"""The video index (tvr/index) at scale: index open time, memory, search latency and top-10
+containment on synthetic galleries written as index folders, and index build throughput.
 
     python -m bench.bench_index --sizes 10000 100000 1000000
     python -m bench.bench_index --sizes --build demo vit-b32
 
-Search (``--sizes``; each gallery size runs in its own process, so that its memory figures are
-its own): a :class:`VideoIndex` built in memory over a synthetic gallery of N videos
-(bench/synthetic_index.py: ``--topics`` topics, ``--queries`` sentence embeddings given, no text
-encoder, an untrained seeded GARE similarity at d = 512, frames stored as ``--frame_dtype``).
+Search (``--sizes``): for each N, a child process writes a synthetic gallery of N videos as an
+index folder under ``--folder`` (bench/synthetic_index.py, through the store's write API:
+float16 frames and per-video state in shards of ``--shard_size``, the stage-1 index, exact up
+to ``--exact_max`` videos, else faiss IVF-SQ8; its build-report line is printed); a second,
+fresh child opens it and measures (so that the open time and resident set are those of a
+search process, with whatever the page cache holds after the write):
 
-Timed, for one sentence per call and for the batch of ``--queries`` sentences in one call (median
-of up to ``--repeats`` runs, fewer when they exceed ``--time_budget`` seconds together; single
-sentences cycle through the queries), each the index's own code, ``index.gallery`` (a
-:class:`~tvr.evaluation.retrieval.Gallery`):
+- open: ``Manifest.load`` + ``open_gallery`` (shards and IVF index memory-mapped), seconds,
+  and the resident set (VmRSS) after it;
+- one sentence per call: two-stage search (``Gallery.search``: stage 1, GARE on the union of the
+  candidates from their stored state, the top 10) at each ``--k``, ``--single`` calls cycling
+  through the sentences: median and 99th percentile; stage 1 alone and GARE on the K
+  candidates alone (``Gallery.rescore``), medians;
+- the ``--queries`` sentences in one call: two-stage at each K (median of up to ``--repeats``);
+- exhaustive GARE of the sentences (every video, from the stored state, in chunks of 4096):
+  seconds, once; it gives the containment of the two-stage candidates in its top-10
+  (:func:`~tvr.evaluation.retrieval.topk_containment`), for the first ``--containment_queries``
+  sentences (all by default);
+- peak resident set (VmHWM) of the measuring process.
 
-- stage 1 alone: ``Stage1Search.candidates`` for the largest K, with faiss (IndexFlatIP) and torch;
-- GARE on the K candidates alone: ``Gallery.rescore``, what ``VideoIndex.search`` does after
-  stage 1 (union of the candidates, ``Gallery.scores``, gather, stable sort);
-- two-stage K end to end: ``Gallery.search`` with the torch stage 1;
-- exhaustive GARE on every video (``Gallery.search(..., exhaustive=True)``): single sentences for
-  N <= ``--exhaustive_max`` (default 100k); one batch call, which also gives the containment,
-  for N <= ``--containment_max`` (default 1M; it costs about as much as one sentence, since
-  preparing the N videos dominates). Larger N print a linear extrapolation from the largest
-  measured N, marked as such.
-
-Left out: the sentence encoding and the per-hit best-frame lookup of ``search`` (10 rows).
-Containment (:func:`~tvr.evaluation.retrieval.topk_containment`): the fraction of the exhaustive
-GARE top-10 items inside the K stage-1 candidates, and of sentences whose whole top-10 is inside.
-Memory: the array sizes, the resident set (VmRSS) once the index is open, and the peak resident
-set (VmHWM, reset through /proc/self/clear_refs before each phase) while timing the two-stage
-searches and the exhaustive ones. faiss keeps its own float32 copy of the stage-1 vectors next to
-the index's; to bound the peak it is built after the GARE phases, once the frames are freed. Its
-copy is given as computed (N x d float32, what IndexFlatIP stores): the growth of the resident
-set shows it only where no freed heap memory is reused.
-
-Build (``--build demo vit-b32``): index build throughput, bench/index_build.py.
+Not included: the sentence encoding and the per-hit best-frame lookup of ``VideoIndex.search``.
+The folder is deleted afterwards unless ``--keep``. Build (``--build demo vit-b32``): index build
+throughput, bench/index_build.py.
 """
 from __future__ import annotations
 
@@ -42,34 +34,42 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
-from torch import Tensor
 
-from bench.common import run_child
-from bench.synthetic_index import SyntheticGallery, make_gallery, open_index
-from tvr.evaluation.retrieval import Stage1Search, faiss_available, topk_containment
-from tvr.index.search import VideoIndex
+from bench.synthetic_index import similarity, write_index
+from tvr.evaluation.engine import SimilarityEngine
+from tvr.evaluation.retrieval import faiss_available, topk_containment
+from tvr.index.store import Manifest, open_gallery
 
 TOP = 10
 GiB = 2 ** 30
 
 
 # ---------------------------------------------------------------------------------- search
-def timed(run: Callable[[int], object], repeats: int, budget: float) -> dict:
-    """Median seconds of ``run(i)`` over up to ``repeats`` runs, stopping once they have taken
+def timed(run: Callable[[int], object], repeats: int, budget: float) -> list[float]:
+    """Seconds of ``run(i)`` for up to ``repeats`` runs, stopping once they have taken
     ``budget`` seconds together (at least one run)."""
     times: list[float] = []
     while len(times) < repeats and sum(times) < budget:
         start = time.perf_counter()
         run(len(times))
         times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "runs": len(times)}
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    """Median and 99th percentile (ms) of ``times`` (s), and how many."""
+    ms = 1e3 * np.array(times)
+    return {"median": float(np.median(ms)), "p99": float(np.percentile(ms, 99)),
+            "runs": len(ms)}
 
 
 def memory(field: str) -> int:
@@ -81,190 +81,109 @@ def memory(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def reset_peak() -> None:
-    """Make VmHWM restart from the current resident set (Linux: clear_refs 5)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+def folder_of(options: argparse.Namespace) -> Path:
+    return Path(options.folder) / f"bench_index_{options.n}"
 
 
-class Timer:
-    """The timings of one gallery size (``times``), logged as they come."""
-
-    def __init__(self, options: argparse.Namespace):
-        self.n, self.queries = options.n, options.queries
-        self.repeats, self.budget = options.repeats, options.time_budget
-        self.times: dict[str, dict] = {}
-
-    def log(self, message: str) -> None:
-        print(f"[N={self.n}] {message}", file=sys.stderr, flush=True)
-
-    def both(self, name: str, run: Callable[[Tensor], object]) -> None:
-        """Time ``run(rows)`` for one sentence per call (cycling through the sentences) and
-        for all sentences in one call; ``rows`` indexes the sentences."""
-        q = self.queries
-        run(torch.tensor([0]))  # warm-up
-        self.times[f"{name}/1"] = timed(lambda i: run(torch.tensor([i % q])), self.repeats,
-                                        self.budget)
-        self.times[f"{name}/{q}"] = timed(lambda i: run(torch.arange(q)), self.repeats,
-                                          self.budget)
-        self.log(f"{name}: {1e3 * self.times[f'{name}/1']['seconds']:.1f} ms per sentence, "
-                 f"{1e3 * self.times[f'{name}/{q}']['seconds']:.1f} ms per batch of {q}")
-
-
-def time_two_stage(index: VideoIndex, text: Tensor, ks: list[int], timer: Timer,
-                   result: dict) -> Tensor:
-    """Stage 1 alone (torch), GARE on the K candidates and two-stage K; the candidates (Q, K)
-    for the largest K."""
-    gallery, engine = index.gallery, index.engine
-    reset_peak()
-    timer.both("stage1_torch", lambda rows: gallery.stage1.candidates(text[rows], ks[-1]))
-    candidates = gallery.candidates(text, ks[-1])
-    result["union"] = {k: len(torch.unique(candidates[:, :k])) for k in ks}
-    for k in ks:
-        timer.both(f"gare_on_{k}", lambda rows, k=k: gallery.rescore(
-            engine, text[rows], candidates[rows, :k], TOP))
-        timer.both(f"two_stage_{k}", lambda rows, k=k: gallery.search(
-            engine, text[rows], TOP, k))
-    result["peak_two_stage"] = memory("VmHWM")
-    return candidates
-
-
-def time_exhaustive(index: VideoIndex, data: SyntheticGallery, candidates: Tensor,
-                    ks: list[int], timer: Timer, options: argparse.Namespace,
-                    result: dict) -> None:
-    """Exhaustive GARE (one sentence per call up to ``--exhaustive_max``, the batch once) and
-    the containment of the two-stage candidates in its top-10."""
-    gallery, engine, text, q = index.gallery, index.engine, data.text, options.queries
-
-    def exhaustive(rows: Tensor) -> Tensor:
-        return gallery.search(engine, rows, TOP, len(gallery), exhaustive=True).scores
-
-    reset_peak()
-    if options.n <= options.exhaustive_max:
-        timer.times["exhaustive/1"] = timed(lambda i: exhaustive(text[i % q:i % q + 1]),
-                                            options.repeats, options.time_budget)
-        timer.log(f"exhaustive: {timer.times['exhaustive/1']['seconds']:.1f} s per sentence")
+def generate(options: argparse.Namespace) -> dict:
+    """Write the synthetic index of ``options.n`` videos and its sentences (child process)."""
+    folder = folder_of(options)
+    shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
-    full = exhaustive(text)
-    timer.times[f"exhaustive/{q}"] = {"seconds": time.perf_counter() - start, "runs": 1}
-    result["peak_exhaustive"] = memory("VmHWM")
-    timer.log(f"exhaustive: {timer.times[f'exhaustive/{q}']['seconds']:.1f} s per batch of {q}")
-    kinds = (("all", slice(None)), ("video", ~data.topic_query), ("topic", data.topic_query))
-    result["containment"] = {
-        k: {kind: topk_containment(full[sel], candidates[sel, :k], top=TOP)
-            for kind, sel in kinds}
-        for k in ks}
+    gallery, stage1 = write_index(folder, options.n, options.queries, options.topics,
+                                  options.seed, options.shard_size, options.exact_max,
+                                  max(options.k))
+    np.save(folder / "text.npy", gallery.text.numpy())
+    np.save(folder / "topic_query.npy", gallery.topic_query.numpy())
+    return {"write_s": time.perf_counter() - start, "stage1": stage1,
+            "disk": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())}
 
 
-def measure_size(options: argparse.Namespace) -> dict:
-    """Every search figure of one gallery size (runs in a child process)."""
-    ks, timer = sorted(options.k), Timer(options)
-    result: dict = {"n": options.n, "queries": options.queries,
-                    "load_start": os.getloadavg()[0]}
+def measure(options: argparse.Namespace) -> dict:
+    """Open the index written by :func:`generate` and time it (child process)."""
+    folder, result = folder_of(options), {"load_start": os.getloadavg()[0]}
     start = time.perf_counter()
-    data = make_gallery(options.n, options.queries, options.topics, options.seed,
-                        getattr(torch, options.frame_dtype))
-    result["generate_s"] = time.perf_counter() - start
-    result["bytes"] = {"frames": data.frames.nbytes, "mask": data.mask.nbytes,
-                       "coarse": data.coarse.nbytes}
-    result["peak_generate"] = memory("VmHWM")
-    timer.log(f"gallery generated in {result['generate_s']:.0f} s")
-    index = open_index(data, options.seed)
+    gallery = open_gallery(folder, Manifest.load(folder))
+    result["open_s"] = time.perf_counter() - start
     result["rss_open"] = memory("VmRSS")
-    candidates = time_two_stage(index, data.text, ks, timer, result)
-    if options.n <= options.containment_max:
-        time_exhaustive(index, data, candidates, ks, timer, options, result)
-    del index
-    data.frames = None  # free the frames before faiss copies the stage-1 vectors
-    if faiss_available():
-        import faiss
-        faiss.omp_set_num_threads(options.threads)
-        reset_peak()
-        flat = Stage1Search(data.coarse, "faiss")
-        result["faiss_copy"] = data.coarse.nbytes
-        timer.both("stage1_faiss", lambda rows: flat.candidates(data.text[rows], ks[-1]))
-        result["peak_faiss"] = memory("VmHWM")
-    result["times"] = timer.times
+    engine = SimilarityEngine(similarity(options.seed))
+    text = torch.from_numpy(np.load(folder / "text.npy"))
+    q, times = len(text), {}
+    for k in sorted(options.k):
+        gallery.search(engine, text[:1], TOP, k)  # warm-up
+        one = timed(lambda i: gallery.search(engine, text[i % q:i % q + 1], TOP, k),
+                    options.single, options.time_budget)
+        times[f"two_stage_{k}/1"] = summary(one)
+        times[f"stage1_{k}/1"] = summary(timed(
+            lambda i: gallery.candidates(text[i % q:i % q + 1], k), options.single, 5.0))
+        candidates = gallery.candidates(text, k)
+        times[f"gare_on_{k}/1"] = summary(timed(
+            lambda i: gallery.rescore(engine, text[i % q:i % q + 1], candidates[i % q:i % q + 1],
+                                      TOP), options.single, 5.0))
+        times[f"two_stage_{k}/{q}"] = summary(timed(
+            lambda i: gallery.search(engine, text, TOP, k), options.repeats, options.time_budget))
+        print(f"[N={options.n}] K={k}: {json.dumps(times[f'two_stage_{k}/1'])}",
+              file=sys.stderr, flush=True)
+    result["times"] = times
+    used = text[:options.containment_queries or q]
+    start = time.perf_counter()
+    full = gallery.scores(engine, used, torch.arange(len(gallery)))
+    result["exhaustive_s"] = time.perf_counter() - start
+    topic = torch.from_numpy(np.load(folder / "topic_query.npy"))[:len(used)]
+    kinds = (("all", slice(None)), ("video", ~topic), ("topic", topic))
+    result["containment"] = {k: {kind: topk_containment(full[sel], gallery.candidates(
+        used[sel], k), TOP) for kind, sel in kinds} for k in sorted(options.k)}
+    result["containment_queries"] = len(used)
+    result["peak"] = memory("VmHWM")
     result["load_end"] = os.getloadavg()[0]
     return result
 
 
-def run_size(n: int, options: argparse.Namespace) -> dict:
-    """:func:`measure_size` for ``n`` videos in a child process (its own memory figures)."""
-    cmd = [sys.executable, "-m", "bench.bench_index", "--measure", str(n),
+def child(phase: str, n: int, options: argparse.Namespace) -> dict:
+    """``phase`` ("--generate" or "--measure") for ``n`` videos in a child process."""
+    cmd = [sys.executable, "-m", "bench.bench_index", phase, str(n), "--folder", options.folder,
            "--queries", str(options.queries), "--k", *map(str, options.k),
            "--topics", str(options.topics), "--seed", str(options.seed),
-           "--frame_dtype", options.frame_dtype, "--threads", str(options.threads),
-           "--repeats", str(options.repeats), "--time_budget", str(options.time_budget),
-           "--exhaustive_max", str(options.exhaustive_max),
-           "--containment_max", str(options.containment_max)]
+           "--threads", str(options.threads), "--repeats", str(options.repeats),
+           "--single", str(options.single), "--time_budget", str(options.time_budget),
+           "--shard_size", str(options.shard_size), "--exact_max", str(options.exact_max),
+           "--containment_queries", str(options.containment_queries)]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _ms(r: dict, key: str) -> str:
-    if key not in r["times"]:
-        return "–"
-    return f"{1e3 * r['times'][key]['seconds']:.1f} ({r['times'][key]['runs']})"
+def run_size(n: int, options: argparse.Namespace) -> dict:
+    """Write, then measure, the index of ``n`` videos; delete it unless ``--keep``."""
+    result = {"n": n, **child("--generate", n, options)}
+    print(f"N={n}: written in {result['write_s']:.0f} s, {result['disk'] / GiB:.2f} GiB; "
+          f"{result['stage1']}", flush=True)
+    result.update(child("--measure", n, options))
+    if not options.keep:
+        shutil.rmtree(Path(options.folder) / f"bench_index_{n}")
+    return result
 
 
-def _gib(r: dict, key: str) -> str:
-    return f"{r[key] / GiB:.2f}" if key in r else "–"
-
-
-def print_latency(results: list[dict], q: int, ks: list[int]) -> None:
-    print(f"\nLatency, ms per call (runs), K for stage 1 alone = {ks[-1]}, torch stage 1 in "
-          f"the two-stage columns:\n")
-    columns = (["stage 1 faiss", "stage 1 torch"] + [f"GARE on {k}" for k in ks]
-               + [f"two-stage K={k}" for k in ks] + ["exhaustive"])
-    keys = (["stage1_faiss", "stage1_torch"] + [f"gare_on_{k}" for k in ks]
-            + [f"two_stage_{k}" for k in ks] + ["exhaustive"])
-    print("| N | sentences per call | " + " | ".join(columns) + " |")
-    print("|---|---:|" + "---:|" * len(columns))
+def print_results(results: list[dict], ks: list[int], q: int) -> None:
+    print("\n| N | open s | RSS after open GiB | peak GiB | K | two-stage 1 sentence median / "
+          f"p99 ms | stage 1 ms | GARE on K ms | {q} sentences ms | top-10 items / sentences "
+          "complete (video, topic sentences) |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---|")
     for r in results:
-        for per_call in (1, q):
-            cells = [_ms(r, f"{key}/{per_call}") for key in keys]
-            print(f"| {r['n']} | {per_call} | " + " | ".join(cells) + " |")
+        for k in ks:
+            t, c = r["times"], r["containment"][str(k)]
+            cells = [f"{r['open_s']:.2f}", f"{r['rss_open'] / GiB:.2f}",
+                     f"{r['peak'] / GiB:.2f}", str(k),
+                     f"{t[f'two_stage_{k}/1']['median']:.1f} / {t[f'two_stage_{k}/1']['p99']:.1f}"
+                     f" ({t[f'two_stage_{k}/1']['runs']})",
+                     f"{t[f'stage1_{k}/1']['median']:.1f}", f"{t[f'gare_on_{k}/1']['median']:.1f}",
+                     f"{t[f'two_stage_{k}/{q}']['median']:.0f}",
+                     "; ".join(f"{100 * c[kind]['items']:.1f}% / {100 * c[kind]['queries']:.0f}%"
+                               for kind in ("all", "video", "topic"))]
+            print(f"| {r['n']} | " + " | ".join(cells) + " |")
     for r in results:
-        unions = ", ".join(f"{u} for K = {k}" for k, u in r["union"].items())
-        print(f"\nN = {r['n']}: the batch's candidates hold {unions} distinct videos", end="")
-    print()
-    measured = [r for r in results if "exhaustive/1" in r["times"]]
-    for r in results:
-        if "exhaustive/1" not in r["times"] and measured:
-            base = measured[-1]
-            estimate = base["times"]["exhaustive/1"]["seconds"] * r["n"] / base["n"]
-            print(f"\nexhaustive, one sentence, N = {r['n']}: not measured; EXTRAPOLATED "
-                  f"linearly from N = {base['n']}: about {estimate:.0f} s")
-
-
-def print_memory(results: list[dict]) -> None:
-    print("\nMemory (GiB): arrays; resident set once the index is open; peak resident set "
-          "while timing (generation, two-stage, exhaustive, faiss stage 1):\n")
-    print("| N | frames | stage-1 vectors | mask | faiss copy | RSS open | peak generate | "
-          "peak two-stage | peak exhaustive | peak faiss |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        b = r["bytes"]
-        print(f"| {r['n']} | {b['frames'] / GiB:.2f} | {b['coarse'] / GiB:.2f} | "
-              f"{b['mask'] / GiB:.3f} | {_gib(r, 'faiss_copy')} | {_gib(r, 'rss_open')} | "
-              f"{_gib(r, 'peak_generate')} | {_gib(r, 'peak_two_stage')} | "
-              f"{_gib(r, 'peak_exhaustive')} | {_gib(r, 'peak_faiss')} |")
-
-
-def print_containment(results: list[dict]) -> None:
-    print(f"\nTop-{TOP} containment of two-stage in exhaustive GARE (items inside / sentences "
-          f"with all {TOP} inside):\n")
-    print("| N | K | all sentences | video sentences | topic sentences |")
-    print("|---|---:|---|---|---|")
-    for r in results:
-        for k, kinds in r.get("containment", {}).items():
-            cells = [f"{100 * c['items']:.1f}% / {100 * c['queries']:.0f}%"
-                     for c in (kinds["all"], kinds["video"], kinds["topic"])]
-            print(f"| {r['n']} | {k} | " + " | ".join(cells) + " |")
-    for r in results:
-        print(f"\nN = {r['n']}: generated in {r['generate_s']:.0f} s; load {r['load_start']:.2f} "
-              f"at the start, {r['load_end']:.2f} at the end", end="")
+        print(f"\nN = {r['n']}: exhaustive GARE of {r['containment_queries']} sentences "
+              f"{r['exhaustive_s']:.1f} s; load {r['load_start']:.2f} at the start of the "
+              f"measurement, {r['load_end']:.2f} at the end", end="")
     print()
 
 
@@ -290,21 +209,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--sizes", type=int, nargs="*", default=[10000, 100000, 1000000],
                         help="gallery sizes (none: skip the search benchmark)")
+    parser.add_argument("--folder", default="/tmp", help="where the indexes are written")
+    parser.add_argument("--keep", action="store_true", help="keep the index folders")
     parser.add_argument("--queries", type=int, default=20, help="sentences per batch")
-    parser.add_argument("--k", type=int, nargs="+", default=[100, 500], help="stage-1 K")
+    parser.add_argument("--k", type=int, nargs="+", default=[500, 1000, 2000], help="stage-1 K")
     parser.add_argument("--topics", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frame_dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--shard_size", type=int, default=4096, help="videos per shard")
+    parser.add_argument("--exact_max", type=int, default=200000,
+                        help="largest gallery with an exact stage 1 (build's --stage1_exact_max)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch (and faiss) threads")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs at most")
-    parser.add_argument("--time_budget", type=float, default=10.0,
+    parser.add_argument("--single", type=int, default=100, help="one-sentence calls timed")
+    parser.add_argument("--repeats", type=int, default=5, help="batch calls timed at most")
+    parser.add_argument("--time_budget", type=float, default=20.0,
                         help="no further run once the runs of a measurement took this long (s)")
-    parser.add_argument("--exhaustive_max", type=int, default=100000,
-                        help="largest N where exhaustive search of one sentence is timed")
-    parser.add_argument("--containment_max", type=int, default=1000000,
-                        help="largest N where the whole batch is scored exhaustively (timed "
-                             "once) for the containment")
+    parser.add_argument("--containment_queries", type=int, default=0,
+                        help="sentences scored exhaustively for the containment (0: all)")
     parser.add_argument("--build", nargs="*", default=[], choices=["demo", "vit-b32"],
                         help="also time index builds with these models")
     parser.add_argument("--demo_checkpoint", default="outputs/demo/ckpt_best.pt")
@@ -312,19 +233,24 @@ def main() -> None:
     parser.add_argument("--vit_videos", type=int, default=48, help="224 px clips to encode")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (build)")
     parser.add_argument("--build_repeats", type=int, default=2, help="builds per model")
+    parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
-    if run_child(options, "n", measure_size):
-        return
+    if faiss_available():
+        import faiss
+        faiss.omp_set_num_threads(options.threads)
+    for phase, run in (("generate", generate), ("measure", measure)):
+        if getattr(options, phase):
+            options.n = getattr(options, phase)
+            print(json.dumps(run(options)))
+            return
     print(f"machine: {machine()}; threads {options.threads}; faiss "
           f"{'installed' if faiss_available() else 'not installed'}; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     if options.sizes:
         results = [run_size(n, options) for n in options.sizes]
-        print_latency(results, options.queries, sorted(options.k))
-        print_memory(results)
-        print_containment(results)
+        print_results(results, sorted(options.k), options.queries)
     if options.build:  # imported here: the search children measure their resident set
         from bench.index_build import bench_build
         bench_build(options)

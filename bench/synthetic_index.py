@@ -1,5 +1,5 @@
 """A synthetic video index for bench/bench_index.py: a gallery of N videos with structure and
-sentence embeddings that describe some of them, opened as a :class:`VideoIndex` in memory.
+sentence embeddings that describe some of them, written as an index folder.
 
 A gallery holds N synthetic videos of F = 12 frame features of width d = 512 with structure
 (:func:`make_gallery`): ``topics`` topic directions; each video is a topic plus its own offset,
@@ -7,26 +7,22 @@ each real frame that plus frame noise, padded frames (a quarter of the videos ar
 F) a fixed "blank image" feature; features have CLIP-like norms and a modality gap between texts
 and videos. Half of the sentences are noisy versions of one video's content, half of one topic.
 The GARE similarity is ``GapAwareSimilarity(SimilarityConfig(dim=512))`` with its initial
-weights (seeded), wrapped in a stand-in model (:class:`SyntheticModel`): no text encoder is run,
-the sentence embeddings are given. Frames are stored in the dtype asked for (float16 lets 1M
-videos fit: 1M x 12 x 512 float32 frames take 22.9 GiB): the index's ``Gallery.scores``
-gathers the candidates' frames and the evaluation engine casts them to float32, so the scores
-are those of the rounded frames, in float32 arithmetic. The stage-1 vectors are float32, as the
-index stores them.
+weights (seeded, :func:`similarity`): no text encoder is run, the sentence embeddings are given.
+:func:`write_index` writes the gallery chunk by chunk through the index store's write API
+(float16 frames and the per-video state, manifest, stage-1 index), so a 1M gallery never has
+to fit in memory (its frames alone are 22.9 GiB in float32).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from tvr.evaluation.engine import coarse_vectors
-from tvr.index.search import VideoIndex
-from tvr.index.store import Manifest
-from tvr.models.gare import TextFeatures
+from tvr.evaluation.engine import SimilarityEngine, coarse_vectors
+from tvr.index.store import Entry, Manifest, update_stage1, write_shard
 from tvr.models.config import SimilarityConfig
 from tvr.models.similarity import GapAwareSimilarity
 
@@ -62,7 +58,9 @@ def _noise(generator: torch.Generator, *shape: int) -> Tensor:
 
 
 def make_gallery(n: int, queries: int, topics: int, seed: int, dtype: torch.dtype,
-                 chunk: int = 8192) -> SyntheticGallery:
+                 chunk: int = 8192,
+                 sink: Optional[Callable[[int, Tensor, Tensor], None]] = None
+                 ) -> SyntheticGallery:
     """A synthetic gallery of ``n`` videos and ``queries`` sentences (module docstring).
 
     Video b of topic j: content c_b = τ_j + VIDEO_SPREAD·ε_b; real frame k:
@@ -70,14 +68,16 @@ def make_gallery(n: int, queries: int, topics: int, seed: int, dtype: torch.dtyp
     features; padded frame: FRAME_NORM · unit(ν + β), β a fixed "blank image" direction.
     Sentence describing video b (or topic j): TEXT_NORM · unit(ω + c_b (or τ_j) +
     QUERY_NOISE·ξ), ω the direction shared by all sentences (≠ ν: the modality gap).
-    Generated in chunks of ``chunk`` videos, deterministic for a given ``seed``.
+    Generated in chunks of ``chunk`` videos, deterministic for a given ``seed``; with
+    ``sink``, each chunk goes to ``sink(start, frames, mask)`` instead of the returned frames
+    (None), so that a gallery larger than memory can be written to an index.
     """
     g = torch.Generator().manual_seed(seed)
     video_dir, text_dir, blank = _unit(torch.randn(3, DIM, generator=g)).unbind(0)
     topic = _unit(torch.randn(topics, DIM, generator=g))
     targets = torch.randperm(n, generator=g)[:queries]
     content_of: dict[int, Tensor] = {}
-    frames = torch.empty(n, FRAMES, DIM, dtype=dtype)
+    frames = torch.empty(n, FRAMES, DIM, dtype=dtype) if sink is None else None
     mask = torch.empty(n, FRAMES, dtype=torch.int64)
     coarse = torch.empty(n, DIM)
     padded = FRAME_NORM * _unit(video_dir + blank)
@@ -94,7 +94,10 @@ def make_gallery(n: int, queries: int, topics: int, seed: int, dtype: torch.dtyp
         block.add_((video_dir + content).unsqueeze(1))
         block.mul_(FRAME_NORM / block.norm(dim=-1, keepdim=True))
         block[~real] = padded
-        frames[start:start + count] = block
+        if sink is None:
+            frames[start:start + count] = block
+        else:
+            sink(start, block, real)
         mask[start:start + count] = real
         # from the float32 features, as a build computes them (the frames are then stored)
         coarse[start:start + count] = coarse_vectors(block, real)
@@ -107,29 +110,33 @@ def make_gallery(n: int, queries: int, topics: int, seed: int, dtype: torch.dtyp
     return SyntheticGallery(frames, mask, coarse, text, topic_query)
 
 
-class SyntheticModel(torch.nn.Module):
-    """Stands in for a GARE model in :class:`VideoIndex`: the index reads ``similarity`` and
-    calls ``encode_text`` only to self-check its evaluation engine, on two sample sentences;
-    this one returns the first of the given sentence embeddings for them."""
-
-    def __init__(self, similarity: GapAwareSimilarity, sample_text: Tensor):
-        super().__init__()
-        self.similarity = similarity
-        self.sample_text = sample_text
-
-    def encode_text(self, ids: Tensor, mask: Tensor) -> TextFeatures:
-        return TextFeatures(self.sample_text[:len(ids)], None, mask)
-
-
-def open_index(gallery: SyntheticGallery, seed: int, stage1: str = "torch") -> VideoIndex:
-    """An in-memory :class:`VideoIndex` of ``gallery`` (as ``VideoIndex.open`` builds one from
-    shards), with a seeded GARE similarity at d = 512 and its engine built. The torch stage 1
-    (default) shares the gallery's stage-1 tensor; faiss would copy it."""
+def similarity(seed: int) -> GapAwareSimilarity:
+    """The benchmark's GARE similarity: initial weights at d = 512, seeded."""
     torch.manual_seed(seed)
-    similarity = GapAwareSimilarity(SimilarityConfig(dim=DIM)).eval()
+    return GapAwareSimilarity(SimilarityConfig(dim=DIM)).eval()
+
+
+def write_index(folder: Path, n: int, queries: int, topics: int, seed: int, shard_size: int,
+                exact_max: int, k: int) -> tuple[SyntheticGallery, str]:
+    """Write a synthetic gallery of ``n`` videos as an index in ``folder`` through the store's
+    write API (shards of ``shard_size`` videos, one manifest entry per video, then the stage-1
+    index, exact up to ``exact_max`` videos); returns the gallery (without frames) and the
+    stage-1 line of the build report."""
+    engine = SimilarityEngine(similarity(seed))
     manifest = Manifest(videos_root=".", checkpoint={}, config={"max_words": 32}, sampling={})
-    paths = [f"video{i}.mp4" for i in range(len(gallery.mask))]
-    index = VideoIndex(Path("."), manifest, SyntheticModel(similarity, gallery.text), paths,
-                       gallery.frames, gallery.mask, gallery.coarse, stage1)
-    index.engine  # noqa: B018 (built and self-checked on first use)
-    return index
+    times = [float(t) for t in range(FRAMES)]
+
+    def sink(start: int, frames: Tensor, mask: Tensor) -> None:
+        for offset in range(0, len(frames), shard_size):
+            shard = (start + offset) // shard_size
+            part = slice(offset, offset + shard_size)
+            write_shard(folder, shard, engine, frames[part], mask[part])
+            for row in range(len(frames[part])):
+                manifest.entries[f"video{start + offset + row}.mp4"] = Entry(
+                    0, 0, "", False, shard, row, float(FRAMES), times)
+            manifest.next_shard = shard + 1
+
+    chunk = shard_size * max(1, 8192 // shard_size)
+    gallery = make_gallery(n, queries, topics, seed, torch.float32, chunk, sink)
+    manifest.save(folder)
+    return gallery, update_stage1(folder, manifest, exact_max, k)

@@ -230,13 +230,16 @@ class SimilarityEngine:
         return Prepared("texts", parts, self._token)
 
     @torch.no_grad()
-    def prepare_videos(self, frames: Tensor, mask: Tensor) -> Prepared:
+    def prepare_videos(self, frames: Tensor, mask: Tensor, compact: bool = False) -> Prepared:
         """Per-video work, in chunks bounded by the memory budget, at full matmul precision
         whatever ``precision`` and the global torch setting (it is not the bottleneck, and every
         pair of the video reads its results).
 
         Args:
             frames: (N_v, F, d) frame embeddings after temporal aggregation. mask: (N_v, F).
+            compact: keep the frames and their LN1 statistics instead of the (3F + 3) x d
+                rows (:meth:`Folding.prepare_videos`): what a video index stores per video,
+                scored with the same numbers (:meth:`adopt` takes them back).
         """
         d = self.config.dim
         if frames.dim() != 3 or frames.shape[2] != d:
@@ -248,16 +251,24 @@ class SimilarityEngine:
         per_video = self._itemsize * d * 16 * (n_frames + 2)
         step = max(1, self.memory_budget_bytes // per_video)
         with self._matmul_precision(exact=True):
-            chunks = [self._prepare_video_chunk(frames[s], mask[s])
+            chunks = [self._prepare_video_chunk(frames[s], mask[s], compact)
                       for s in _chunks(len(frames), step)]
         parts = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
         return Prepared("videos", parts, self._token)
 
-    def _prepare_video_chunk(self, frames: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    def _prepare_video_chunk(self, frames: Tensor, mask: Tensor,
+                             compact: bool) -> dict[str, Tensor]:
         parts = {"mask": mask, "coarse": coarse_vectors(frames, mask)}
         if self.method == "naive":
             return dict(parts, frames=frames)
-        return dict(parts, **self._folding.prepare_videos(frames))
+        return dict(parts, **self._folding.prepare_videos(frames, compact))
+
+    def adopt(self, parts: dict[str, Tensor]) -> Prepared:
+        """Videos prepared earlier with ``compact=True`` and stored (e.g. in float16, by a video
+        index), as this engine's, in its dtype. They must come from an engine of the same
+        weights (an index checks its checkpoint's hash); on the naive path only ``frames``
+        and ``mask`` are read."""
+        return Prepared("videos", {k: v.to(self.dtype) for k, v in parts.items()}, self._token)
 
     # ------------------------------------------------------------------ scoring
     def _check(self, texts: Prepared, videos: Prepared) -> None:

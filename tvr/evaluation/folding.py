@@ -89,13 +89,20 @@ class Folding:
         self._delta_consts = torch.stack([(w_mu * g3) @ self._z0,            # e
                                           psi.mean_proj(b3)])               # δ0
 
-    def prepare_videos(self, frames: Tensor) -> dict[str, Tensor]:
+    def prepare_videos(self, frames: Tensor, compact: bool = False) -> dict[str, Tensor]:
         """The per-video tensors of the folded path for ``frames`` (N_v, F, d): the rows R_b of
-        the per-pair matrix product and the small per-video matrices (§2)."""
+        the per-pair matrix product and the small per-video matrices (§2).
+
+        ``compact``: instead of the (3F + 3) x d rows, keep the frames and the mean and inverse
+        standard deviation of each frame's LN1 (``ln_mean``, ``ln_inv``): the rows' dot
+        products with a text then come from the frames' dot products with a few per-text
+        projections (:meth:`stored_dots`), so a stored video costs F x d numbers, not (3F + 3)
+        x d (docs/evaluation_engine.md §2).
+        """
         parts = {"frame_gram": frames @ frames.mT}                           # Φ_b
         psi = self.psi
         if psi is None:
-            return dict(parts, rows=frames)
+            return dict(parts, frames=frames) if compact else dict(parts, rows=frames)
         d, n_v = self.config.dim, len(frames)
         per_frame = psi.layer_norm1(frames) @ self._frame_maps.T + self._frame_bias
         key_fold, u, z, d_frames, key_bias = per_frame.split([d, d, d, d, 1], dim=-1)
@@ -112,21 +119,65 @@ class Folding:
             parts["key_gap"] = (key_fold @ mean_c.unsqueeze(-1)).squeeze(-1)  # α_bk
             parts["mean_sq"] = mean_c.square().sum(-1)
             rows.append(mean_c.unsqueeze(1))
+        if compact:
+            variance = frames.var(-1, correction=0)
+            return dict(parts, frames=frames, ln_mean=frames.mean(-1),
+                        ln_inv=torch.rsqrt(variance + psi.layer_norm1.eps))
         parts["rows"] = torch.cat(rows, dim=1)
         return parts
 
+    def _projections(self, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per text, what :meth:`stored_dots` needs: the vectors P (T, d, 3) whose dot products
+        with a frame f give t·f, (γ1 ⊙ A_Kᵀ t)·f and (γ1 ⊙ A_Dᵀ t)·f (A_K, A_D: the key and Δ
+        maps of LN1(f)), their component sums (T, 2) and the constant parts (T, 4): b·t + β1·(Aᵀ
+        t) for both maps, then e·t and δ0·t (the two weights-only rows of D-hat)."""
+        d, psi = self.config.dim, self.psi
+        maps = self._frame_maps[:4 * d].view(4, d, d)
+        shifts = self._frame_bias[:4 * d].view(4, d)
+        pulled = torch.stack([text @ maps[0], text @ maps[3]], dim=1)       # (T, 2, d): Aᵀ t
+        scaled = pulled * psi.layer_norm1.weight
+        vectors = torch.cat([text.unsqueeze(1), scaled], dim=1).mT            # (T, d, 3)
+        consts = torch.cat([pulled @ psi.layer_norm1.bias
+                            + text @ shifts[[0, 3]].T, text @ self._delta_consts.T], dim=1)
+        return vectors, scaled.sum(-1), consts
+
+    def stored_dots(self, v: dict[str, Tensor], text: Tensor) -> Tensor:
+        """(V, R, T) dot products of the rows R_b with the texts, from compact parts (see
+        :meth:`prepare_videos`): l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙ u)) / σ(f) + β1·u for
+        l = LN1(f), and c(m_b)·t = mean_k (f_bk·t − d mean(t) mean(f_bk)). Exact algebra."""
+        frames = v["frames"]
+        n_v, n_frames, d = frames.shape
+        if self.psi is None:
+            return frames @ text.T
+        vectors, sums, consts = self._projections(text)
+        n_t = len(text)
+        dots = (frames.reshape(-1, d) @ vectors.permute(1, 0, 2).reshape(d, -1))
+        dots = dots.view(n_v, n_frames, n_t, 3).permute(0, 3, 1, 2)       # (V, 3, F, T)
+        mean, inv = v["ln_mean"].unsqueeze(-1), v["ln_inv"].unsqueeze(-1)
+        text_frame = dots[:, 0]
+        folded = [inv * (dots[:, j + 1] - mean * sums[:, j]) + consts[:, j] for j in (0, 1)]
+        delta_consts = consts[:, 2:].T.expand(n_v, 2, n_t)
+        rows = [text_frame, folded[0], folded[1], delta_consts]
+        if self.config.psi_query == "gap":
+            gap = (text_frame - d * text.mean(-1) * mean).mean(1, keepdim=True)
+            rows.append(gap)
+        return torch.cat(rows, dim=1)
+
     def score(self, t: dict[str, Tensor], v: dict[str, Tensor], bf16: bool) -> Tensor:
         """One block, (T, V). Pair tensors are laid out (V, ·, T); see docs/evaluation_engine.md.
-        ``bf16``: the per-pair matrix product takes bf16 operands."""
+        ``bf16``: the per-pair matrix product of the rows takes bf16 operands (compact parts:
+        the frames' product stays in the engine's dtype)."""
         cfg, psi = self.config, self.psi
         d, n_frames = cfg.dim, v["mask"].shape[1]
-        rows, text = v["rows"], t["text"]
-        n_v, n_rows, _ = rows.shape
-        if bf16:
-            dots = (rows.reshape(-1, d).bfloat16() @ text.bfloat16().T).to(rows.dtype)
+        text = t["text"]
+        n_v = len(v["mask"])
+        if "rows" not in v:
+            dots = self.stored_dots(v, text)                   # compact parts
+        elif bf16:
+            dots = (v["rows"].reshape(-1, d).bfloat16() @ text.bfloat16().T).to(text.dtype)
         else:
-            dots = rows.reshape(-1, d) @ text.T
-        dots = dots.view(n_v, n_rows, -1)                      # rows_b · t_a
+            dots = v["rows"].reshape(-1, d) @ text.T
+        dots = dots.view(n_v, -1, len(text))                   # rows_b · t_a
         text_frame = dots[:, :n_frames]                        # t_a · f_bk
         w = torch.softmax(text_frame / cfg.temp, dim=1) * v["mask"].unsqueeze(-1)
         text_v = (w * text_frame).sum(1)                       # t_a · v_ab

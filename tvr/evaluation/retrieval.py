@@ -6,11 +6,12 @@ d-dimensional dot product per pair), an exact maximum inner product search. Stag
 the best K of each text with the exact GARE score of a :class:`SimilarityEngine`, each distinct
 candidate once. With K equal to the gallery size, stage 2 gives the engine's scores.
 
-- :class:`Gallery`: videos held as features (frames, mask, stage-1 vectors), as a video index
-  holds them (tvr/index/search.py). Stage 1 is :class:`Stage1Search`, in float32: faiss
-  (``IndexFlatIP``, multi-threaded BLAS) when faiss is installed, else blocked matrix products
-  in torch. Stage 2 prepares the candidates' videos for the engine on every call, so the
-  per-video work is done for the candidates only.
+- :class:`Gallery`: videos stored as the engine's compact prepared state (a video index's
+  memory-mapped shards, tvr/index/store.py). Stage 1 is exact (:class:`Stage1Search`, float32:
+  faiss ``IndexFlatIP`` when installed, else blocked torch matrix products) or approximate
+  (:class:`ApproximateSearch`: a faiss IVF index with 8-bit scalar-quantised vectors,
+  :func:`train_ivf`, whose recall :func:`stage1_recall` measures). Stage 2 reads the
+  candidates' stored state and does only the per-pair work (docs/evaluation_engine.md §3).
 - :func:`two_stage_scores`: texts and videos already prepared by the engine (an evaluation
   split). Stage 1 is :meth:`SimilarityEngine.coarse_score`, in the engine's dtype, ties to the
   lower index; the result is a full (N_t, N_v) score matrix.
@@ -20,15 +21,17 @@ candidate once. With K equal to the gallery size, stage 2 gives the engine's sco
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from tvr.evaluation.config import Stage1
 from tvr.evaluation.engine import Prepared, SimilarityEngine
 
-PREPARE_CHUNK = 4096  # videos prepared at once by Gallery.scores
+PREPARE_CHUNK = 4096  # videos scored at once by Gallery.scores
+IVF_PROBE_SHARE = 8  # an IVF stage 1 probes 1 / IVF_PROBE_SHARE of its lists
 _FILL_OFFSET = 3.0  # coarse cosine - 3 <= -2 < -1 <= every GARE cosine
 
 
@@ -52,7 +55,18 @@ def score_candidates(score_rows: Callable[[Tensor], Tensor], candidates: Tensor)
     return score_rows(union).gather(1, local)
 
 
-class Stage1Search:
+class MaxInnerProduct:
+    """A stage-1 search: :meth:`top` of unit queries over the gallery's stage-1 vectors."""
+
+    def top(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def candidates(self, text: Tensor, k: int) -> Tensor:
+        """(Q, k) rows, best first, by the cosine with the sentence embeddings ``text`` (Q, d)."""
+        return self.top(text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12), k)[1]
+
+
+class Stage1Search(MaxInnerProduct):
     """Exact maximum inner product search over the rows of ``vectors`` (N, d)."""
 
     def __init__(self, vectors: Tensor, backend: Stage1 = "auto", block: int = 65536):
@@ -67,6 +81,9 @@ class Stage1Search:
             self._faiss = faiss.IndexFlatIP(self.vectors.shape[1])
             self._faiss.add(self.vectors.numpy())
 
+    def __len__(self) -> int:
+        return len(self.vectors)
+
     def top(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(scores, indices), each (Q, k), best first, for unit-norm (Q, d) ``queries``."""
         k = min(k, len(self.vectors))
@@ -79,15 +96,64 @@ class Stage1Search:
             top = scores.topk(min(k, scores.shape[1]), dim=1)
             found = (top.values, top.indices + start)
             if best is not None:
-                merged = torch.cat([best[0], found[0]], 1), torch.cat([best[1], found[1]], 1)
-                order = merged[0].topk(k, dim=1).indices
-                found = merged[0].gather(1, order), merged[1].gather(1, order)
+                found = _merge(best, found, k)
             best = found
         return best
 
-    def candidates(self, text: Tensor, k: int) -> Tensor:
-        """(Q, k) rows, best first, by the cosine with the sentence embeddings ``text`` (Q, d)."""
-        return self.top(text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12), k)[1]
+
+def _merge(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], k: int) -> tuple[Tensor, Tensor]:
+    """The best ``k`` of two (scores, indices) lists per query."""
+    scores, indices = torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]], 1)
+    order = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    return scores.gather(1, order), indices.gather(1, order)
+
+
+def train_ivf(vectors: np.ndarray, ids: np.ndarray, seed: int = 0) -> Any:
+    """A faiss IVF index with 8-bit scalar-quantised vectors (inner product) of ``vectors``
+    (N, d) float32 under ``ids``: about 4·sqrt(N) lists (at least 39 training vectors each),
+    trained on at most 64 vectors per list."""
+    import faiss
+    n, d = vectors.shape
+    lists = max(1, min(int(4 * math.sqrt(n)), n // 39))
+    index = faiss.index_factory(d, f"IVF{lists},SQ8", faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(seed).permutation(n)[:64 * lists]
+    index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+    index.add_with_ids(vectors, ids)
+    index.nprobe = max(1, lists // IVF_PROBE_SHARE)
+    return index
+
+
+def stage1_recall(search: MaxInnerProduct, vectors: Tensor, k: int, queries: int = 200,
+                  seed: int = 0) -> float:
+    """Share of the exact top-``k`` (by inner product over ``vectors``, the gallery's stage-1
+    vectors in gallery order) that ``search`` finds, for ``queries`` of the gallery's own
+    vectors, drawn at random, as queries."""
+    picked = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))
+    asked = vectors[picked[:queries]].float()
+    exact = Stage1Search(vectors, "torch").top(asked, k)[1]
+    found = search.top(asked, k)[1]
+    return (found.unsqueeze(2) == exact.unsqueeze(1)).any(2).double().mean().item()
+
+
+class ApproximateSearch(MaxInnerProduct):
+    """Stage 1 through a trained faiss IVF index whose ids are the gallery's ``ids`` (sorted, in
+    gallery order); the videos it does not hold (added since it was trained, ``missing``: rows
+    and their vectors) are searched exactly, and ids it holds that are gone are skipped."""
+
+    def __init__(self, ivf: Any, ids: np.ndarray, missing: tuple[Tensor, Tensor]):
+        self.ivf, self.ids = ivf, ids
+        self.missing_rows, self.missing = missing[0], Stage1Search(missing[1], "torch")
+
+    def top(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        scores, found = self.ivf.search(queries.float().contiguous().numpy(), k)
+        rows = np.searchsorted(self.ids, found).clip(0, len(self.ids) - 1)
+        gone = (self.ids[rows] != found) | (found < 0)
+        scores[gone], rows[gone] = -np.inf, 0
+        best = torch.from_numpy(scores), torch.from_numpy(rows)
+        if len(self.missing):
+            extra_scores, extra = self.missing.top(queries, k)
+            best = _merge(best, (extra_scores, self.missing_rows[extra]), k)
+        return best
 
 
 class Found(NamedTuple):
@@ -99,37 +165,44 @@ class Found(NamedTuple):
     scores: Tensor
 
 
-class Gallery:
-    """Videos held as features, searched in two stages: ``frames`` (N, F, d) and ``mask``
-    (N, F) for GARE, ``coarse`` (N, d) the stage-1 vectors of :class:`Stage1Search`."""
+class VideoRows(Protocol):
+    """Videos stored as compact prepared parts (``SimilarityEngine.prepare_videos(...,
+    compact=True)``), e.g. a video index's memory-mapped shards."""
 
-    def __init__(self, frames: Tensor, mask: Tensor, coarse: Tensor, stage1: Stage1 = "auto"):
-        self.frames, self.mask = frames, mask
-        self.stage1 = Stage1Search(coarse, stage1)
+    def __len__(self) -> int: ...
+
+    def parts(self, rows: Tensor) -> dict[str, Tensor]: ...
+
+
+class Gallery:
+    """Stored videos searched in two stages: ``stage1`` ranks them all (rows of ``videos``),
+    GARE re-scores the candidates from their stored state (no per-video work per query)."""
+
+    def __init__(self, videos: VideoRows, stage1: MaxInnerProduct):
+        self.videos, self.stage1 = videos, stage1
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.videos)
 
     @torch.no_grad()
     def candidates(self, text: Tensor, k: int, exhaustive: bool = False) -> Tensor:
         """(Q, K) rows to score with GARE for sentence embeddings ``text``: the stage-1 top
-        ``k`` of each, best first, or every row (``exhaustive``); on the device of
-        ``frames`` (stage 1 runs where its vectors are)."""
-        if exhaustive:
-            return torch.arange(len(self), device=self.frames.device).expand(len(text), -1)
-        rows = self.stage1.candidates(text.to(self.stage1.vectors.device), k)
-        return rows.to(self.frames.device)
+        ``k`` of each, best first, or every row (``exhaustive``, or ``k`` >= the gallery: an
+        approximate stage 1 need not return every row)."""
+        if exhaustive or k >= len(self):
+            return torch.arange(len(self)).expand(len(text), -1)
+        return self.stage1.candidates(text.cpu(), k)
 
     @torch.no_grad()
     def scores(self, engine: SimilarityEngine, text: Tensor, rows: Tensor) -> Tensor:
         """GARE scores (Q, V), float32, of sentence embeddings ``text`` against the videos
-        ``rows``, prepared :data:`PREPARE_CHUNK` at a time."""
+        ``rows``, read :data:`PREPARE_CHUNK` at a time."""
         texts = engine.prepare_texts(text)
         out = []
         for start in range(0, len(rows), PREPARE_CHUNK):
-            chunk = rows[start:start + PREPARE_CHUNK]
-            out.append(engine.score(texts, engine.prepare_videos(self.frames[chunk],
-                                                                 self.mask[chunk])))
+            parts = self.videos.parts(rows[start:start + PREPARE_CHUNK])
+            videos = engine.adopt({k: v.to(text.device) for k, v in parts.items()})
+            out.append(engine.score(texts, videos).cpu())
         return torch.cat(out, dim=1).float()
 
     @torch.no_grad()

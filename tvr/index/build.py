@@ -30,10 +30,11 @@ from tqdm import tqdm
 from tvr.data.config import SamplingConfig
 from tvr.data.frames import frame_transform, frames_to_input, sample_frames
 from tvr.data.video import VideoReadError
-from tvr.evaluation.engine import coarse_vectors
-from tvr.index.config import BuildConfig
+from tvr.evaluation.engine import SimilarityEngine
+from tvr.index.config import DEFAULT_K, BuildConfig
 from tvr.index.store import (MANIFEST, Entry, Failure, IndexStoreError, Manifest, VideoFile,
-                             file_sha256, thumbnail_dir, walk_videos, write_shard)
+                             file_sha256, thumbnail_dir, update_stage1, walk_videos,
+                             write_shard)
 from tvr.models.gare import GARE
 from tvr.storage import require_same, writer_lock
 from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
@@ -103,6 +104,7 @@ class BuildReport:
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)   # path -> reason (all, old and new)
     seconds: float = 0.0
+    stage1: str = ""  # what stage 1 is now (tvr.index.store.update_stage1)
 
     def format(self) -> str:
         rate = len(self.encoded) / self.seconds if self.seconds else 0.0
@@ -111,7 +113,7 @@ class BuildReport:
                  f"{len(self.removed)}, {len(self.failed)} unreadable"
                  + (advice if self.failed else "")]
         lines += [f"  unreadable: {path}: {reason}" for path, reason in sorted(self.failed.items())]
-        return "\n".join(lines)
+        return "\n".join(lines + [self.stage1] * bool(self.stage1))
 
 
 def build_index(config: BuildConfig, progress: bool = True) -> BuildReport:
@@ -146,6 +148,7 @@ def _build(config: BuildConfig, progress: bool) -> BuildReport:
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, identity, record, sampling)
     report = BuildReport()
+    engine = SimilarityEngine(model.similarity)  # the per-video state the shards keep
     files = dict(walk_videos(root))
     _forget_changed(out, manifest, files, report)
     todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
@@ -166,12 +169,13 @@ def _build(config: BuildConfig, progress: bool) -> BuildReport:
             features = _encode(model, readable, config.device).unbind(0)
             pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
         while len(pending) >= config.shard_size:
-            _flush(out, manifest, pending[:config.shard_size], files, report)
+            _flush(out, manifest, engine, pending[:config.shard_size], files, report)
             pending = pending[config.shard_size:]
         bar.update(len(batch))
         bar.set_postfix(failed=len(manifest.failed))
-    _flush(out, manifest, pending, files, report)
+    _flush(out, manifest, engine, pending, files, report)
     bar.close()
+    report.stage1 = update_stage1(out, manifest, config.stage1_exact_max, DEFAULT_K)
     report.failed = {path: f.reason for path, f in manifest.failed.items()}
     report.seconds = time.time() - start
     return report
@@ -224,14 +228,15 @@ def _encode(model: GARE, items: list[Decoded], device: str) -> torch.Tensor:
     return model.encode_video(video, mask).frames.cpu()
 
 
-def _flush(out: Path, manifest: Manifest, pending: list[tuple[Decoded, torch.Tensor]],
-           files: dict[str, VideoFile], report: BuildReport) -> None:
+def _flush(out: Path, manifest: Manifest, engine: SimilarityEngine,
+           pending: list[tuple[Decoded, torch.Tensor]], files: dict[str, VideoFile],
+           report: BuildReport) -> None:
     """Write ``pending`` as the next shard, then the manifest that points into it."""
     if pending:
         shard = manifest.next_shard
         frames = torch.stack([features for _, features in pending])
         mask = torch.stack([item.mask for item, _ in pending])
-        write_shard(out, shard, frames, mask, coarse_vectors(frames, mask))
+        write_shard(out, shard, engine, frames, mask)
         manifest.next_shard += 1
         for row, (item, _) in enumerate(pending):
             manifest.entries[item.path] = Entry(**asdict(files[item.path]), shard=shard,

@@ -14,6 +14,9 @@ from tvr.evaluation.config import Stage1
 from tvr.settings import REQUIRED, Bounds, check_settings, integer, setting
 
 DEVICES = ("cpu", "cuda")
+# Stage-1 candidates per sentence: a search's default --k, and the k of the recall a build
+# reports (bench/RESULTS.md §4: what it keeps of the exhaustive GARE top-10)
+DEFAULT_K = 1000
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class BuildConfig:
     rebuild: bool = setting(False, "delete the index and start over")
     device: str = setting("cpu", "where the model encodes", choices=DEVICES)
     wait: bool = setting(False, "if another build is writing --out, wait for it (else stop)")
+    stage1_exact_max: int = setting(
+        200_000, "largest gallery searched exactly in stage 1; above it the build trains a "
+                 "faiss IVF index (when faiss is installed)", integer(0))
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -48,7 +54,8 @@ class SearchConfig:
     """How ``search`` ranks the indexed videos for each sentence."""
 
     top: int = setting(10, "results per sentence", integer(1))
-    k: int = setting(100, "stage-1 candidates re-scored with GARE per sentence", integer(1))
+    k: int = setting(DEFAULT_K, "stage-1 candidates re-scored with GARE per sentence",
+                     integer(1))
     exhaustive: bool = setting(False, "score every video with GARE (no stage 1)")
     stage1: str = setting("auto", "stage-1 search: faiss when installed (auto), or torch "
                                   "matmuls", choices=get_args(Stage1))

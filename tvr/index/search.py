@@ -3,9 +3,10 @@
     python -m tvr.index search outputs/demo_index "a red circle moves to the left" --top 10
 
 An index opened for search holds its videos as a :class:`~tvr.evaluation.retrieval.Gallery`
-(frames, mask and the stage-1 vectors stored at build time), which does both stages: stage 1 ranks
-every video by the cosine of the sentence embedding with the video's stage-1 vector, stage 2
-re-scores the best ``k`` of each query with the exact GARE score of the evaluation engine
+over its memory-mapped shards (tvr/index/store.py), which does both stages: stage 1 ranks every
+video by the cosine of the sentence embedding with the video's stage-1 vector (exact, or the
+IVF index the build trained), stage 2 re-scores the best ``k`` of each query with the exact GARE
+score of the evaluation engine, from the per-video state stored at build time
 (docs/evaluation_engine.md §6). ``exhaustive=True`` scores every video with GARE instead. With
 ``k`` equal to the gallery size both give the evaluation engine's scores. This module adds what
 is about the index: its folder, the model that built it, the paths, and the hits: each carries
@@ -27,7 +28,7 @@ from tvr.evaluation.encode import encode_sentences
 from tvr.evaluation.engine import SimilarityEngine, build_engine
 from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
-from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, read_shard,
+from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, open_gallery,
                              thumbnail_dir)
 from tvr.models.gare import GARE
 from tvr.models.tokenizer import ClipTokenizer
@@ -63,25 +64,25 @@ class VideoIndex:
     default the checkpoint's calibration; None: never); ``known_tokens``: the token ids of
     the model's training captions, when its text tower was trained from scratch."""
 
-    def __init__(self, folder: Path, manifest: Manifest, model: GARE, paths: list[str],
-                 frames: Tensor, mask: Tensor, coarse: Tensor, stage1: Stage1 = "auto",
+    def __init__(self, folder: Path, manifest: Manifest, model: GARE, gallery: Gallery,
                  threshold: Optional[float] = None,
                  known_tokens: Optional[Sequence[int]] = None):
-        self.folder, self.manifest, self.model, self.paths = folder, manifest, model, paths
+        self.folder, self.manifest, self.model, self.gallery = folder, manifest, model, gallery
+        self.paths: list[str] = gallery.videos.paths
         self.threshold, self.known_tokens = threshold, known_tokens
         self.videos_root = Path(manifest.videos_root)
         self.max_words = manifest.config["max_words"]
         self.tokenizer = ClipTokenizer()
-        self.gallery = Gallery(frames, mask, coarse, stage1)
         self._engine: Optional[SimilarityEngine] = None
 
     @classmethod
     def open(cls, folder: str | os.PathLike, checkpoint: Optional[str] = None,
              stage1: Stage1 = "auto", device: str = "cpu", threshold: Optional[float] = None
              ) -> VideoIndex:
-        """Load ``folder``; the model from the checkpoint the index records (or
-        ``checkpoint``, which must be the same file by content), on ``device`` with the
-        videos' GARE features (stage 1 stays on the CPU). A relative ``folder`` is
+        """Open ``folder``: its shards and stage-1 index memory-mapped (:func:`open_gallery`),
+        the model from the checkpoint the index records (or ``checkpoint``, which must be the
+        same file by content) on ``device``, where GARE scores the candidates read from the
+        shards (stage 1 stays on the CPU). A relative ``folder`` is
         resolved against the working directory now: the index's paths are absolute. The
         "no good match" ``threshold`` is the checkpoint's calibration unless given."""
         folder = Path(os.path.abspath(folder))
@@ -101,18 +102,9 @@ class VideoIndex:
         calibration = info.get("calibration") or {}
         if threshold is None:
             threshold = calibration.get("threshold")
-        paths, frames, mask, coarse = [], [], [], []
-        for shard, rows in sorted(manifest.live_rows().items()):
-            parts = read_shard(folder, shard)
-            index = torch.tensor([row for _, row in rows])
-            paths += [path for path, _ in rows]
-            frames.append(parts["frames"][index])
-            mask.append(parts["mask"][index])
-            coarse.append(parts["coarse"][index])
-        if not paths:
+        if not manifest.entries:
             raise IndexStoreError(f"index {folder} holds no video")
-        return cls(folder, manifest, model, paths, torch.cat(frames).to(device),
-                   torch.cat(mask).to(device), torch.cat(coarse), stage1, threshold,
+        return cls(folder, manifest, model, open_gallery(folder, manifest, stage1), threshold,
                    calibration.get("known_tokens"))
 
     def __len__(self) -> int:
@@ -131,9 +123,9 @@ class VideoIndex:
         """The evaluation engine, self-checked on the first videos (built on first use)."""
         if self._engine is None:
             sample = self.encode_queries(["a video", "someone is talking"])
+            first = self.gallery.videos.parts(torch.arange(min(8, len(self))))
             self._engine = build_engine(self.model.similarity, "auto", text=sample,
-                                        frames=self.gallery.frames[:8],
-                                        mask=self.gallery.mask[:8])
+                                        frames=first["frames"].float(), mask=first["mask"])
         return self._engine
 
     @torch.no_grad()
@@ -168,9 +160,9 @@ class VideoIndex:
     def best_frames(self, text: Tensor, rows: Tensor) -> Tensor:
         """Per video row, the sampled frame with the largest pooling weight for ``text``."""
         temp = self.model.similarity.config.temp
-        frames = self.gallery.frames[rows].float()  # float16 galleries (bench_index) too
-        weights = torch.softmax(frames @ text.float() / temp, dim=1) * self.gallery.mask[rows]
-        return weights.argmax(dim=1)
+        parts = self.gallery.videos.parts(rows.cpu())
+        scores = parts["frames"].float() @ text.float().cpu()
+        return (torch.softmax(scores / temp, dim=1) * parts["mask"]).argmax(dim=1)
 
     def _hit(self, row: int, score: float, frame: int) -> Hit:
         path = self.paths[row]

@@ -2,28 +2,46 @@
 
 An index is a folder::
 
-    manifest.json        what the index holds (:class:`Manifest`), rewritten atomically
-    shards/00000.pt ...  encoded videos, ``shard_size`` at most per file (:func:`write_shard`)
-    thumbs/<key>/<k>.jpg one small JPEG per sampled frame of each video (for the web page)
+    manifest.json               what the index holds (:class:`Manifest`), rewritten atomically
+    shards/00000.npy ...        one record per video, ``shard_size`` videos at most per shard
+    shards/00000.coarse.npy     the shard's stage-1 vectors (n, d) float16
+    stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
+    thumbs/<key>/<k>.jpg        one small JPEG per sampled frame of each video (the web page)
 
-A shard holds, for its n videos, ``frames`` (n, F, d) float32 (frame features after the
-temporal module: what the GARE similarity reads), ``mask`` (n, F) int64 and ``coarse`` (n, d)
-(the stage-1 vectors, :func:`~tvr.evaluation.engine.coarse_vectors`). The manifest maps each
-video file (path relative to the videos folder) to its shard and row, with what the file was
-(:class:`VideoFile`: size, modification time, real path, whether a symbolic link led there; a
-changed file is encoded again, and the web page serves a file only while all four still hold),
-its duration and the time of each sampled frame. Files that could not be read are listed in
-``failed`` with the reason; they are tried again only when they change. A build writes a shard, then the manifest that points into it, so
-an interrupted build keeps every shard the manifest names and a rerun encodes the rest.
-Deleted and changed files leave unreferenced rows in their shards; ``--rebuild`` starts over.
+A shard's records (a numpy structured array, read with ``np.load(mmap_mode="r",
+allow_pickle=False)``: no file of an index runs code) hold, per video, the frame features after
+the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the mask (uint8)
+and, in float32, the rest of the compact state the evaluation engine computes from the rounded
+frames once at build time (``SimilarityEngine.prepare_videos(..., compact=True)``: each frame's
+LN1 mean and inverse deviation, the small per-video matrices of docs/evaluation_engine.md §2).
+A search maps the shards and reads the records of its candidates only. float16 frames move
+scores by at most 3e-5 on a trained-like model (tests/test_stored_state.py); the small matrices
+stay float32 (their entries reach thousands, where float16 keeps three digits).
+
+The manifest maps each video file (path relative to the videos folder) to its shard and row,
+with what the file was (:class:`VideoFile`: size, modification time, real path, whether a
+symbolic link led there; a changed file is encoded again, and the web page serves a file only
+while all four still hold), its duration and the time of each sampled frame. Files that could
+not be read are listed in ``failed`` with the reason; they are tried again only when they
+change. Deleted and changed files leave unreferenced rows in their shards; ``--rebuild`` starts
+over. ``stage1`` records the stage-1 search (:func:`update_stage1`): exact, or the IVF index's
+files, lists, probes and measured recall.
+
+**Write API** (a build, local or distributed, uses only these): :func:`write_shard` (one shard
+from frames and mask, under a number no manifest names yet), ``Manifest.entries`` /
+``next_shard`` / :meth:`Manifest.save` (the manifest, after the shards it names), and
+:func:`update_stage1` once the shards are written (it saves the manifest). Reading:
+:meth:`Manifest.load`, :func:`open_gallery`.
 
 One build writes an index at a time (it holds the folder's :func:`tvr.storage.writer_lock`).
-Searches take no lock: the manifest is replaced atomically and a build writes its shards under
-new numbers before the manifest that names them, never over a shard a manifest names, so a
-search opening the index during a build reads the old index or the new one, both whole. Not
-during ``--rebuild``, which deletes the folder first.
+Searches take no lock: the manifest is replaced atomically and a build writes its shards and
+stage-1 files under new numbers before the manifest that names them, never over a file a
+manifest names, so a search opening the index during a build reads the old index or the new one,
+both whole; the videos the stage-1 index does not hold yet are searched exactly. Not during
+``--rebuild``, which deletes the folder first.
 
-An index of an older format (version 1 recorded no real paths) is refused with that advice.
+An index of an older format (version 1 recorded no real paths, version 2 loaded whole float32
+``.pt`` shards) is refused in one line that says to rebuild it with ``--rebuild``.
 """
 from __future__ import annotations
 
@@ -31,14 +49,21 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from tvr.storage import atomic_save, atomic_write_json, read_manifest
+from tvr.evaluation.config import Stage1
+from tvr.evaluation.engine import SimilarityEngine
+from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Stage1Search, faiss_available,
+                                      stage1_recall, train_ivf)
+from tvr.storage import atomic_write, atomic_write_json, read_manifest
 
-FORMAT_VERSION = 2  # 2: each file's real path and whether a link led there
+# 2: each file's real path and whether a link led there; 3: memory-mapped .npy shards with
+# float16 frames and the compact per-video state, a trained stage-1 index
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
@@ -89,6 +114,7 @@ class Manifest:
     entries: dict[str, Entry] = field(default_factory=dict)
     failed: dict[str, Failure] = field(default_factory=dict)
     next_shard: int = 0
+    stage1: dict[str, Any] = field(default_factory=dict)  # update_stage1's record
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Manifest:
@@ -96,40 +122,170 @@ class Manifest:
                              IndexStoreError, "rebuild the index with --rebuild")
         return cls(data["videos_root"], data["checkpoint"], data["config"], data["sampling"],
                    {k: Entry(**v) for k, v in data["entries"].items()},
-                   {k: Failure(**v) for k, v in data["failed"].items()}, data["next_shard"])
+                   {k: Failure(**v) for k, v in data["failed"].items()}, data["next_shard"],
+                   data["stage1"])
 
     def save(self, folder: str | os.PathLike) -> None:
         atomic_write_json(Path(folder) / MANIFEST,
                           {"format_version": FORMAT_VERSION, **asdict(self)}, pretty=True)
 
-    def live_rows(self) -> dict[int, list[tuple[str, int]]]:
-        """Shard -> [(path, row)] of the videos the manifest lists, paths sorted."""
-        rows: dict[int, list[tuple[str, int]]] = {}
-        for path in sorted(self.entries):
-            entry = self.entries[path]
-            rows.setdefault(entry.shard, []).append((path, entry.row))
-        return rows
+
+def shard_path(folder: str | os.PathLike, shard: int, kind: str = "videos") -> Path:
+    """A shard's file: its records (``kind`` "videos") or its stage-1 vectors ("coarse")."""
+    suffix = "" if kind == "videos" else f".{kind}"
+    return Path(folder) / "shards" / f"{shard:05d}{suffix}.npy"
 
 
-def shard_path(folder: str | os.PathLike, shard: int) -> Path:
-    return Path(folder) / "shards" / f"{shard:05d}.pt"
+def _record_dtype(parts: dict[str, Tensor]) -> np.dtype:
+    """One record per video: the frames in float16, the mask in uint8, the rest in float32."""
+    kinds = {"frames": "<f2", "mask": "u1"}
+    return np.dtype([(name, kinds.get(name, "<f4"), tuple(value.shape[1:]))
+                     for name, value in parts.items()])
 
 
-def write_shard(folder: str | os.PathLike, shard: int, frames: Tensor, mask: Tensor,
-                coarse: Tensor) -> None:
-    atomic_save({"frames": frames.float().contiguous(), "mask": mask.long().contiguous(),
-                 "coarse": coarse.float().contiguous()}, shard_path(folder, shard))
+def write_shard(folder: str | os.PathLike, shard: int, engine: SimilarityEngine,
+                frames: Tensor, mask: Tensor) -> None:
+    """Write shard number ``shard`` of ``frames`` (n, F, d) and ``mask`` (n, F): the frames
+    rounded to float16 and the compact per-video state ``engine`` computes from the rounded
+    frames (:meth:`~tvr.evaluation.engine.SimilarityEngine.prepare_videos`), then the stage-1
+    vectors. Never over a shard a manifest names (module docstring)."""
+    rounded = frames.detach().cpu().half().float()
+    parts = engine.prepare_videos(rounded, mask.cpu(), compact=True).parts
+    coarse = parts.pop("coarse")
+    records = np.empty(len(rounded), _record_dtype(parts))
+    for name, value in parts.items():
+        records[name] = value.numpy()
+    for kind, array in (("videos", records), ("coarse", coarse.half().numpy())):
+        atomic_write(shard_path(folder, shard, kind),
+                     lambda f, array=array: np.save(f, array, allow_pickle=False))
 
 
-def read_shard(folder: str | os.PathLike, shard: int) -> dict[str, Tensor]:
-    path = shard_path(folder, shard)
+def read_shard(folder: str | os.PathLike, shard: int, kind: str = "videos") -> np.ndarray:
+    """A shard's records or stage-1 vectors, memory-mapped (nothing is read until used)."""
+    path = shard_path(folder, shard, kind)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch.load fails in many ways on a damaged file
-        first = str(error).split(". ")[0]  # torch's messages go on with general advice
-        raise IndexStoreError(f"{path}: a shard of the index that cannot be read "
-                              f"({type(error).__name__}: {first}); rebuild the index with "
-                              f"--rebuild") from error
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise IndexStoreError(f"{path}: a shard of the index that cannot be read ({error}); "
+                              f"rebuild the index with --rebuild") from error
+
+
+def video_id(shard: int, row: int) -> int:
+    """A video's stage-1 id: its shard and row (row order within a shard is gallery order)."""
+    return shard << 32 | row
+
+
+class StoredVideos:
+    """The videos a manifest lists, in gallery order (by shard, then row), their shards
+    memory-mapped: :meth:`parts` reads the records of the rows asked for, nothing else."""
+
+    def __init__(self, folder: str | os.PathLike, manifest: Manifest):
+        rows = sorted((entry.shard, entry.row, path) for path, entry in manifest.entries.items())
+        self.paths = [path for _, _, path in rows]
+        self.shard_of = np.array([shard for shard, _, _ in rows], dtype=np.int64)
+        self.row_of = np.array([row for _, row, _ in rows], dtype=np.int64)
+        self.ids = (self.shard_of << 32) | self.row_of  # sorted: gallery order
+        self.folder = folder
+        self.records = {shard: read_shard(folder, shard) for shard in np.unique(self.shard_of)}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _gather(self, rows: Tensor, read: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+        """``read(shard, its rows)`` for the gallery rows ``rows``, concatenated in their order."""
+        rows = rows.cpu().numpy()
+        if not len(rows):
+            return read(int(self.shard_of[0]), rows)
+        order = np.argsort(rows, kind="stable")
+        shards = self.shard_of[rows[order]]
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
+        pieces = [read(int(shards[a]), self.row_of[rows[order[a:b]]])
+                  for a, b in zip(starts, np.r_[starts[1:], len(order)])]
+        gathered = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
+            return gathered
+        out = np.empty_like(gathered)
+        out[order] = gathered
+        return out
+
+    def parts(self, rows: Tensor) -> dict[str, Tensor]:
+        """The stored compact state of the videos ``rows`` (frames float16, the rest float32)."""
+        records = self._gather(rows, lambda shard, index: self.records[shard][index])
+        return {name: torch.from_numpy(records[name]) for name in records.dtype.names}
+
+    def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
+        """(rows, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
+        rows = torch.arange(len(self)) if rows is None else rows
+        return torch.from_numpy(self._gather(
+            rows, lambda shard, index: read_shard(self.folder, shard, "coarse")[index])).float()
+
+
+def update_stage1(folder: str | os.PathLike, manifest: Manifest, exact_max: int,
+                  k: int) -> str:
+    """Bring the stage-1 index of ``folder`` up to date with ``manifest`` (then saved), and say
+    what it is: an exact search up to ``exact_max`` videos (nothing to write), else a faiss
+    IVF index (:func:`~tvr.evaluation.retrieval.train_ivf`) updated with the videos added
+    and removed since it was written, trained anew when the gallery has grown fourfold since
+    its training, with its recall@``k`` of the exact search. Written under a new number before
+    the manifest names it; the files of older numbers but the last are deleted."""
+    videos = StoredVideos(folder, manifest)
+    old = manifest.stage1
+    if len(videos) <= exact_max or not faiss_available():
+        manifest.stage1 = {"kind": "exact"}
+        manifest.save(folder)
+        _remove_stage1_files(folder, keep=())
+        return f"stage 1: exact inner product search over {len(videos)} videos"
+    import faiss
+    vectors = videos.coarse()
+    if old.get("kind") == "ivf" and 4 * old["trained_on"] >= len(videos):
+        ivf = faiss.read_index(str(Path(folder) / old["file"]))
+        held = np.load(Path(folder) / old["ids"], allow_pickle=False)
+        ivf.remove_ids(faiss.IDSelectorBatch(np.setdiff1d(held, videos.ids)))
+        new = ~np.isin(videos.ids, held)
+        ivf.add_with_ids(vectors[new].numpy(), videos.ids[new])
+        trained_on = old["trained_on"]
+    else:
+        ivf, trained_on = train_ivf(vectors.numpy(), videos.ids), len(videos)
+    number = old.get("number", -1) + 1
+    files = {"file": f"stage1/{number:05d}.faiss", "ids": f"stage1/{number:05d}.ids.npy"}
+    atomic_write(Path(folder) / files["ids"],
+                 lambda f: np.save(f, videos.ids, allow_pickle=False))
+    atomic_write(Path(folder) / files["file"],
+                 lambda f: f.write(faiss.serialize_index(ivf).tobytes()))
+    search = ApproximateSearch(ivf, videos.ids, (torch.empty(0, dtype=torch.long),
+                                                 vectors[:0]))
+    recall = stage1_recall(search, vectors, k)
+    manifest.stage1 = {"kind": "ivf", "number": number, **files, "trained_on": trained_on,
+                       "lists": ivf.nlist, "nprobe": ivf.nprobe, "recall": recall, "k": k}
+    manifest.save(folder)
+    _remove_stage1_files(folder, keep=(number, old.get("number")))
+    return (f"stage 1: faiss IVF{ivf.nlist},SQ8 probing {ivf.nprobe} lists over {len(videos)} "
+            f"videos; recall@{k} of the exact search {100 * recall:.1f}% (200 of the videos "
+            f"as queries)")
+
+
+def _remove_stage1_files(folder: str | os.PathLike, keep: tuple) -> None:
+    for path in (Path(folder) / "stage1").glob("*.*"):
+        if int(path.name.split(".")[0]) not in keep:
+            path.unlink()
+
+
+def open_gallery(folder: str | os.PathLike, manifest: Manifest,
+                 backend: Stage1 = "auto") -> Gallery:
+    """The videos of ``manifest`` as a :class:`~tvr.evaluation.retrieval.Gallery`: shards and
+    the IVF index memory-mapped; an exact stage 1 (``backend`` "torch", no IVF index, or no
+    faiss) reads every stage-1 vector. Videos the IVF index misses (a build is adding them)
+    are searched exactly."""
+    videos = StoredVideos(folder, manifest)
+    record = manifest.stage1
+    if record.get("kind") != "ivf" or backend == "torch" or not faiss_available():
+        return Gallery(videos, Stage1Search(videos.coarse(), backend))
+    import faiss
+    ivf = faiss.read_index(str(Path(folder) / record["file"]), faiss.IO_FLAG_MMAP)
+    ivf.nprobe = record["nprobe"]
+    held = np.load(Path(folder) / record["ids"], allow_pickle=False)
+    missing = torch.from_numpy(np.flatnonzero(~np.isin(videos.ids, held)))
+    return Gallery(videos, ApproximateSearch(ivf, videos.ids, (missing, videos.coarse(missing))))
 
 
 def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:

@@ -1,0 +1,104 @@
+"""The index's store (tvr/index/store.py) on synthetic videos: memory-mapped float16 shards with
+the per-video state, the stage-1 IVF index trained above a size and kept up to date as videos
+come and go, and the refusal of an index of the older format."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tvr.evaluation.engine import SimilarityEngine
+from tvr.evaluation.retrieval import ApproximateSearch, Stage1Search, faiss_available
+from tvr.index.store import (Entry, IndexStoreError, Manifest, open_gallery, update_stage1,
+                             write_shard)
+from tvr.models.config import SimilarityConfig
+from fixtures_similarity import trained
+
+DIM, FRAMES, SHARD = 32, 4, 100
+
+
+def add_shard(folder, manifest, engine, shard, generator):
+    """Write one shard of SHARD random videos (clustered, padded) and list them."""
+    centres = torch.randn(8, DIM, generator=generator)
+    frames = centres[torch.randint(8, (SHARD,), generator=generator)].unsqueeze(1) \
+        + 0.3 * torch.randn(SHARD, FRAMES, DIM, generator=generator)
+    mask = torch.ones(SHARD, FRAMES)
+    mask[::3, -1] = 0
+    write_shard(folder, shard, engine, frames, mask)
+    for row in range(SHARD):
+        manifest.entries[f"{shard}/{row}.mp4"] = Entry(0, 0, "", False, shard, row, 1.0,
+                                                       [0.0] * FRAMES)
+    manifest.next_shard = shard + 1
+
+
+@pytest.fixture
+def store(tmp_path):
+    engine = SimilarityEngine(trained(SimilarityConfig(dim=DIM), torch.float32))
+    manifest = Manifest(".", {}, {}, {})
+    generator = torch.Generator().manual_seed(0)
+    for shard in range(6):
+        add_shard(tmp_path, manifest, engine, shard, generator)
+    return tmp_path, manifest, engine, generator
+
+
+def test_stored_gallery_scores_as_the_engine_and_k_of_all_is_exhaustive(store):
+    folder, manifest, engine, _ = store
+    update_stage1(folder, manifest, exact_max=10**6, k=50)
+    assert manifest.stage1 == {"kind": "exact"}
+    gallery = open_gallery(folder, manifest)
+    stored = gallery.videos.parts(torch.arange(len(gallery)))
+    assert stored["frames"].dtype == torch.float16 and len(gallery) == 600
+    text = torch.randn(5, DIM, generator=torch.Generator().manual_seed(1))
+    expected = engine.score(engine.prepare_texts(text),
+                            engine.prepare_videos(stored["frames"].float(), stored["mask"]))
+    full = gallery.search(engine, text, top=600, k=600, exhaustive=True)
+    torch.testing.assert_close(full.scores, expected, atol=1e-6, rtol=0)
+    two_stage = gallery.search(engine, text, top=600, k=600)
+    assert torch.equal(two_stage.best, full.best)
+    some = torch.tensor([599, 3, 250, 3])  # any order, repeats, across shards
+    assert torch.equal(gallery.videos.parts(some)["frames"], stored["frames"][some])
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
+def test_the_ivf_stage1_follows_the_videos(store):
+    folder, manifest, engine, generator = store
+    line = update_stage1(folder, manifest, exact_max=100, k=50)
+    assert manifest.stage1["kind"] == "ivf" and manifest.stage1["trained_on"] == 600
+    assert line.startswith("stage 1: faiss IVF") and "recall@50 of the exact search" in line
+    assert 0.5 <= manifest.stage1["recall"] <= 1
+    gallery = open_gallery(folder, manifest)
+    assert isinstance(gallery.stage1, ApproximateSearch)
+    vectors = gallery.videos.coarse()
+    gallery.stage1.ivf.nprobe = gallery.stage1.ivf.nlist  # every list: exact up to SQ8
+    exact = Stage1Search(vectors, "torch").top(vectors[:20], 5)[1]
+    assert (gallery.stage1.top(vectors[:20], 5)[1][:, 0] == exact[:, 0]).all()
+
+    for path in [p for p in manifest.entries if p.startswith("2/")]:
+        del manifest.entries[path]  # shard 2 deleted, shard 6 added
+    add_shard(folder, manifest, engine, 6, generator)
+    update_stage1(folder, manifest, exact_max=100, k=50)
+    assert manifest.stage1["trained_on"] == 600 and manifest.stage1["number"] == 1
+    gallery = open_gallery(folder, manifest)
+    held = np.load(folder / manifest.stage1["ids"])
+    assert np.array_equal(held, gallery.videos.ids) and len(gallery) == 600
+    assert gallery.stage1.ivf.ntotal == 600
+
+    add_shard(folder, manifest, engine, 7, generator)  # listed, not yet in the IVF index
+    gallery = open_gallery(folder, manifest)
+    new_rows = torch.arange(600, 700)
+    assert torch.equal(gallery.stage1.missing_rows, new_rows)
+    found = gallery.stage1.top(gallery.videos.coarse(new_rows), 3)[1]
+    assert torch.equal(found[:, 0], new_rows)  # each its own best match
+    assert sorted(p.name for p in (folder / "stage1").iterdir()) == \
+        ["00000.faiss", "00000.ids.npy", "00001.faiss", "00001.ids.npy"]
+
+
+def test_an_index_of_the_older_format_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 2}))
+    with pytest.raises(IndexStoreError) as error:
+        Manifest.load(tmp_path)
+    message = str(error.value)
+    assert "format version 2, this code reads version 3" in message
+    assert "rebuild the index with --rebuild" in message and "\n" not in message
