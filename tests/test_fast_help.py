@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "torchvision", "cv2", "faiss", "flask", "pandas", "matplotlib"}
 INDEX = ["-m", "tvr.index"]
+EXPERIMENTS = ["-m", "tvr.experiments"]
 
 # (python's arguments, text that --help shows, whitespace collapsed): the flags with defaults
 HELP = {
@@ -20,6 +21,11 @@ HELP = {
     "index search": ([*INDEX, "search", "--help"], "results per sentence (default: 10)"),
     "index serve": ([*INDEX, "serve", "--help"], "the TCP port to listen on (default: 8765)"),
     "data_check": (["-m", "tvr.cli.data_check", "--help"], "format (default: msrvtt)"),
+    "experiments": ([*EXPERIMENTS, "--help"], "{list,run,report}"),
+    "experiments run": ([*EXPERIMENTS, "run", "--help"],
+                        "seeds 0 .. N-1 of every row (default: 3)"),
+    "experiments report": ([*EXPERIMENTS, "report", "--help"],
+                           "bootstrap resamples (default: 2000)"),
     "build_frame_cache": (["preprocess/build_frame_cache.py", "--help"], "--quality QUALITY"),
     "compress_video": (["preprocess/compress_video.py", "--help"], "--output_root OUTPUT_ROOT"),
 }
@@ -32,6 +38,13 @@ BAD_FLAGS = {
     "main_retrieval recipe": (["main_retrieval.py", "--recipe", "nope"],
                               "--recipe 'nope': not a built-in recipe (choose one of msrvtt, "
                               "msvd, lsmdc, didemo, activitynet, demo) nor a .json file"),
+    "experiments data": ([*EXPERIMENTS, "run", "table7", "--data", "no_such_folder"],
+                         "--data no_such_folder: no such folder (give a dataset folder with "
+                         "anns/ and videos/, or a folder holding one per dataset)"),
+    "experiments row flag": ([*EXPERIMENTS, "run", "table7", "--data", "docs", "--",
+                              "--gap_sign", "1"],
+                             "the flags after -- may not set --gap_sign: the rows of table7 set "
+                             "it (python -m tvr.experiments list table7)"),
     "index serve port": ([*INDEX, "serve", "some_index", "--port", "0"],
                          "argument --port: must be an integer in [1, 65535], got 0"),
     "index search choice": ([*INDEX, "search", "some_index", "--stage1", "gpu"],

@@ -97,23 +97,29 @@ MODEL_FLAGS: dict[str, tuple[str, ...]] = {
     flag: path for flag in FLAGS if (path := _record_path(flag)) is not None}
 
 
+def recorded_values(record: dict[str, Any]) -> dict[str, Any]:
+    """The value of every model flag (:data:`MODEL_FLAGS`) that a checkpoint's ``record``
+    holds; a sampling setting that an older record lacks is left out (its flag stands)."""
+    from tvr.training.checkpoint import recorded_sampling  # imports torch, as a run does
+    recorded, values = {**record, "sampling": recorded_sampling(record)}, {}
+    for flag, (*parents, key) in MODEL_FLAGS.items():
+        holder = recorded
+        for parent in parents:
+            holder = holder[parent]
+        if key in holder:
+            values[flag] = holder[key]
+    return values
+
+
 def apply_model_record(args: argparse.Namespace, record: dict[str, Any], source: str
                        ) -> list[str]:
     """Set every model flag of ``args`` to the value that ``record`` (from checkpoint
     ``source``) holds, except flags the command line gave (``args.given``): those must agree
     with the record, or :class:`ConfigMismatchError` names each contradiction, unless
     ``args.override_config``. Returns a note per overridden flag, for the log."""
-    from tvr.training.checkpoint import recorded_sampling  # imports torch, as a run does
     given = set(getattr(args, "given", ()))
-    recorded = {**record, "sampling": recorded_sampling(record)}
     clashes = []
-    for flag, (*parents, key) in MODEL_FLAGS.items():
-        holder = recorded
-        for parent in parents:
-            holder = holder[parent]
-        if key not in holder:  # an older record without this sampling setting: the flag stands
-            continue
-        saved = holder[key]
+    for flag, saved in recorded_values(record).items():
         if flag in given and getattr(args, flag) != saved:
             clashes.append(f"--{flag} {getattr(args, flag)} (the checkpoint's: {saved})")
         else:

@@ -66,6 +66,8 @@ from tvr.training.rng import rng_state, set_rng_state
 LAST = "ckpt_last.pt"
 BEST = "ckpt_best.pt"
 FORMAT_VERSION = 1
+METADATA = ("kind", "epoch", "global_step", "best_metric", "args", "config", "code_version",
+            "calibration")  # what a file of this project holds besides its tensors
 EXPECTED = f"expected a file written by main_retrieval.py, e.g. outputs/<recipe>/{BEST}"
 
 
@@ -195,20 +197,30 @@ def _load_weights(path: PathLike, checkpoint: dict[str, Any], model: nn.Module
                   ) -> dict[str, Any]:
     if "format_version" in checkpoint:
         state_dict = checkpoint["model"]
-        meta = {k: checkpoint.get(k) for k in ("kind", "epoch", "global_step", "best_metric",
-                                               "args", "config", "code_version", "calibration")}
     else:
         state_dict = {k.removeprefix("module."): v for k, v in checkpoint.items()}
-        meta = {"kind": "state_dict"}
     _load_model(path, unwrap_model(model), state_dict)
-    return meta
+    return _metadata(checkpoint)
+
+
+def _metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says besides its tensors (:data:`METADATA`); a bare state dict says
+    only that it is one."""
+    if "format_version" not in checkpoint:
+        return {"kind": "state_dict"}
+    return {k: checkpoint.get(k) for k in METADATA}
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """:data:`METADATA` of checkpoint ``path`` (the run's ``args``, the model's ``config``,
+    ...), without loading a model. The file is memory-mapped: its tensors are not read."""
+    return _metadata(_read(path, mmap=True))
 
 
 def read_model_record(path: PathLike) -> Optional[dict[str, Any]]:
     """The model configuration that checkpoint ``path`` records, or None (an older file, or a
     bare state dict). The file is memory-mapped: its tensors are not read."""
-    checkpoint = _read(path, mmap=True)
-    return checkpoint.get("config") if "format_version" in checkpoint else None
+    return read_metadata(path).get("config")
 
 
 def model_record(config: ModelConfig, sampling: SamplingConfig, model: GARE) -> dict[str, Any]:
