@@ -56,7 +56,7 @@ def trained(tmp_path_factory):
 
 def build(checkpoint, folder, out, workers=0, **settings) -> BuildReport:
     """Index ``folder`` into ``out`` with ``checkpoint`` (no progress bar)."""
-    return build_index(BuildConfig(str(checkpoint), str(folder), str(out), workers=workers,
+    return build_index(BuildConfig(str(folder), str(out), str(checkpoint), workers=workers,
                                    **settings), progress=False)
 
 
@@ -250,7 +250,7 @@ def gated(*args):  # says it is encoding, then waits for the test to open the ga
 
 build._encode = gated
 try:
-    build.build_index(BuildConfig(checkpoint, videos, out, workers=0, batch_size=2,
+    build.build_index(BuildConfig(videos, out, checkpoint, workers=0, batch_size=2,
                                   shard_size=int(shard_size), wait=wait == "wait"),
                       progress=False)
 except IndexStoreError as error:

@@ -29,6 +29,7 @@ from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
 from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, read_shard,
                              thumbnail_dir)
+from tvr.index.zero_shot import ZERO_SHOT, MeanCosine, ZeroShotCLIP, describe, load_zero_shot
 from tvr.models.gare import GARE
 from tvr.models.tokenizer import ClipTokenizer
 
@@ -60,11 +61,13 @@ class Answer(NamedTuple):
 class VideoIndex:
     """An index opened for search: its features in memory (``gallery``) and the model that
     made them. ``threshold``: the score below which a search answers "no good match" (by
-    default the checkpoint's calibration; None: never); ``known_tokens``: the token ids of
-    the model's training captions, when its text tower was trained from scratch."""
+    default the checkpoint's calibration, or a zero-shot index's own; None: never);
+    ``known_tokens``: the token ids of the model's training captions, when its text tower was
+    trained from scratch."""
 
-    def __init__(self, folder: Path, manifest: Manifest, model: GARE, paths: list[str],
-                 frames: Tensor, mask: Tensor, coarse: Tensor, stage1: Stage1 = "auto",
+    def __init__(self, folder: Path, manifest: Manifest, model: GARE | ZeroShotCLIP,
+                 paths: list[str], frames: Tensor, mask: Tensor, coarse: Tensor,
+                 stage1: Stage1 = "auto",
                  threshold: Optional[float] = None,
                  known_tokens: Optional[Sequence[int]] = None):
         self.folder, self.manifest, self.model, self.paths = folder, manifest, model, paths
@@ -80,25 +83,38 @@ class VideoIndex:
              stage1: Stage1 = "auto", device: str = "cpu", threshold: Optional[float] = None
              ) -> VideoIndex:
         """Load ``folder``; the model from the checkpoint the index records (or
-        ``checkpoint``, which must be the same file by content), on ``device`` with the
+        ``checkpoint``, which must be the same file by content; a zero-shot index: the CLIP
+        file it records, tvr/index/zero_shot.py), on ``device`` with the
         videos' GARE features (stage 1 stays on the CPU). A relative ``folder`` is
         resolved against the working directory now: the index's paths are absolute. The
-        "no good match" ``threshold`` is the checkpoint's calibration unless given."""
+        "no good match" ``threshold`` is the checkpoint's (or zero-shot index's) calibration
+        unless given."""
         folder = Path(os.path.abspath(folder))
         if not (folder / MANIFEST).is_file():
             raise IndexStoreError(f"{folder} is not an index (no {MANIFEST}); make one with "
                                   f"python -m tvr.index build --out {folder}")
         manifest = Manifest.load(folder)
+        zero_shot = manifest.checkpoint.get("kind") == ZERO_SHOT
+        if zero_shot and checkpoint:
+            raise IndexStoreError(f"index {folder} was built zero-shot by CLIP "
+                                  f"{manifest.checkpoint['path']}, not by a checkpoint: search "
+                                  f"it without --checkpoint")
         source = checkpoint or manifest.checkpoint["path"]
+        what = "CLIP file" if zero_shot else "checkpoint"
         if not Path(source).is_file():
-            raise IndexStoreError(f"the index's checkpoint {source} is missing; pass the same "
-                                  f"file with --checkpoint")
+            raise IndexStoreError(f"the index's {what} {source} is missing; " + (
+                "put it back, or rebuild the index with --clip_path" if zero_shot else
+                "pass the same file with --checkpoint"))
         if file_sha256(source) != manifest.checkpoint["sha256"]:
-            raise IndexStoreError(f"{source} is not the checkpoint that built index {folder} "
+            raise IndexStoreError(f"{source} is not the {what} that built index {folder} "
                                   f"(its content differs): its features would not match; "
-                                  f"rebuild the index with this checkpoint")
-        model, info = load_checkpoint_model(source, device)
-        calibration = info.get("calibration") or {}
+                                  f"rebuild the index with this {what}")
+        if zero_shot:
+            model = load_zero_shot(source, device)[0]
+            calibration = manifest.config["calibration"] or {}
+        else:
+            model, info = load_checkpoint_model(source, device)
+            calibration = info.get("calibration") or {}
         if threshold is None:
             threshold = calibration.get("threshold")
         paths, frames, mask, coarse = [], [], [], []
@@ -127,8 +143,18 @@ class VideoIndex:
         return encode_sentences(self.model, queries, self.max_words, self.tokenizer).sentence
 
     @property
-    def engine(self) -> SimilarityEngine:
-        """The evaluation engine, self-checked on the first videos (built on first use)."""
+    def scorer(self) -> str:
+        """What scores this index's videos, in words (search and the page show it)."""
+        if isinstance(self.model, ZeroShotCLIP):
+            return describe(self.manifest.config)
+        return f"GARE checkpoint {self.manifest.checkpoint['path']}"
+
+    @property
+    def engine(self) -> SimilarityEngine | MeanCosine:
+        """The evaluation engine, self-checked on the first videos (built on first use); the
+        cosine of the mean frame for a zero-shot index."""
+        if isinstance(self.model, ZeroShotCLIP):
+            return MeanCosine()
         if self._engine is None:
             sample = self.encode_queries(["a video", "someone is talking"])
             self._engine = build_engine(self.model.similarity, "auto", text=sample,
@@ -166,11 +192,12 @@ class VideoIndex:
         return Answer(hits, True, tuple(unknown))
 
     def best_frames(self, text: Tensor, rows: Tensor) -> Tensor:
-        """Per video row, the sampled frame with the largest pooling weight for ``text``."""
-        temp = self.model.similarity.config.temp
+        """Per video row, the real sampled frame with the largest inner product with ``text``:
+        the largest GARE pooling weight (a softmax of these products), the frame closest to
+        the sentence for a zero-shot index (unit frames)."""
         frames = self.gallery.frames[rows].float()  # float16 galleries (bench_index) too
-        weights = torch.softmax(frames @ text.float() / temp, dim=1) * self.gallery.mask[rows]
-        return weights.argmax(dim=1)
+        products = frames @ text.float()
+        return products.masked_fill(self.gallery.mask[rows] == 0, float("-inf")).argmax(dim=1)
 
     def _hit(self, row: int, score: float, frame: int) -> Hit:
         path = self.paths[row]
