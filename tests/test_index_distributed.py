@@ -5,13 +5,13 @@ The model is the zero-shot tiny CLIP of random weights (tests/fixtures_index.py)
 the same for a GARE checkpoint, and this one needs no training.
 """
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from fixtures_index import tiny_clip_file
+from test_distributed import free_port
 from tvr.data.toy import make_toy_dataset
 from tvr.index import build as build_module
 from tvr.index.build import build_index
@@ -52,12 +52,6 @@ def worker(rank: int, port: int, videos: str, clip: str, out: str, fail_rank: in
             assert sorted(report.encoded) == sorted(Manifest.load(out).entries)
     finally:
         cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(files, out, fail_rank=-1) -> None:
