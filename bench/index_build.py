@@ -53,7 +53,7 @@ def time_build(checkpoint: Path, videos: Path, scratch: Path,
     del model
     rates, seconds, encoded = [], [], 0
     for run in range(options.build_repeats):
-        config = BuildConfig(str(checkpoint), str(videos), str(scratch / f"index{run}"),
+        config = BuildConfig(str(videos), str(scratch / f"index{run}"), str(checkpoint),
                              workers=options.workers, rebuild=True)
         report = build_index(config, progress=False)
         encoded = len(report.encoded)

@@ -25,7 +25,7 @@ from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import Stage1Search, faiss_available
 from tvr.index import build as build_module
 from tvr.cli.index import main as index_main
-from tvr.index.build import BuildReport, build_index, load_checkpoint_model
+from tvr.index.build import GARE_KIND, BuildReport, build_index, load_checkpoint_model
 from tvr.index.config import BuildConfig
 from tvr.index.search import VideoIndex
 from tvr.index.store import IndexStoreError, Manifest
@@ -56,7 +56,7 @@ def trained(tmp_path_factory):
 
 def build(checkpoint, folder, out, workers=0, **settings) -> BuildReport:
     """Index ``folder`` into ``out`` with ``checkpoint`` (no progress bar)."""
-    return build_index(BuildConfig(str(checkpoint), str(folder), str(out), workers=workers,
+    return build_index(BuildConfig(str(folder), str(out), str(checkpoint), workers=workers,
                                    **settings), progress=False)
 
 
@@ -95,6 +95,7 @@ def test_incremental_build_follows_the_folder(trained, tmp_path, capsys):
     manifest = Manifest.load(out)
     assert deleted.name not in manifest.entries and corrupt.name not in manifest.entries
     assert corrupt.name in manifest.failed and len(manifest.entries) == 10
+    assert manifest.checkpoint["kind"] == GARE_KIND
     assert not (out / "thumbs").joinpath(deleted.name).exists()
 
     index = VideoIndex.open(out)
@@ -252,7 +253,7 @@ def gated(*args):  # says it is encoding, then waits for the test to open the ga
 
 build._encode = gated
 try:
-    build.build_index(BuildConfig(checkpoint, videos, out, workers=0, batch_size=2,
+    build.build_index(BuildConfig(videos, out, checkpoint, workers=0, batch_size=2,
                                   shard_size=int(shard_size), wait=wait == "wait"),
                       progress=False)
 except IndexStoreError as error:

@@ -257,7 +257,9 @@ def test_search_prints_the_best_videos(files, tmp_path, capsys):
     code, out, err = run(["search", str(files.index), "a red circle", "--queries_file",
                           str(queries), "--top", "2", "--k", "1000"], capsys)
     assert code == 0, err
-    lines = out.splitlines()
+    scorer, *lines = out.splitlines()
+    assert scorer == (f"scored by GARE checkpoint {files.checkpoint}; no threshold for 'no "
+                      f"good match' (--min_score sets one)")  # an untrained model: no threshold
     assert lines[0] == "a red circle" and lines[3] == "a blue bar moves upward"
     assert len(lines) == 6 and all(re.match(r"  +[12]  -?\d\.\d{4}  \d+:", line)
                                    for line in lines[1:3] + lines[4:])

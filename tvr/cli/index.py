@@ -1,5 +1,5 @@
-"""``python -m tvr.index {build,search,serve}``: index a folder of videos with a checkpoint,
-search it with sentences, or browse it in a local web page.
+"""``python -m tvr.index {build,search,serve}``: index a folder of videos with a checkpoint
+(or plain CLIP, zero-shot), search it with sentences, or browse it in a local web page.
 
 Each command's flags are generated from the settings its configuration declares
 (:class:`~tvr.index.config.BuildConfig`, :class:`~tvr.index.config.SearchConfig`,
@@ -29,12 +29,13 @@ from tvr.settings import SettingError, settings_of
 PROG = "python -m tvr.index"
 COMMANDS: dict[str, tuple[type, str, str]] = {  # configuration, help, usage
     "build": (BuildConfig, "create or update an index (incremental)",
-              "%(prog)s --checkpoint FILE --videos FOLDER --out FOLDER [flags]"),
+              "%(prog)s (--checkpoint FILE | --clip_path FILE) --videos FOLDER --out FOLDER "
+              "[flags]"),
     "search": (SearchConfig, "rank the indexed videos for sentences",
                "%(prog)s INDEX [SENTENCE ...] [flags]"),
     "serve": (ServeConfig, "a local web page to search the index", "%(prog)s INDEX [flags]"),
 }
-PATHS = ("index", "checkpoint", "videos", "out", "queries_file")  # the user's paths
+PATHS = ("index", "checkpoint", "clip_path", "videos", "out", "queries_file")  # user's paths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,13 +81,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run(args: argparse.Namespace, config: Any) -> None:
     """Run the command whose flags :func:`check` accepted."""
     if args.command == "build":
-        from tvr.index.build import build_index
-        print(build_index(config).format())
+        build(config)
     elif args.command == "search":
         search(args.index, args.queries, config)
     else:
         from tvr.index.server import serve
         serve(args.index, config)
+
+
+def build(config: BuildConfig) -> None:
+    """Build the index, split over the processes when ``torchrun`` started this one
+    (tvr/index/shares.py); rank 0 prints the report."""
+    from tvr.index.build import build_index
+    from tvr.training.distributed import cleanup, init_distributed
+    context = init_distributed(device=config.device)
+    try:
+        report = build_index(config, context=context)
+    finally:
+        cleanup()
+    if report is not None:
+        print(report.format())
 
 
 def run_errors() -> tuple[type[Exception], ...]:
@@ -120,8 +134,11 @@ def check(args: argparse.Namespace, config: Any) -> None:
     device or stage-1 backend this machine lacks, or no sentence (or an empty one) to search
     for; reads the sentences of ``--queries_file`` into ``args.queries``. No model is loaded."""
     if args.command == "build":
-        check_exists(args, "checkpoint", file=True)
-        check_loads(args, "checkpoint", config.checkpoint)
+        if config.checkpoint is not None:
+            check_exists(args, "checkpoint", file=True)
+            check_loads(args, "checkpoint", config.checkpoint)
+        else:
+            check_exists(args, "clip_path", file=True)
         check_folder(args, "videos", "the folder of the videos")
         check_writable(args, "out")
     check_device(args, "--device cpu")
@@ -160,6 +177,9 @@ def search(folder: str, queries: list[str], config: SearchConfig) -> None:
     index = VideoIndex.open(folder, config.checkpoint, config.stage1, config.device,
                             config.min_score)
     results = index.search(queries, top=config.top, k=config.k, exhaustive=config.exhaustive)
+    print(f"scored by {index.scorer}"
+          + ("" if index.threshold is not None else
+             "; no threshold for 'no good match' (--min_score sets one)"))
     for query, answer in zip(queries, results):
         print(query)
         if answer.unknown:

@@ -174,6 +174,22 @@ class VideoRows(Protocol):
     def parts(self, rows: Tensor) -> dict[str, Tensor]: ...
 
 
+class Scorer(Protocol):
+    """What scores a :class:`Gallery`'s candidates, and what a video index keeps per video
+    (tvr/index/store.py): a :class:`SimilarityEngine` (GARE), or the cosine scorer of a
+    zero-shot index (tvr/index/zero_shot.py). ``prepare_videos(..., compact=True)`` gives the
+    state to store, with the stage-1 vectors under ``"coarse"``; :meth:`adopt` takes the stored
+    state back."""
+
+    def prepare_texts(self, text: Tensor) -> Prepared: ...
+
+    def prepare_videos(self, frames: Tensor, mask: Tensor, compact: bool = False) -> Prepared: ...
+
+    def adopt(self, parts: dict[str, Tensor]) -> Prepared: ...
+
+    def score(self, texts: Prepared, videos: Prepared) -> Tensor: ...
+
+
 class Gallery:
     """Stored videos searched in two stages: ``stage1`` ranks them all (rows of ``videos``),
     GARE re-scores the candidates from their stored state (no per-video work per query)."""
@@ -194,7 +210,7 @@ class Gallery:
         return self.stage1.candidates(text.cpu(), k)
 
     @torch.no_grad()
-    def scores(self, engine: SimilarityEngine, text: Tensor, rows: Tensor) -> Tensor:
+    def scores(self, engine: Scorer, text: Tensor, rows: Tensor) -> Tensor:
         """GARE scores (Q, V), float32, of sentence embeddings ``text`` against the videos
         ``rows``, read :data:`PREPARE_CHUNK` at a time."""
         texts = engine.prepare_texts(text)
@@ -206,13 +222,13 @@ class Gallery:
         return torch.cat(out, dim=1).float()
 
     @torch.no_grad()
-    def rescore(self, engine: SimilarityEngine, text: Tensor, candidates: Tensor,
+    def rescore(self, engine: Scorer, text: Tensor, candidates: Tensor,
                 top: int) -> Found:
         """Stage 2: GARE on ``candidates`` (Q, K), and the ``top`` best of each sentence."""
         scores = score_candidates(lambda union: self.scores(engine, text, union), candidates)
         return Found(candidates.gather(1, top_indices(scores, top)), candidates, scores)
 
-    def search(self, engine: SimilarityEngine, text: Tensor, top: int, k: int,
+    def search(self, engine: Scorer, text: Tensor, top: int, k: int,
                exhaustive: bool = False) -> Found:
         """Both stages: the ``top`` best of the stage-1 top ``k`` (or of every row)."""
         return self.rescore(engine, text, self.candidates(text, k, exhaustive), top)

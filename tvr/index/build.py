@@ -10,10 +10,16 @@ frames, then the temporal module), once. A rerun over the same folder encodes on
 changed files (size, modification time, or where its symbolic links lead), drops deleted
 ones, and continues an interrupted build; a file that cannot be read is listed with the reason
 (:class:`BuildReport`), never dropped in silence. Decoding runs in ``workers`` loader
-processes; the progress bar shows videos/s.
+processes; the progress bar shows videos/s. Each shard keeps the scorer's per-video state
+(tvr/index/store.py); once the shards are written the stage-1 index is brought up to date
+(:func:`~tvr.index.store.update_stage1`). ``--clip_path`` instead of ``--checkpoint`` indexes
+with plain CLIP, zero-shot (tvr/index/zero_shot.py); under ``torchrun`` the files are split over
+the processes (tvr/index/shares.py).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import shutil
 import sys
 import time
@@ -24,6 +30,7 @@ from typing import Any, NamedTuple, Optional
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -31,13 +38,20 @@ from tvr.data.config import SamplingConfig
 from tvr.data.frames import frame_transform, frames_to_input, sample_frames
 from tvr.data.video import VideoReadError
 from tvr.evaluation.engine import SimilarityEngine
+from tvr.evaluation.retrieval import Scorer
 from tvr.index.config import DEFAULT_K, BuildConfig
+from tvr.index.shares import merge_shares, on_main, share_home, share_manifest
 from tvr.index.store import (MANIFEST, Entry, Failure, IndexStoreError, Manifest, VideoFile,
                              file_sha256, thumbnail_dir, update_stage1, walk_videos,
                              write_shard)
+from tvr.index.zero_shot import (ZERO_SHOT, MeanCosine, ZeroShotCLIP, calibrate_nonsense,
+                                 load_zero_shot)
 from tvr.models.gare import GARE
 from tvr.storage import require_same, writer_lock
 from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
+from tvr.training.distributed import DistContext
+
+GARE_KIND = "gare"  # the manifest's checkpoint["kind"] of an index built by a GARE checkpoint
 
 THUMBNAIL_SIDE = 160  # short side of the frame thumbnails, pixels
 
@@ -104,6 +118,7 @@ class BuildReport:
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)   # path -> reason (all, old and new)
     seconds: float = 0.0
+    calibration: Optional[dict[str, Any]] = None  # a zero-shot index's (tvr/index/zero_shot.py)
     stage1: str = ""  # what stage 1 is now (tvr.index.store.update_stage1)
 
     def format(self) -> str:
@@ -113,72 +128,137 @@ class BuildReport:
                  f"{len(self.removed)}, {len(self.failed)} unreadable"
                  + (advice if self.failed else "")]
         lines += [f"  unreadable: {path}: {reason}" for path, reason in sorted(self.failed.items())]
+        if self.calibration:
+            lines.append("'no good match' below {threshold:.4f}: the {rule} over these {videos} "
+                         "videos (no labelled data: how many real matches it keeps is "
+                         "unknown)".format(**self.calibration))
         return "\n".join(lines + [self.stage1] * bool(self.stage1))
 
 
-def build_index(config: BuildConfig, progress: bool = True) -> BuildReport:
+def build_index(config: BuildConfig, progress: bool = True,
+                context: Optional[DistContext] = None) -> Optional[BuildReport]:
     """Create or update the index ``config.out`` of the videos below ``config.videos`` with the
-    model of ``config.checkpoint`` (module docstring).
+    model of ``config.checkpoint``, or plain CLIP from ``config.clip_path`` (module docstring).
 
-    Raises :class:`IndexStoreError` when ``out`` was built from another checkpoint (by content
-    hash), another sampling or another videos folder, unless ``rebuild`` starts it over; and,
-    before anything is loaded, when ``rebuild`` would delete a folder that is no index. One
-    build writes ``out`` at a time (:func:`tvr.storage.writer_lock`): another one waits for it
-    with ``config.wait``, else raises :class:`IndexStoreError` at once.
+    Raises :class:`IndexStoreError` when ``out`` was built by another model (kind, and file by
+    content hash), another sampling or another videos folder, unless ``rebuild`` starts it
+    over; and, before anything is loaded, when ``rebuild`` would delete a folder that is no
+    index. One build writes ``out`` at a time (:func:`tvr.storage.writer_lock`): another one
+    waits for it with ``config.wait``, else raises :class:`IndexStoreError` at once.
+
+    ``context``: this process's place among the ranks of a ``torchrun`` build
+    (tvr/index/shares.py; default: a single process on ``config.device``). Rank 0 returns the
+    report of the whole build, the other ranks None.
     """
-    with writer_lock(config.out, "wait for it, or pass --wait", wait=config.wait,
-                     error=IndexStoreError):
-        return _build(config, progress)
-
-
-def _build(config: BuildConfig, progress: bool) -> BuildReport:
-    """:func:`build_index`, holding the lock of ``config.out``."""
-    start = time.time()
-    root, out = Path(config.videos).resolve(), Path(config.out)
-    if not root.is_dir():
+    context = context or DistContext(0, 1, 0, torch.device(config.device))
+    if not Path(config.videos).is_dir():
         raise IndexStoreError(f"--videos {config.videos}: no such folder")
     if config.rebuild:
-        _require_index_or_empty(out)
-    model, info = load_checkpoint_model(config.checkpoint, config.device)
-    record = info["config"]
-    identity = {"path": str(Path(config.checkpoint).resolve()),
-                "sha256": file_sha256(config.checkpoint), "code_version": code_version()}
-    sampling = sampling_of(info)
+        _require_index_or_empty(Path(config.out))
+    with contextlib.ExitStack() as held:
+        on_main(context, lambda: held.enter_context(
+            writer_lock(config.out, "wait for it, or pass --wait", wait=config.wait,
+                        error=IndexStoreError)))
+        return _build(config, progress, context)
+
+
+class Encoder(NamedTuple):
+    """The model that encodes the videos, the scorer whose per-video state the shards keep
+    (on the CPU, where the shards are written), what the manifest records of the model, and
+    its sampling."""
+
+    model: GARE | ZeroShotCLIP
+    scorer: Scorer
+    identity: dict[str, Any]   # the manifest's checkpoint: kind, path, sha256, code_version
+    record: dict[str, Any]     # the manifest's config: the model's record
+    sampling: SamplingConfig
+
+
+def load_encoder(config: BuildConfig, device: torch.device) -> Encoder:
+    """The GARE model of ``config.checkpoint``, or the zero-shot CLIP of ``config.clip_path``."""
+    if config.clip_path is not None:
+        path, kind = config.clip_path, ZERO_SHOT
+        model, record = load_zero_shot(path, device)
+        scorer, sampling = MeanCosine(), SamplingConfig()
+    else:
+        path, kind = config.checkpoint, GARE_KIND
+        model, info = load_checkpoint_model(path, device)
+        scorer = SimilarityEngine(copy.deepcopy(model.similarity).cpu())
+        record, sampling = info["config"], sampling_of(info)
+    identity = {"kind": kind, "path": str(Path(path).resolve()), "sha256": file_sha256(path),
+                "code_version": code_version()}
+    return Encoder(model, scorer, identity, record, sampling)
+
+
+def _build(config: BuildConfig, progress: bool, context: DistContext) -> Optional[BuildReport]:
+    """:func:`build_index`, rank 0 holding the lock of ``config.out``."""
+    start = time.time()
+    root, out = Path(config.videos).resolve(), Path(config.out)
+    encoder = load_encoder(config, context.device)
+    report = BuildReport()
+    files = dict(walk_videos(root))
+    manifest = on_main(context, lambda: _prepare(config, root, encoder, files, report))
+    todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
+    share = share_manifest(manifest, context)
+    dataset = VideoFiles(root, todo[context.rank::context.world_size], out, encoder.sampling,
+                         encoder.model.clip.config.image_size)
+    writer = ShardWriter(out, share_home(out, context), share, encoder.scorer, files, report,
+                         context.world_size)
+    _encode_all(encoder.model, dataset, writer, config, context, progress)
+    if context.distributed:
+        dist.barrier()
+        if not context.is_main:
+            return None
+        report.encoded = merge_shares(out, manifest)
+    if encoder.identity["kind"] == ZERO_SHOT and manifest.entries and \
+            (report.encoded or report.removed or manifest.config["calibration"] is None):
+        manifest.config["calibration"] = calibrate_nonsense(out, manifest, encoder.model)
+    if encoder.identity["kind"] == ZERO_SHOT:
+        report.calibration = manifest.config["calibration"]
+    report.stage1 = update_stage1(out, manifest, config.stage1_exact_max, DEFAULT_K)  # saves it
+    report.failed = {path: f.reason for path, f in manifest.failed.items()}
+    report.seconds = time.time() - start
+    return report
+
+
+def _prepare(config: BuildConfig, root: Path, encoder: Encoder, files: dict[str, VideoFile],
+             report: BuildReport) -> Manifest:
+    """Rank 0's part before encoding: start over if asked, open the manifest, fold in the
+    shares an interrupted build left, and forget the files deleted or changed since."""
+    out = Path(config.out)
     if config.rebuild and out.exists():
         shutil.rmtree(out)
-    manifest = _open_manifest(out, root, identity, record, sampling)
-    report = BuildReport()
-    engine = SimilarityEngine(model.similarity)  # the per-video state the shards keep
-    files = dict(walk_videos(root))
+    manifest = _open_manifest(out, root, encoder)
+    merge_shares(out, manifest)
     _forget_changed(out, manifest, files, report)
-    todo = [p for p in files if p not in manifest.entries and p not in manifest.failed]
+    return manifest
 
-    dataset = VideoFiles(root, todo, out, sampling, model.clip.config.image_size)
+
+def _encode_all(model: GARE | ZeroShotCLIP, dataset: VideoFiles, writer: ShardWriter,
+                config: BuildConfig, context: DistContext, progress: bool) -> None:
+    """Decode and encode ``dataset`` on ``context.device``, written through ``writer``."""
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
                         collate_fn=list)
-    bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="index",
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = tqdm(total=len(dataset), unit="video", disable=not progress or not context.is_main,
+               desc="index", mininterval=0.5 if sys.stderr.isatty() else 30)
+    failed = writer.manifest.failed
     pending: list[tuple[Decoded, torch.Tensor]] = []
     for batch in loader:
         readable = [item for item in batch if item.video is not None]
         for item in batch:
             if item.video is None:
-                manifest.failed[item.path] = Failure(**asdict(files[item.path]),
-                                                     reason=item.error)
+                failed[item.path] = Failure(**asdict(writer.files[item.path]),
+                                            reason=item.error)
         if readable:
-            features = _encode(model, readable, config.device).unbind(0)
+            features = _encode(model, readable, context.device).unbind(0)
             pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
         while len(pending) >= config.shard_size:
-            _flush(out, manifest, engine, pending[:config.shard_size], files, report)
+            writer.flush(pending[:config.shard_size])
             pending = pending[config.shard_size:]
         bar.update(len(batch))
-        bar.set_postfix(failed=len(manifest.failed))
-    _flush(out, manifest, engine, pending, files, report)
+        bar.set_postfix(failed=len(failed))
+    writer.flush(pending)
     bar.close()
-    report.stage1 = update_stage1(out, manifest, config.stage1_exact_max, DEFAULT_K)
-    report.failed = {path: f.reason for path, f in manifest.failed.items()}
-    report.seconds = time.time() - start
-    return report
 
 
 def _require_index_or_empty(out: Path) -> None:
@@ -206,41 +286,60 @@ def _forget_changed(out: Path, manifest: Manifest, files: dict[str, VideoFile],
     manifest.save(out)
 
 
-def _open_manifest(out: Path, root: Path, identity: dict[str, Any], model_config: dict,
-                   sampling: SamplingConfig) -> Manifest:
+def _open_manifest(out: Path, root: Path, encoder: Encoder) -> Manifest:
     """The existing manifest of ``out`` if it was made alike, else a new one (see build)."""
-    if not (out / "manifest.json").exists():
-        return Manifest(str(root), identity, model_config, asdict(sampling))
+    if not (out / MANIFEST).exists():
+        return Manifest(str(root), encoder.identity, encoder.record, asdict(encoder.sampling))
     manifest = Manifest.load(out)
-    require_same({"checkpoint (sha256)": manifest.checkpoint["sha256"],
+    require_same({"model": manifest.checkpoint.get("kind", GARE_KIND),
+                  "model file (sha256)": manifest.checkpoint["sha256"],
                   "sampling": manifest.sampling, "videos folder": manifest.videos_root},
-                 {"checkpoint (sha256)": identity["sha256"], "sampling": asdict(sampling),
-                  "videos folder": str(root)}, IndexStoreError,
-                 f"index {out} was built with another checkpoint, sampling or videos folder",
+                 {"model": encoder.identity["kind"],
+                  "model file (sha256)": encoder.identity["sha256"],
+                  "sampling": asdict(encoder.sampling), "videos folder": str(root)},
+                 IndexStoreError,
+                 f"index {out} was built with another checkpoint or model, sampling or "
+                 f"videos folder",
                  "Choose another --out, or pass --rebuild to start it over")
     return manifest
 
 
 @torch.no_grad()
-def _encode(model: GARE, items: list[Decoded], device: str) -> torch.Tensor:
+def _encode(model: GARE | ZeroShotCLIP, items: list[Decoded], device: torch.device
+            ) -> torch.Tensor:
     video = torch.stack([item.video for item in items]).to(device)
     mask = torch.stack([item.mask for item in items]).to(device)
     return model.encode_video(video, mask).frames.cpu()
 
 
-def _flush(out: Path, manifest: Manifest, engine: SimilarityEngine,
-           pending: list[tuple[Decoded, torch.Tensor]], files: dict[str, VideoFile],
-           report: BuildReport) -> None:
-    """Write ``pending`` as the next shard, then the manifest that points into it."""
-    if pending:
-        shard = manifest.next_shard
-        frames = torch.stack([features for _, features in pending])
-        mask = torch.stack([item.mask for item, _ in pending])
-        write_shard(out, shard, engine, frames, mask)
-        manifest.next_shard += 1
-        for row, (item, _) in enumerate(pending):
-            manifest.entries[item.path] = Entry(**asdict(files[item.path]), shard=shard,
-                                                row=row, duration=round(item.duration, 3),
-                                                times=item.times)
-            report.encoded.append(item.path)
-    manifest.save(out)
+@dataclass
+class ShardWriter:
+    """Writes encoded videos as shards of ``out`` (with ``scorer``'s per-video state) and their
+    entries to ``manifest``, saved in ``home`` (``out`` itself, or a rank's share); shard
+    numbers advance by ``step``."""
+
+    out: Path
+    home: Path
+    manifest: Manifest
+    scorer: Scorer
+    files: dict[str, VideoFile]
+    report: BuildReport
+    step: int = 1
+
+    def flush(self, pending: list[tuple[Decoded, torch.Tensor]]) -> None:
+        """Write ``pending`` as the next shard, then the manifest that points into it."""
+        manifest = self.manifest
+        if pending:
+            shard = manifest.next_shard
+            frames = torch.stack([features for _, features in pending])
+            mask = torch.stack([item.mask for item, _ in pending])
+            write_shard(self.out, shard, self.scorer, frames, mask)
+            manifest.next_shard += self.step
+            for row, (item, _) in enumerate(pending):
+                manifest.entries[item.path] = Entry(**asdict(self.files[item.path]),
+                                                    shard=shard, row=row,
+                                                    duration=round(item.duration, 3),
+                                                    times=item.times)
+                self.report.encoded.append(item.path)
+        self.home.mkdir(parents=True, exist_ok=True)
+        manifest.save(self.home)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, get_args
 
 from tvr.evaluation.config import Stage1
-from tvr.settings import REQUIRED, Bounds, check_settings, integer, setting
+from tvr.settings import (REQUIRED, Bounds, SettingError, check_settings, integer,
+                          setting)
 
 DEVICES = ("cpu", "cuda")
 # Stage-1 candidates per sentence: a search's default --k, and the k of the recall a build
@@ -23,9 +24,12 @@ DEFAULT_K = 1000
 class BuildConfig:
     """What ``build`` indexes, with what, where, and how."""
 
-    checkpoint: str = setting(REQUIRED, "a ckpt_best.pt of this project", kind=str)
     videos: str = setting(REQUIRED, "folder of videos (searched recursively)", kind=str)
     out: str = setting(REQUIRED, "the index folder", kind=str)
+    checkpoint: Optional[str] = setting(None, "a ckpt_best.pt of this project (or --clip_path)",
+                                        kind=str)
+    clip_path: Optional[str] = setting(None, "a CLIP release file (e.g. ViT-B-32.pt): index with "
+                                             "plain CLIP, zero-shot (or --checkpoint)", kind=str)
     workers: int = setting(2, "decoding processes (0: decode in this process)",
                            integer(0, 256))
     batch_size: int = setting(16, "videos encoded at once", integer(1, 1024))
@@ -40,6 +44,10 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if (self.checkpoint is None) == (self.clip_path is None):
+            raise SettingError("checkpoint", "give --checkpoint (a GARE model of this "
+                               "project) or --clip_path (plain CLIP, zero-shot): "
+                               + ("not both" if self.checkpoint else "one is required"))
 
 
 def _min_score() -> Any:

@@ -7,7 +7,7 @@ over its memory-mapped shards (tvr/index/store.py), which does both stages: stag
 video by the cosine of the sentence embedding with the video's stage-1 vector (exact, or the
 IVF index the build trained), stage 2 re-scores the best ``k`` of each query with the exact GARE
 score of the evaluation engine, from the per-video state stored at build time
-(docs/evaluation_engine.md §6). ``exhaustive=True`` scores every video with GARE instead. With
+(docs/evaluation_engine.md §6; a zero-shot index: the cosine of tvr/index/zero_shot.py). ``exhaustive=True`` scores every video with GARE instead. With
 ``k`` equal to the gallery size both give the evaluation engine's scores. This module adds what
 is about the index: its folder, the model that built it, the paths, and the hits: each carries
 the time of its best-matching frame, the frame with the largest text-conditioned pooling weight
@@ -30,6 +30,7 @@ from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
 from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, open_gallery,
                              thumbnail_dir)
+from tvr.index.zero_shot import ZERO_SHOT, MeanCosine, ZeroShotCLIP, describe, load_zero_shot
 from tvr.models.gare import GARE
 from tvr.models.tokenizer import ClipTokenizer
 
@@ -59,12 +60,14 @@ class Answer(NamedTuple):
 
 
 class VideoIndex:
-    """An index opened for search: its features in memory (``gallery``) and the model that
+    """An index opened for search: its memory-mapped videos (``gallery``) and the model that
     made them. ``threshold``: the score below which a search answers "no good match" (by
-    default the checkpoint's calibration; None: never); ``known_tokens``: the token ids of
-    the model's training captions, when its text tower was trained from scratch."""
+    default the checkpoint's calibration, or a zero-shot index's own; None: never);
+    ``known_tokens``: the token ids of the model's training captions, when its text tower was
+    trained from scratch."""
 
-    def __init__(self, folder: Path, manifest: Manifest, model: GARE, gallery: Gallery,
+    def __init__(self, folder: Path, manifest: Manifest, model: GARE | ZeroShotCLIP,
+                 gallery: Gallery,
                  threshold: Optional[float] = None,
                  known_tokens: Optional[Sequence[int]] = None):
         self.folder, self.manifest, self.model, self.gallery = folder, manifest, model, gallery
@@ -81,25 +84,38 @@ class VideoIndex:
              ) -> VideoIndex:
         """Open ``folder``: its shards and stage-1 index memory-mapped (:func:`open_gallery`),
         the model from the checkpoint the index records (or ``checkpoint``, which must be the
-        same file by content) on ``device``, where GARE scores the candidates read from the
-        shards (stage 1 stays on the CPU). A relative ``folder`` is
+        same file by content; a zero-shot index: the CLIP file it records,
+        tvr/index/zero_shot.py) on ``device``, where the candidates read from the shards are
+        scored (stage 1 stays on the CPU). A relative ``folder`` is
         resolved against the working directory now: the index's paths are absolute. The
-        "no good match" ``threshold`` is the checkpoint's calibration unless given."""
+        "no good match" ``threshold`` is the checkpoint's (or zero-shot index's) calibration
+        unless given."""
         folder = Path(os.path.abspath(folder))
         if not (folder / MANIFEST).is_file():
             raise IndexStoreError(f"{folder} is not an index (no {MANIFEST}); make one with "
                                   f"python -m tvr.index build --out {folder}")
         manifest = Manifest.load(folder)
+        zero_shot = manifest.checkpoint.get("kind") == ZERO_SHOT
+        if zero_shot and checkpoint:
+            raise IndexStoreError(f"index {folder} was built zero-shot by CLIP "
+                                  f"{manifest.checkpoint['path']}, not by a checkpoint: search "
+                                  f"it without --checkpoint")
         source = checkpoint or manifest.checkpoint["path"]
+        what = "CLIP file" if zero_shot else "checkpoint"
         if not Path(source).is_file():
-            raise IndexStoreError(f"the index's checkpoint {source} is missing; pass the same "
-                                  f"file with --checkpoint")
+            raise IndexStoreError(f"the index's {what} {source} is missing; " + (
+                "put it back, or rebuild the index with --clip_path" if zero_shot else
+                "pass the same file with --checkpoint"))
         if file_sha256(source) != manifest.checkpoint["sha256"]:
-            raise IndexStoreError(f"{source} is not the checkpoint that built index {folder} "
+            raise IndexStoreError(f"{source} is not the {what} that built index {folder} "
                                   f"(its content differs): its features would not match; "
-                                  f"rebuild the index with this checkpoint")
-        model, info = load_checkpoint_model(source, device)
-        calibration = info.get("calibration") or {}
+                                  f"rebuild the index with this {what}")
+        if zero_shot:
+            model = load_zero_shot(source, device)[0]
+            calibration = manifest.config["calibration"] or {}
+        else:
+            model, info = load_checkpoint_model(source, device)
+            calibration = info.get("calibration") or {}
         if threshold is None:
             threshold = calibration.get("threshold")
         if not manifest.entries:
@@ -119,8 +135,18 @@ class VideoIndex:
         return encode_sentences(self.model, queries, self.max_words, self.tokenizer).sentence
 
     @property
-    def engine(self) -> SimilarityEngine:
-        """The evaluation engine, self-checked on the first videos (built on first use)."""
+    def scorer(self) -> str:
+        """What scores this index's videos, in words (search and the page show it)."""
+        if isinstance(self.model, ZeroShotCLIP):
+            return describe(self.manifest.config)
+        return f"GARE checkpoint {self.manifest.checkpoint['path']}"
+
+    @property
+    def engine(self) -> SimilarityEngine | MeanCosine:
+        """The evaluation engine, self-checked on the first videos (built on first use); the
+        cosine of the mean frame for a zero-shot index."""
+        if isinstance(self.model, ZeroShotCLIP):
+            return MeanCosine()
         if self._engine is None:
             sample = self.encode_queries(["a video", "someone is talking"])
             first = self.gallery.videos.parts(torch.arange(min(8, len(self))))
@@ -158,11 +184,12 @@ class VideoIndex:
         return Answer(hits, True, tuple(unknown))
 
     def best_frames(self, text: Tensor, rows: Tensor) -> Tensor:
-        """Per video row, the sampled frame with the largest pooling weight for ``text``."""
-        temp = self.model.similarity.config.temp
+        """Per video row, the real sampled frame with the largest inner product with ``text``:
+        the largest GARE pooling weight (a softmax of these products), the frame closest to
+        the sentence for a zero-shot index (unit frames)."""
         parts = self.gallery.videos.parts(rows.cpu())
-        scores = parts["frames"].float() @ text.float().cpu()
-        return (torch.softmax(scores / temp, dim=1) * parts["mask"]).argmax(dim=1)
+        products = parts["frames"].float() @ text.float().cpu()
+        return products.masked_fill(parts["mask"] == 0, float("-inf")).argmax(dim=1)
 
     def _hit(self, row: int, score: float, frame: int) -> Hit:
         path = self.paths[row]

@@ -8,7 +8,8 @@ Werkzeug's server, on ``127.0.0.1`` by default (a local tool: nothing here authe
     A search form and, for a query, the ``top`` best videos as a grid of cards: the rank, the
     score, the time of the best-matching sampled frame (``m:ss``), the file path, and an HTML5
     player showing the thumbnail of that frame; a click plays the video inline from that time
-    (a media fragment ``#t=<seconds>``). When the best video does not stand out (below the
+    (a media fragment ``#t=<seconds>``), and below the search form, which model scored them
+    (a GARE checkpoint, or CLIP zero-shot). When the best video does not stand out (below the
     index's "no good match" threshold, tvr/index/search.py) the page says "No good match" above
     the closest videos. The results are rendered on the server, so a plain DOM
     dump shows them, and without JavaScript the path links to the video at that time.
@@ -54,6 +55,7 @@ PAGE = """<!doctype html>
  form { display: flex; gap: .5em; margin-bottom: .5em; }
  input[type=search] { flex: 1; max-width: 40em; font-size: 1.1em; padding: .3em; }
  .summary { color: #666; margin-bottom: 1em; }
+ .scorer { color: #666; font-size: .85em; margin-top: -.5em; }
  ol { list-style: none; padding: 0; display: grid; gap: 1em;
       grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); }
  li { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .5em; }
@@ -72,6 +74,7 @@ PAGE = """<!doctype html>
  among {{ count }} videos ({{ answer.reason }}): the closest {{ hits | length }} are shown
 {%- elif query %} {{ hits | length }} best of {{ count }} videos for <q>{{ query }}</q>
 {%- else %} {{ count }} videos indexed{% endif %}</p>
+<p class="scorer" id="scorer">scored by {{ scorer }}</p>
 {% if answer and answer.unknown %}<p id="unknown-words">Words this model never saw in training:
  {{ answer.unknown | join(', ') }}</p>{% endif %}
 {% if hits %}
@@ -129,7 +132,7 @@ def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
                 answer = index.search([query], top=top)[0]
         return flask.render_template_string(PAGE, query=query, answer=answer,
                                             hits=answer.hits if answer else [],
-                                            count=len(index))
+                                            count=len(index), scorer=index.scorer)
 
     @app.get("/thumb/<path:path>/<int:k>")
     def thumb(path: str, k: int) -> flask.Response:

@@ -14,6 +14,8 @@ the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the
 and, in float32, the rest of the compact state the evaluation engine computes from the rounded
 frames once at build time (``SimilarityEngine.prepare_videos(..., compact=True)``: each frame's
 LN1 mean and inverse deviation, the small per-video matrices of docs/evaluation_engine.md §2).
+A zero-shot index (tvr/index/zero_shot.py) keeps the same files: its records are the unit CLIP
+frame embeddings and the mask, its stage-1 vectors their unit mean, which its scorer scores.
 A search maps the shards and reads the records of its candidates only. float16 frames move
 scores by at most 3e-5 on a trained-like model (tests/test_stored_state.py); the small matrices
 stay float32 (their entries reach thousands, where float16 keeps three digits).
@@ -56,9 +58,8 @@ import torch
 from torch import Tensor
 
 from tvr.evaluation.config import Stage1
-from tvr.evaluation.engine import SimilarityEngine
-from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Stage1Search, faiss_available,
-                                      stage1_recall, train_ivf)
+from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Scorer, Stage1Search,
+                                      faiss_available, stage1_recall, train_ivf)
 from tvr.storage import atomic_write, atomic_write_json, read_manifest
 
 # 2: each file's real path and whether a link led there; 3: memory-mapped .npy shards with
@@ -143,12 +144,13 @@ def _record_dtype(parts: dict[str, Tensor]) -> np.dtype:
                      for name, value in parts.items()])
 
 
-def write_shard(folder: str | os.PathLike, shard: int, engine: SimilarityEngine,
+def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
                 frames: Tensor, mask: Tensor) -> None:
     """Write shard number ``shard`` of ``frames`` (n, F, d) and ``mask`` (n, F): the frames
     rounded to float16 and the compact per-video state ``engine`` computes from the rounded
-    frames (:meth:`~tvr.evaluation.engine.SimilarityEngine.prepare_videos`), then the stage-1
-    vectors. Never over a shard a manifest names (module docstring)."""
+    frames (:meth:`~tvr.evaluation.engine.SimilarityEngine.prepare_videos`; a zero-shot
+    index's cosine scorer keeps the frames alone), then the stage-1 vectors. Never over a
+    shard a manifest names (module docstring)."""
     rounded = frames.detach().cpu().half().float()
     parts = engine.prepare_videos(rounded, mask.cpu(), compact=True).parts
     coarse = parts.pop("coarse")
