@@ -64,7 +64,8 @@ def served(app: flask.Flask, threads: int = 4) -> Iterator[str]:
         try:
             yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
         finally:
-            server.close()  # its loop ends once nothing is left to serve
+            server.trigger.pull_trigger(server.close)  # closed by its own loop's thread,
+            # which then ends, nothing being left to serve
             thread.join(timeout=60)
             server.task_dispatcher.shutdown()
     assert not thread.is_alive(), "waitress did not stop"

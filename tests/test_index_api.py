@@ -140,7 +140,7 @@ def test_the_api_over_http_under_waitress(index, client):
 
 
 def test_thumbnails_are_served_while_a_search_runs(index, monkeypatch):
-    """A search holds its lock until the test lets it go; meanwhile a thumbnail comes back."""
+    """A search holds its slot until the test lets it go; meanwhile a thumbnail comes back."""
     searching, finish = threading.Event(), threading.Event()
     search = index.search
     hit = search([QUERY], top=1)[0].hits[0]
@@ -160,3 +160,21 @@ def test_thumbnails_are_served_while_a_search_runs(index, monkeypatch):
         assert status == 200 and image == index.thumbnail(hit.path, hit.frame).read_bytes()
         status, body = answer.result(timeout=60)
         assert status == 200 and json.loads(body)["hits"][0]["path"] == hit.path
+
+
+def test_searches_run_at_once_up_to_the_limit(index, monkeypatch):
+    """With ``searches=2`` two searches are inside :meth:`VideoIndex.search` together: each
+    waits there for the other (a barrier that times out if they ran one after the other)."""
+    both = threading.Barrier(2, timeout=60)
+    search = index.search
+
+    def together(*args, **kwargs):
+        both.wait()
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(index, "search", together)
+    client = create_app(index, top=TOP, searches=2).test_client()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda query: api(client, q=query).get_json(), [QUERY, "up"]))
+    assert [answer["query"] for answer in answers] == [QUERY, "up"]
+    assert all(len(answer["hits"]) == TOP for answer in answers)

@@ -70,9 +70,12 @@ class ServeConfig:
                                      "only; nothing authenticates)")
     port: int = setting(8765, "the TCP port to listen on", integer(1, 65535))
     top: int = setting(12, "results per search", integer(1, 1000))
-    threads: int = setting(8, "requests answered at once (waitress threads); searches still "
-                              "run one at a time, so the others serve thumbnails and videos, "
-                              "which a browser fetches 6 at a time", integer(1, 256))
+    threads: int = setting(8, "requests answered at once (waitress threads): those not "
+                              "searching serve thumbnails and videos, which a browser fetches "
+                              "6 at a time", integer(1, 256))
+    searches: int = setting(2, "searches run at once, the others wait: each also uses torch's "
+                               "threads on every core; on 2 CPUs 2 answered 1.3x the searches "
+                               "per second of 1 (bench/RESULTS.md)", integer(1, 256))
     device: str = setting("cpu", "where the model encodes the queries and scores the videos",
                           choices=DEVICES)
     min_score: Optional[float] = _min_score()

@@ -15,6 +15,7 @@ the time of its best-matching frame, the frame with the largest text-conditioned
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -74,6 +75,7 @@ class VideoIndex:
         self.tokenizer = ClipTokenizer()
         self.gallery = Gallery(frames, mask, coarse, stage1)
         self._engine: Optional[SimilarityEngine] = None
+        self._engine_lock = threading.Lock()  # searches in threads build it once
 
     @classmethod
     def open(cls, folder: str | os.PathLike, checkpoint: Optional[str] = None,
@@ -128,12 +130,14 @@ class VideoIndex:
 
     @property
     def engine(self) -> SimilarityEngine:
-        """The evaluation engine, self-checked on the first videos (built on first use)."""
-        if self._engine is None:
-            sample = self.encode_queries(["a video", "someone is talking"])
-            self._engine = build_engine(self.model.similarity, "auto", text=sample,
-                                        frames=self.gallery.frames[:8],
-                                        mask=self.gallery.mask[:8])
+        """The evaluation engine, self-checked on the first videos (built on first use, once
+        even when threads search at once)."""
+        with self._engine_lock:
+            if self._engine is None:
+                sample = self.encode_queries(["a video", "someone is talking"])
+                self._engine = build_engine(self.model.similarity, "auto", text=sample,
+                                            frames=self.gallery.frames[:8],
+                                            mask=self.gallery.mask[:8])
         return self._engine
 
     @torch.no_grad()

@@ -114,23 +114,23 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
+def create_app(index: VideoIndex, top: int = 12, searches: int = 1) -> flask.Flask:
     """The web application for ``index`` (see the module doc), showing ``top`` results a query.
 
-    The page and the API answer through one function, which searches one query at a time (a
-    lock around :meth:`VideoIndex.search`): the index holds one model and builds its scoring
-    engine on first use, and torch already spreads one search over the CPU cores, so
-    concurrent searches would only compete. Thumbnails and videos take no lock.
+    The page and the API answer through one function, which runs at most ``searches``
+    searches at once (a semaphore around :meth:`VideoIndex.search`; the others wait): torch
+    already spreads one search over the CPU cores, but a search also has single-threaded
+    steps, which others can fill (bench/RESULTS.md §9). Thumbnails and videos never wait.
     """
     app = flask.Flask(__name__)
     app.add_template_filter(clock)
     app.json.sort_keys = False  # the API's fields in the order answer_json writes them
-    search_lock = threading.Lock()
+    slots = threading.BoundedSemaphore(searches)
     most = max(top, MAX_TOP)
 
     def search(query: str, count: int) -> Answer:
-        """The ``count`` best videos for ``query``, one search at a time."""
-        with search_lock:
+        """The ``count`` best videos for ``query``, ``searches`` at once at most."""
+        with slots:
             return index.search([query], top=count)[0]
 
     def indexed(path: str) -> Entry:
@@ -271,12 +271,14 @@ def wsgi_server(app: flask.Flask, listener: socket.socket, threads: int) -> Any:
 
 def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
     """Serve the search page and API of the index in ``folder`` at ``http://host:port/`` on
-    waitress with ``config.threads`` threads, until interrupted. The address is taken first,
+    waitress with ``config.threads`` threads, ``config.searches`` of them searching at once
+    at most, until interrupted. The address is taken first,
     so a busy port fails before the index is loaded, and the address announced is the one
     listened on."""
     with listen(config.host, config.port) as listener:
         app = create_app(VideoIndex.open(folder, device=config.device,
-                                         threshold=config.min_score), top=config.top)
+                                         threshold=config.min_score), config.top,
+                         config.searches)
         server = wsgi_server(app, listener, config.threads)
         host = f"[{config.host}]" if ":" in config.host else config.host
         print(f"searching {folder}: open http://{host}:{listener.getsockname()[1]}/ "
