@@ -11,6 +11,7 @@ from urllib.request import Request, urlopen
 
 import pytest
 
+from bench import bench_serve
 from tvr.evaluation.calibration import training_vocabulary
 from tvr.index import server
 from tvr.index.search import VideoIndex
@@ -178,3 +179,14 @@ def test_searches_run_at_once_up_to_the_limit(index, monkeypatch):
         answers = list(pool.map(lambda query: api(client, q=query).get_json(), [QUERY, "up"]))
     assert [answer["query"] for answer in answers] == [QUERY, "up"]
     assert all(len(answer["hits"]) == TOP for answer in answers)
+
+
+def test_the_serve_bench_runs_every_scenario(index, capsys):
+    bench_serve.main(["--index", str(index.folder), "--clients", "2", "--threads", "2",
+                      "--api_requests", "1", "--thumbnail_requests", "2"])
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "---" not in line][1:]
+    assert [(row[0].strip(), row[1].strip()) for row in rows] == [
+        ("api", "api"), ("thumbnail", "thumbnail"), ("mixed", "api"), ("mixed", "thumbnail")]
+    assert [int(row[4]) for row in rows] == [2, 4, 1, 2]  # requests of each row
+    assert all(int(row[5]) == 0 and float(row[8]) > 0 for row in rows)  # none failed

@@ -74,8 +74,9 @@ class ServeConfig:
                               "searching serve thumbnails and videos, which a browser fetches "
                               "6 at a time", integer(1, 256))
     searches: int = setting(2, "searches run at once, the others wait: each also uses torch's "
-                               "threads on every core; on 2 CPUs 2 answered 1.3x the searches "
-                               "per second of 1 (bench/RESULTS.md)", integer(1, 256))
+                               "threads on every core; on 2 CPUs, 2 at once answered more "
+                               "searches per second than 1 (bench/RESULTS.md §9)",
+                            integer(1, 256))
     device: str = setting("cpu", "where the model encodes the queries and scores the videos",
                           choices=DEVICES)
     min_score: Optional[float] = _min_score()
