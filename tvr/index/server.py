@@ -125,6 +125,7 @@ def create_app(index: VideoIndex, top: int = 12, searches: int = 1) -> flask.Fla
     app = flask.Flask(__name__)
     app.add_template_filter(clock)
     app.json.sort_keys = False  # the API's fields in the order answer_json writes them
+    app.register_error_handler(HTTPException, api_error)
     slots = threading.BoundedSemaphore(searches)
     most = max(top, MAX_TOP)
 
@@ -132,13 +133,6 @@ def create_app(index: VideoIndex, top: int = 12, searches: int = 1) -> flask.Fla
         """The ``count`` best videos for ``query``, ``searches`` at once at most."""
         with slots:
             return index.search([query], top=count)[0]
-
-    def indexed(path: str) -> Entry:
-        """The manifest entry of ``path``, or a 404 for any path the index does not list."""
-        entry = index.manifest.entries.get(path)
-        if entry is None:
-            flask.abort(404)
-        return entry
 
     @app.get("/")
     def page() -> str:
@@ -158,17 +152,10 @@ def create_app(index: VideoIndex, top: int = 12, searches: int = 1) -> flask.Fla
         count = requested_top(flask.request.args.get("top"), top, most)
         return flask.jsonify(answer_json(query, search(query, count), index.manifest))
 
-    @app.errorhandler(HTTPException)
-    def error(exception: HTTPException) -> flask.Response | HTTPException:
-        """Under ``/api/``, an error as JSON ``{"error": <one line>}`` with its status."""
-        if not flask.request.path.startswith("/api/"):
-            return exception
-        return flask.jsonify(error=exception.description), exception.code
-
     @app.get("/thumb/<path:path>/<int:k>")
     def thumb(path: str, k: int) -> flask.Response:
         """The thumbnail of sampled frame ``k`` of an indexed video (404 past its last frame)."""
-        if k >= len(indexed(path).times):
+        if k >= len(indexed(index, path).times):
             flask.abort(404)
         file = index.thumbnail(path, k)
         return flask.send_from_directory(file.parent, file.name, mimetype="image/jpeg",
@@ -178,13 +165,29 @@ def create_app(index: VideoIndex, top: int = 12, searches: int = 1) -> flask.Fla
     def video(path: str) -> flask.Response:
         """An indexed video file while it is the file the build read; conditional, so that a
         range request gets 206 and seeking works."""
-        file = open_indexed(index.videos_root, path, indexed(path))
+        file = open_indexed(index.videos_root, path, indexed(index, path))
         if file is None:
             flask.abort(404, f"{path} changed since the index was built (another file, or a "
                              f"link to elsewhere): re-run build to index it again")
         return send_video(file, PurePosixPath(path).name)
 
     return app
+
+
+def indexed(index: VideoIndex, path: str) -> Entry:
+    """The manifest entry of ``path``, or a 404 for any path the index does not list."""
+    entry = index.manifest.entries.get(path)
+    if entry is None:
+        flask.abort(404)
+    return entry
+
+
+def api_error(exception: HTTPException) -> tuple[flask.Response, int] | HTTPException:
+    """Under ``/api/``, an error as JSON ``{"error": <one line>}`` with its status; elsewhere
+    Flask's page."""
+    if not flask.request.path.startswith("/api/"):
+        return exception
+    return flask.jsonify(error=exception.description), exception.code
 
 
 def requested_top(value: Optional[str], default: int, most: int) -> int:
