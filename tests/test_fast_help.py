@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = {"torch", "torchvision", "cv2", "faiss", "flask", "pandas", "matplotlib"}
+HEAVY = {"torch", "torchvision", "cv2", "faiss", "flask", "waitress", "pandas",
+         "matplotlib"}
 INDEX = ["-m", "tvr.index"]
 EXPERIMENTS = ["-m", "tvr.experiments"]
 

@@ -118,6 +118,8 @@ def test_a_bad_search_flag_is_a_usage_error(flags, expected, files, capsys):
     (["--port", "99999"], "argument --port: must be an integer in [1, 65535], got 99999"),
     (["--port", "0"], "argument --port: must be an integer in [1, 65535], got 0"),
     (["--top", "0"], "argument --top: must be an integer in [1, 1000], got 0"),
+    (["--threads", "0"], "argument --threads: must be an integer in [1, 256], got 0"),
+    (["--searches", "0"], "argument --searches: must be an integer in [1, 256], got 0"),
 ])
 def test_a_bad_serve_flag_is_a_usage_error(flags, expected, files, capsys):
     code, message = fail(["serve", str(files.index), *flags], capsys)

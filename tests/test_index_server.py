@@ -1,10 +1,11 @@
 """The search page of a video index (tvr/index/server.py) on a tiny index of toy videos.
 
 The routes are checked through Flask's test client; the page itself in a real headless
-Chromium, loading it from a live server, as a user would. The browser test needs a Chromium
-binary (Debian's ``chromium`` package, which .ci/run installs when it can) and is skipped, with
-the reason, without one. The model is untrained: the tests compare the page with what
-:meth:`VideoIndex.search` returns, not with what a trained model would find.
+Chromium, loading it from a live server (waitress, as ``serve`` runs it), as a user would. The
+browser test needs a Chromium binary (Debian's ``chromium`` package, which .ci/run installs
+when it can) and is skipped, with the reason, without one. The model is untrained: the tests
+compare the page with what :meth:`VideoIndex.search` returns, not with what a trained model
+would find.
 """
 import dataclasses
 import json
@@ -13,25 +14,21 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, urlencode, urljoin
 from urllib.request import urlopen
 
 import pytest
-from werkzeug.serving import make_server
 
-from tvr.data.toy import make_toy_dataset
 from tvr.evaluation.calibration import training_vocabulary
 from tvr.index.search import VideoIndex
 from tvr.index.server import clock, create_app
 from tvr.index.store import IndexStoreError
-from fixtures_index import build, tiny_checkpoint
+from fixtures_index import NESTED, build, served, tiny_checkpoint, toy_index
 
 QUERY = "a red circle moves to the left"
 TOP = 6
-NESTED = "more clips/clip #1.mp4"  # a video in a subfolder, its name needing URL quoting
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Headless, as root in a container (no sandbox, no GPU), and with no connections of Chromium's
@@ -48,15 +45,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, checkpoint) -> VideoIndex:
-    """An index of 10 toy videos (one moved to :data:`NESTED`), by a tiny untrained model."""
-    root = tmp_path_factory.mktemp("index")
-    toy = make_toy_dataset(root / "toy", num_train=6, num_val=0, num_test=4, workers=1)
-    (toy.video_path / NESTED).parent.mkdir()
-    (toy.video_path / "video9.mp4").rename(toy.video_path / NESTED)
-    build(checkpoint, toy.video_path, root / "index")
-    index = VideoIndex.open(root / "index")
-    assert len(index) == 10
-    return index
+    return toy_index(tmp_path_factory.mktemp("index"), checkpoint)
 
 
 @pytest.fixture
@@ -66,14 +55,9 @@ def client(index):
 
 @pytest.fixture(scope="module")
 def live_url(index):
-    """The page served by Werkzeug's threaded server on a free local port, in a thread."""
-    server = make_server("127.0.0.1", 0, create_app(index, top=TOP), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    thread.join()
-    server.server_close()
+    """The page served by waitress on a free local port, in a thread."""
+    with served(create_app(index, top=TOP)) as url:
+        yield url
 
 
 class ResultCards(HTMLParser):
@@ -306,7 +290,7 @@ def served_as_the_readme_does(index):
         port = probe.getsockname()[1]
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     server = subprocess.Popen([sys.executable, "-m", "tvr.index", "serve", index.folder.name,
-                               "--port", str(port), "--top", str(TOP)],
+                               "--port", str(port), "--top", str(TOP), "--threads", "2"],
                               cwd=index.folder.parent, env=environment,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     announced = server.stdout.readline()
@@ -323,6 +307,7 @@ def test_chromium_loads_every_thumbnail_of_an_index_served_by_its_relative_path(
         served_as_the_readme_does, tmp_path):
     url = f"{served_as_the_readme_does}?{urlencode({'q': QUERY})}"
     with urlopen(url, timeout=60) as response:
+        assert response.headers["Server"] == "waitress"  # what serve runs the page on
         cards = ResultCards(response.read().decode()).cards
     assert len(cards) == TOP
     images = "".join(f'<img src="{urljoin(url, card["poster"])}">' for card in cards)

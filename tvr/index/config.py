@@ -79,12 +79,19 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Where ``serve`` listens and how many results its page shows."""
+    """Where ``serve`` listens, with how many threads, and how many results its page shows."""
 
     host: str = setting("127.0.0.1", "the address to listen on (127.0.0.1: this machine "
                                      "only; nothing authenticates)")
     port: int = setting(8765, "the TCP port to listen on", integer(1, 65535))
     top: int = setting(12, "results per search", integer(1, 1000))
+    threads: int = setting(8, "requests answered at once (waitress threads): those not "
+                              "searching serve thumbnails and videos, which a browser fetches "
+                              "6 at a time", integer(1, 256))
+    searches: int = setting(2, "searches run at once, the others wait: each also uses torch's "
+                               "threads on every core; on 2 CPUs, 2 at once answered more "
+                               "searches per second than 1 (bench/RESULTS.md §9)",
+                            integer(1, 256))
     device: str = setting("cpu", "where the model encodes the queries and scores the videos",
                           choices=DEVICES)
     min_score: Optional[float] = _min_score()

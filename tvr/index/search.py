@@ -16,6 +16,7 @@ the time of its best-matching frame, the frame with the largest text-conditioned
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -77,6 +78,7 @@ class VideoIndex:
         self.max_words = manifest.config["max_words"]
         self.tokenizer = ClipTokenizer()
         self._engine: Optional[SimilarityEngine] = None
+        self._engine_lock = threading.Lock()  # searches in threads build it once
 
     @classmethod
     def open(cls, folder: str | os.PathLike, checkpoint: Optional[str] = None,
@@ -144,14 +146,16 @@ class VideoIndex:
     @property
     def engine(self) -> SimilarityEngine | MeanCosine:
         """The evaluation engine, self-checked on the first videos (built on first use); the
-        cosine of the mean frame for a zero-shot index."""
+        cosine of the mean frame for a zero-shot index. Built once even when threads search
+        at once."""
         if isinstance(self.model, ZeroShotCLIP):
             return MeanCosine()
-        if self._engine is None:
-            sample = self.encode_queries(["a video", "someone is talking"])
-            first = self.gallery.videos.parts(torch.arange(min(8, len(self))))
-            self._engine = build_engine(self.model.similarity, "auto", text=sample,
-                                        frames=first["frames"].float(), mask=first["mask"])
+        with self._engine_lock:  # searches in threads build it once
+            if self._engine is None:
+                sample = self.encode_queries(["a video", "someone is talking"])
+                first = self.gallery.videos.parts(torch.arange(min(8, len(self))))
+                self._engine = build_engine(self.model.similarity, "auto", text=sample,
+                                            frames=first["frames"].float(), mask=first["mask"])
         return self._engine
 
     @torch.no_grad()

@@ -1,8 +1,9 @@
-"""A small local web page to search a video index: ``python -m tvr.index serve INDEX``.
+"""A small web page and JSON API to search a video index: ``python -m tvr.index serve INDEX``.
 
 :func:`create_app` builds a Flask application around an open
 :class:`~tvr.index.search.VideoIndex`; :func:`serve` opens an index folder and runs it on
-Werkzeug's server, on ``127.0.0.1`` by default (a local tool: nothing here authenticates). Routes:
+waitress, a production WSGI server, on ``127.0.0.1`` by default (nothing here authenticates).
+Routes:
 
 ``/?q=<text>``
     A search form and, for a query, the ``top`` best videos as a grid of cards: the rank, the
@@ -13,6 +14,12 @@ Werkzeug's server, on ``127.0.0.1`` by default (a local tool: nothing here authe
     index's "no good match" threshold, tvr/index/search.py) the page says "No good match" above
     the closest videos. The results are rendered on the server, so a plain DOM
     dump shows them, and without JavaScript the path links to the video at that time.
+``/api/search?q=<text>&top=<n>``
+    The same search as JSON (:func:`answer_json`): the query, the model, ``good``, ``reason``,
+    ``unknown`` and the hits, each with its path, score, time, frame and the URLs of its
+    thumbnail and video (relative to the server). ``top`` defaults to the page's and is capped
+    at :data:`MAX_TOP` (or the page's, if larger). An empty ``q`` or a ``top`` that is not a
+    whole number from 1 up is a 400; every error under ``/api/`` is JSON ``{"error": ...}``.
 ``/thumb/<path>/<k>``
     The JPEG thumbnail of sampled frame ``k`` of video ``path``.
 ``/video/<path>``
@@ -35,14 +42,20 @@ import socket
 import stat
 import threading
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Optional
+from typing import Any, BinaryIO, Optional
 
 import flask
-from werkzeug.serving import make_server, select_address_family
+import waitress
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import select_address_family
 
 from tvr.index.config import ServeConfig
-from tvr.index.search import VideoIndex
-from tvr.index.store import Entry
+from tvr.index.search import Answer, VideoIndex
+from tvr.index.store import Entry, Manifest
+
+# The API's cap on ``top`` (unless the page shows more): the stage-1 candidates that search
+# re-scores by default (its ``k``), and a bound on the work one request can ask for.
+MAX_TOP = 100
 
 # The one page, a Jinja template (autoescaped: Flask escapes every value rendered into it).
 PAGE = """<!doctype html>
@@ -104,40 +117,48 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
+def create_app(index: VideoIndex, top: int = 12, searches: int = 1) -> flask.Flask:
     """The web application for ``index`` (see the module doc), showing ``top`` results a query.
 
-    Queries are answered one at a time (a lock around :meth:`VideoIndex.search`): the index
-    holds one model and builds its scoring engine on first use, and concurrent encodings on the
-    same CPU cores would only compete.
+    The page and the API answer through one function, which runs at most ``searches``
+    searches at once (a semaphore around :meth:`VideoIndex.search`; the others wait): torch
+    already spreads one search over the CPU cores, but a search also has single-threaded
+    steps, which others can fill (bench/RESULTS.md §9). Thumbnails and videos never wait.
     """
     app = flask.Flask(__name__)
     app.add_template_filter(clock)
-    search_lock = threading.Lock()
+    app.json.sort_keys = False  # the API's fields in the order answer_json writes them
+    app.register_error_handler(HTTPException, api_error)
+    slots = threading.BoundedSemaphore(searches)
+    most = max(top, MAX_TOP)
 
-    def indexed(path: str) -> Entry:
-        """The manifest entry of ``path``, or a 404 for any path the index does not list."""
-        entry = index.manifest.entries.get(path)
-        if entry is None:
-            flask.abort(404)
-        return entry
+    def search(query: str, count: int) -> Answer:
+        """The ``count`` best videos for ``query``, ``searches`` at once at most."""
+        with slots:
+            return index.search([query], top=count)[0]
 
     @app.get("/")
     def page() -> str:
         """The search form, with the results of the query ``q`` when there is one."""
         query = flask.request.values.get("q", "").strip()
-        answer = None
-        if query:
-            with search_lock:
-                answer = index.search([query], top=top)[0]
+        answer = search(query, top) if query else None
         return flask.render_template_string(PAGE, query=query, answer=answer,
                                             hits=answer.hits if answer else [],
                                             count=len(index), scorer=index.scorer)
 
+    @app.get("/api/search")
+    def api_search() -> flask.Response:
+        """The answer to ``q`` as JSON (:func:`answer_json`), ``top`` hits at most."""
+        query = flask.request.args.get("q", "").strip()
+        if not query:
+            flask.abort(400, "give a query: /api/search?q=<text>")
+        count = requested_top(flask.request.args.get("top"), top, most)
+        return flask.jsonify(answer_json(query, search(query, count), index.manifest))
+
     @app.get("/thumb/<path:path>/<int:k>")
     def thumb(path: str, k: int) -> flask.Response:
         """The thumbnail of sampled frame ``k`` of an indexed video (404 past its last frame)."""
-        if k >= len(indexed(path).times):
+        if k >= len(indexed(index, path).times):
             flask.abort(404)
         file = index.thumbnail(path, k)
         return flask.send_from_directory(file.parent, file.name, mimetype="image/jpeg",
@@ -147,13 +168,58 @@ def create_app(index: VideoIndex, top: int = 12) -> flask.Flask:
     def video(path: str) -> flask.Response:
         """An indexed video file while it is the file the build read; conditional, so that a
         range request gets 206 and seeking works."""
-        file = open_indexed(index.videos_root, path, indexed(path))
+        file = open_indexed(index.videos_root, path, indexed(index, path))
         if file is None:
             flask.abort(404, f"{path} changed since the index was built (another file, or a "
                              f"link to elsewhere): re-run build to index it again")
         return send_video(file, PurePosixPath(path).name)
 
     return app
+
+
+def indexed(index: VideoIndex, path: str) -> Entry:
+    """The manifest entry of ``path``, or a 404 for any path the index does not list."""
+    entry = index.manifest.entries.get(path)
+    if entry is None:
+        flask.abort(404)
+    return entry
+
+
+def api_error(exception: HTTPException) -> tuple[flask.Response, int] | HTTPException:
+    """Under ``/api/``, an error as JSON ``{"error": <one line>}`` with its status; elsewhere
+    Flask's page."""
+    if not flask.request.path.startswith("/api/"):
+        return exception
+    return flask.jsonify(error=exception.description), exception.code
+
+
+def requested_top(value: Optional[str], default: int, most: int) -> int:
+    """The API's ``top``: ``default`` when not given, at most ``most``; a 400 unless it is a
+    whole number of at least 1."""
+    if value is None:
+        return default
+    try:
+        count = int(value) if value.isascii() and value.isdigit() else 0
+    except ValueError:  # more digits than int() reads (sys.get_int_max_str_digits)
+        return most
+    if count < 1:
+        flask.abort(400, f"top must be a whole number of at least 1, got {value!r}")
+    return min(count, most)
+
+
+def answer_json(query: str, answer: Answer, manifest: Manifest) -> dict[str, Any]:
+    """The API's answer to ``query``: the model (its kind, "gare" or "clip-zero-shot", and the
+    file name and SHA-256 of its checkpoint or CLIP file), the
+    verdict (``good``, ``reason``, ``unknown``: see :class:`~tvr.index.search.Answer`) and the
+    hits, best first, with the URLs of their thumbnails and videos."""
+    model = {"kind": manifest.checkpoint.get("kind", "gare"),
+             "checkpoint": PurePosixPath(manifest.checkpoint["path"]).name,
+             "sha256": manifest.checkpoint["sha256"]}
+    hits = [{"path": hit.path, "score": hit.score, "time": hit.time, "frame": hit.frame,
+             "thumbnail": flask.url_for("thumb", path=hit.path, k=hit.frame),
+             "video": flask.url_for("video", path=hit.path)} for hit in answer.hits]
+    return {"query": query, "model": model, "good": answer.good, "reason": answer.reason,
+            "unknown": list(answer.unknown), "hits": hits}
 
 
 def open_indexed(root: Path, path: str, entry: Entry) -> Optional[BinaryIO]:
@@ -194,29 +260,38 @@ class ServeError(OSError):
     """The page cannot be served where asked (the address is taken or cannot be used)."""
 
 
-def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
-    """Serve the search page of the index in ``folder`` at ``http://host:port/`` until
-    interrupted (Werkzeug's threaded server: meant for one user on a local machine). The
-    address is taken first, so a busy port fails before the index is loaded, and the address
-    announced is the one listened on."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (port 0: a free one), or :class:`ServeError` in
+    one line when the address is taken or cannot be used."""
     try:
-        family = select_address_family(config.host, config.port)
-        listener = socket.create_server((config.host, config.port), family=family)
+        return socket.create_server((host, port), family=select_address_family(host, port))
     except (OSError, UnicodeError, TypeError) as error:  # the last two: a host name that
         reason = getattr(error, "strerror", None) or error   # cannot be encoded
-        raise ServeError(f"cannot listen on {config.host}:{config.port}: {reason}; choose "
-                         f"another --port (or --host)") from error
-    with listener:
+        raise ServeError(f"cannot listen on {host}:{port}: {reason}; choose another --port "
+                         f"(or --host)") from error
+
+
+def wsgi_server(app: flask.Flask, listener: socket.socket, threads: int) -> Any:
+    """A waitress server of ``app`` on ``listener``, answering ``threads`` requests at once
+    (its ``run()`` serves until interrupted, ``close()`` stops listening)."""
+    return waitress.create_server(app, sockets=[listener], threads=threads)
+
+
+def serve(folder: str | os.PathLike, config: ServeConfig) -> None:
+    """Serve the search page and API of the index in ``folder`` at ``http://host:port/`` on
+    waitress with ``config.threads`` threads, ``config.searches`` of them searching at once
+    at most, until interrupted. The address is taken first,
+    so a busy port fails before the index is loaded, and the address announced is the one
+    listened on."""
+    with listen(config.host, config.port) as listener:
         app = create_app(VideoIndex.open(folder, device=config.device,
-                                         threshold=config.min_score), top=config.top)
-        server = make_server(config.host, config.port, app, threaded=True,
-                             fd=listener.fileno())
+                                         threshold=config.min_score), config.top,
+                         config.searches)
+        server = wsgi_server(app, listener, config.threads)
         host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"searching {folder}: open http://{host}:{server.port}/ (Ctrl+C to stop)",
-              flush=True)
+        print(f"searching {folder}: open http://{host}:{listener.getsockname()[1]}/ "
+              f"(Ctrl+C to stop)", flush=True)
         try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+            server.run()  # waitress stops its threads on Ctrl+C
         finally:
-            server.server_close()
+            server.close()
