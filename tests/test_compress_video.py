@@ -146,6 +146,8 @@ echo partial > "$last"
 echo > "$FAKE_PID_DIR/$$"
 exec sleep 60
 """
+DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                  "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
 def _running(pid: int) -> bool:
@@ -168,8 +170,11 @@ def test_interrupt_kills_ffmpeg_and_removes_temporary_files(tmp_path, signum, st
         (tmp_path / "in" / f"clip{k}.mp4").write_bytes(b"x")
     out = tmp_path / "out"
     script = Path(compress_video.__file__)
-    command = [sys.executable, str(script), "--input_root", str(tmp_path / "in"), "--output_root",
-               str(out), "--workers", str(workers), "--no_progress", "--ffmpeg", str(fake)]
+    # As from a terminal: SIGINT at its default, even when this test runs under a launcher
+    # that ignores it (GNU time in a detached session), whose children inherit the ignoring.
+    command = [sys.executable, "-c", DEFAULT_SIGINT, str(script), "--input_root",
+               str(tmp_path / "in"), "--output_root", str(out), "--workers", str(workers),
+               "--no_progress", "--ffmpeg", str(fake)]
     pids = tmp_path / "pids"
     pids.mkdir()
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,

@@ -19,17 +19,18 @@ from fixtures_similarity import trained
 DIM, FRAMES, SHARD = 32, 4, 100
 
 
-def add_shard(folder, manifest, engine, shard, generator):
-    """Write one shard of SHARD random videos (clustered, padded) and list them."""
+def add_shard(folder, manifest, engine, shard, generator, count=FRAMES):
+    """Write one shard of SHARD random videos of ``count`` frames (clustered, padded) and list
+    them."""
     centres = torch.randn(8, DIM, generator=generator)
     frames = centres[torch.randint(8, (SHARD,), generator=generator)].unsqueeze(1) \
-        + 0.3 * torch.randn(SHARD, FRAMES, DIM, generator=generator)
-    mask = torch.ones(SHARD, FRAMES)
+        + 0.3 * torch.randn(SHARD, count, DIM, generator=generator)
+    mask = torch.ones(SHARD, count)
     mask[::3, -1] = 0
     write_shard(folder, shard, engine, frames, mask)
     for row in range(SHARD):
         manifest.entries[f"{shard}/{row}.mp4"] = Entry(0, 0, "", False, shard, row, 1.0,
-                                                       [0.0] * FRAMES)
+                                                       [0.0] * count)
     manifest.next_shard = shard + 1
 
 
@@ -59,6 +60,26 @@ def test_stored_gallery_scores_as_the_engine_and_k_of_all_is_exhaustive(store):
     assert torch.equal(two_stage.best, full.best)
     some = torch.tensor([599, 3, 250, 3])  # any order, repeats, across shards
     assert torch.equal(gallery.videos.parts(some)["frames"], stored["frames"][some])
+
+
+def test_records_with_fields_off_their_alignment_are_read(tmp_path):
+    """Six frames (the demo's): the float32 fields of a packed record fall off 4-byte
+    boundaries, which torch cannot view; the rows asked for are copied out."""
+    engine = SimilarityEngine(trained(SimilarityConfig(dim=DIM), torch.float32))
+    manifest = Manifest(".", {}, {}, {})
+    add_shard(tmp_path, manifest, engine, 0, torch.Generator().manual_seed(0), count=6)
+    update_stage1(tmp_path, manifest, exact_max=10**6, k=50)
+    gallery = open_gallery(tmp_path, manifest)
+    records = gallery.videos.records[0]
+    assert any(records.dtype.fields[name][1] % 4 for name in records.dtype.names
+               if records.dtype[name].base.itemsize == 4)
+    stored = gallery.videos.parts(torch.tensor([7, 2]))
+    assert stored["frames"].shape == (2, 6, DIM)
+    text = torch.randn(3, DIM, generator=torch.Generator().manual_seed(1))
+    expected = engine.score(engine.prepare_texts(text),
+                            engine.prepare_videos(stored["frames"].float(), stored["mask"]))
+    found = gallery.search(engine, text, top=SHARD, k=SHARD, exhaustive=True)
+    torch.testing.assert_close(found.scores[:, [7, 2]], expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
