@@ -12,54 +12,82 @@ circle left"), in the training forms and in the held-out forms, each of a random
 direction. The ground truth is each query's exhaustive GARE top-10
 (``VideoIndex.search(..., exhaustive=True)``); for every ``--k`` the table gives the share of
 those items in the two-stage top-10, the share of queries whose top-10 is complete, the same by
-kind of query, and the latency of one query per call (median and 90th percentile of
-``--single`` calls) and of all queries in one call. A two-stage top-10 holds an exhaustive
-item exactly when stage 1 kept it among its K candidates, since stage 2 scores them with GARE
-as exhaustive search does, so this is the top-10 containment of bench/RESULTS.md §4 (short of
-ties in score). Only the index's public API is used.
+kind of query, the share of the top-10 items that show the query's content (colour, shape and
+direction, read from each video's caption), and the latency of one query per call (median and
+90th percentile of ``--single`` calls) and of all queries in one call. A two-stage top-10
+holds an exhaustive item exactly when stage 1 kept it among its K candidates, since stage 2
+scores them with GARE as exhaustive search does, so this is the top-10 containment of
+bench/RESULTS.md §4 (short of ties in score). Only the index's public API is used.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from tvr.data.toy import make_toy_dataset
-from tvr.data.toy_language import HELD_OUT_FORMS, TRAIN_FORMS, caption, plain_caption
+from tvr.data.toy_language import (COLOUR_WORDS, HELD_OUT_FORMS, SHAPE_WORDS, TRAIN_FORMS,
+                                   caption, motions, plain_caption)
 from tvr.data.toy_scene import COLOURS, DIRECTIONS, SHAPES, ToyVariation
 from tvr.index.build import build_index
 from tvr.index.config import DEFAULT_K, BuildConfig
 from tvr.index.search import VideoIndex
 
 KINDS = ("plain words", "training forms", "held-out forms")
+Content = tuple[str, str, str]  # colour, shape, direction
 
 
-def toy_queries(count: int, seed: int) -> list[tuple[str, str]]:
-    """``count`` (kind, caption) pairs of random contents, the kinds of :data:`KINDS` in turn."""
+class Query(NamedTuple):
+    kind: str
+    text: str
+    content: Content
+
+
+def toy_queries(count: int, seed: int) -> list[Query]:
+    """``count`` captions of random contents, the kinds of :data:`KINDS` in turn."""
     rng = np.random.default_rng(seed)
-    pairs = []
+    queries = []
     for i in range(count):
-        colour = list(COLOURS)[rng.integers(len(COLOURS))]
-        shape = SHAPES[rng.integers(len(SHAPES))]
-        direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+        content = (list(COLOURS)[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))],
+                   list(DIRECTIONS)[rng.integers(len(DIRECTIONS))])
         kind = KINDS[i % len(KINDS)]
         if kind == "plain words":
-            text = plain_caption(colour, shape, direction)
+            text = plain_caption(*content)
         else:
             forms = TRAIN_FORMS if kind == "training forms" else HELD_OUT_FORMS
-            text = caption(rng, colour, shape, direction, forms)
-        pairs.append((kind, text))
-    return pairs
+            text = caption(rng, *content, forms)
+        queries.append(Query(kind, text, content))
+    return queries
 
 
-def prepare(options: argparse.Namespace) -> str:
-    """Write the gallery and build (or update) its index; a line on what that took."""
+def read_content(text: str) -> Content:
+    """What a one-object toy caption names, read with the toy language's word tables."""
+    words = set(text.replace(",", " ").split())
+    colour, = (c for c, names in COLOUR_WORDS.items() if words & set(names))
+    shape, = (s for s, names in SHAPE_WORDS.items() if words & set(names))
+    direction, = (d for d in DIRECTIONS
+                  if any(re.search(rf"\b{phrase}\b", text)
+                         for wording in motions(d) for phrase in wording))
+    return colour, shape, direction
+
+
+def gallery_contents(root: Path) -> dict[str, Content]:
+    """The content of each video of a toy set, by its path in the index (from its caption)."""
+    sentences = json.loads((root / "MSRVTT_data.json").read_text())["sentences"]
+    return {f"{s['video_id']}.mp4": read_content(s["caption"]) for s in sentences}
+
+
+def prepare(options: argparse.Namespace) -> tuple[str, dict[str, Content]]:
+    """Write the gallery and build (or update) its index: a line on what that took, and the
+    gallery's contents by path."""
     start = time.perf_counter()
     toy = make_toy_dataset(options.data, seed=options.seed, num_train=options.n - 1, num_val=0,
                            num_test=1, captions_per_video=1, variation=ToyVariation(),
@@ -71,7 +99,8 @@ def prepare(options: argparse.Namespace) -> str:
         raise SystemExit(report.format())
     gallery = f"written in {made:.0f} s" if toy.created else "already there"
     return (f"gallery {toy.video_path}: {options.n} videos, {gallery}; index {options.index}: "
-            + report.format().splitlines()[0] + f" in {report.seconds:.0f} s")
+            + report.format().splitlines()[0] + f" in {report.seconds:.0f} s",
+            gallery_contents(toy.root))
 
 
 def timed(call: Callable[[], list]) -> tuple[list, float]:
@@ -106,16 +135,25 @@ def cell(exact: list[set[str]], found: list[set[str]]) -> str:
     return f"{100 * items:.1f}% / {100 * complete:.0f}%"
 
 
-def table(index: VideoIndex, pairs: list[tuple[str, str]], ks: Sequence[int], single: int
-          ) -> list[str]:
+def matching(found: list[set[str]], queries: list[Query], contents: dict[str, Content]) -> str:
+    """Share of the top-10 items that show what their query names."""
+    hits = [contents[path] == query.content for paths, query in zip(found, queries)
+            for path in paths]
+    return f"{100 * np.mean(hits):.1f}%"
+
+
+def table(index: VideoIndex, queries: list[Query], contents: dict[str, Content],
+          ks: Sequence[int], single: int) -> list[str]:
     """The markdown table: exhaustive GARE, then two-stage at each K."""
-    texts = [text for _, text in pairs]
+    texts = [query.text for query in queries]
     exact, seconds = timed(lambda: top10(index, texts, exhaustive=True))
-    kinds = {kind: [i for i, (k, _) in enumerate(pairs) if k == kind] for kind in KINDS}
+    kinds = {kind: [i for i, q in enumerate(queries) if q.kind == kind] for kind in KINDS}
     head = ("| K | top-10 items inside / queries complete | " + " | ".join(KINDS)
-            + " | one query per call, median / p90 ms | all queries in one call, s |")
-    lines = [head, "|" + "---|" * (5 + len(KINDS))]
+            + " | top-10 showing the query's content | one query per call, median / p90 ms "
+              "| all queries in one call, s |")
+    lines = [head, "|" + "---|" * (6 + len(KINDS))]
     lines.append(f"| exhaustive | 100.0% / 100% | {' | '.join('–' for _ in KINDS)} | "
+                 f"{matching(exact, queries, contents)} | "
                  f"{one_per_call(index, texts[:single], exhaustive=True)} | {seconds:.2f} |")
     for k in ks:
         k = min(k, len(index))
@@ -124,6 +162,7 @@ def table(index: VideoIndex, pairs: list[tuple[str, str]], ks: Sequence[int], si
                    for rows in kinds.values()]
         default = " (default)" if k == DEFAULT_K else ""
         lines.append(f"| {k}{default} | {cell(exact, found)} | {' | '.join(by_kind)} | "
+                     f"{matching(found, queries, contents)} | "
                      f"{one_per_call(index, texts[:single], k=k)} | {seconds:.2f} |")
     return lines
 
@@ -159,13 +198,14 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> None:
     options = parse(argv)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {machine()}")
-    print(prepare(options))
+    done, contents = prepare(options)
+    print(done)
     index = VideoIndex.open(options.index)
-    pairs = toy_queries(options.queries, options.query_seed)
-    top10(index, [pairs[0][1]], k=10)  # builds and self-checks the engine: not timed below
-    print(f"checkpoint {Path(options.checkpoint).resolve()}; {len(pairs)} queries "
-          f"(seed {options.query_seed}), e.g. " + "; ".join(repr(t) for _, t in pairs[:3]))
-    print("\n".join(table(index, pairs, options.k, options.single)))
+    queries = toy_queries(options.queries, options.query_seed)
+    top10(index, [queries[0].text], k=10)  # builds and self-checks the engine: not timed below
+    print(f"checkpoint {Path(options.checkpoint).resolve()}; {len(queries)} queries "
+          f"(seed {options.query_seed}), e.g. " + "; ".join(repr(q.text) for q in queries[:3]))
+    print("\n".join(table(index, queries, contents, options.k, options.single)))
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} load average "
           + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 

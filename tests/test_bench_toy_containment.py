@@ -8,12 +8,14 @@ from tests.fixtures_index import tiny_checkpoint
 from tests.test_benches import table_rows
 
 
-def test_queries_take_turns_in_kind_and_follow_the_seed():
-    pairs = bench.toy_queries(9, seed=3)
-    assert [kind for kind, _ in pairs] == list(bench.KINDS) * 3
-    assert pairs == bench.toy_queries(9, seed=3) != bench.toy_queries(9, seed=4)
-    assert all(len(text.split()) == 3 for kind, text in pairs if kind == "plain words")
-    assert len({text for _, text in pairs}) > 6
+def test_queries_take_turns_in_kind_follow_the_seed_and_read_back():
+    queries = bench.toy_queries(60, seed=3)
+    assert [q.kind for q in queries] == list(bench.KINDS) * 20
+    assert queries == bench.toy_queries(60, seed=3) != bench.toy_queries(60, seed=4)
+    assert all(q.text == " ".join(q.content) for q in queries if q.kind == "plain words")
+    assert len({q.text for q in queries}) > 50
+    assert all(bench.read_content(q.text) == q.content for q in queries)
+    assert len({q.content[2] for q in queries}) == 4
 
 
 def test_containment_of_k_equal_to_n_is_complete(tmp_path, capsys):
@@ -25,6 +27,7 @@ def test_containment_of_k_equal_to_n_is_complete(tmp_path, capsys):
     rows = table_rows(out)
     assert [row[0] for row in rows] == ["exhaustive", "10", "12"]
     assert rows[2][1:5] == ["100.0% / 100%"] * 4
+    assert rows[2][5] == rows[0][5] and 0 <= float(rows[0][5].rstrip("%")) <= 100
     items, complete = rows[1][1].split(" / ")
     assert 0 <= float(items.rstrip("%")) <= 100 and 0 <= float(complete.rstrip("%")) <= 100
     params = json.loads((tmp_path / "toy" / "toy_manifest.json").read_text())["params"]
