@@ -1,11 +1,13 @@
 """The synthetic MSR-VTT-format toy dataset (tvr.data.toy): format, readable videos, captions
 grounded in what the frames show (colour, shape, direction of motion), determinism and
-idempotency.
+idempotency; the default set unchanged by the option that varies sizes, speeds and start points,
+and that option's videos varied, in the frame and still true to their captions.
 
 Captions are parsed here with the test's own vocabulary, and each named object is found in the
 decoded frames by its palette colour alone, so a caption that disagrees with the pixels fails.
 """
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -14,8 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tvr.data.toy import COLOURS, make_toy_dataset
+from tvr.data.toy import make_toy_dataset
 from tvr.data import toy_language
+from tvr.data.toy_scene import COLOURS, Scene, ToyVariation, render, sample_objects
 
 SMALL = dict(num_train=6, num_val=3, num_test=4, captions_per_video=3, two_object_prob=0.5,
              workers=2)
@@ -40,6 +43,12 @@ UNIT = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy") / "a"
     return make_toy_dataset(root, seed=0, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy") / "varied"
+    return make_toy_dataset(root, seed=0, **SMALL, variation=ToyVariation())
 
 
 def read_frames(path: Path) -> np.ndarray:
@@ -160,7 +169,12 @@ def test_the_directions_own_word_is_the_most_frequent(direction, monkeypatch):
     assert uniform < 0.6 and len({c.split()[-1] for c in captions}) >= 4
 
 
-def test_captions_match_the_pixels(toy):
+@pytest.mark.parametrize("name", ["toy", "varied"])
+def test_captions_match_the_pixels(name, request):
+    """Every caption names what the frames show; every object stays whole in the frame (no
+    pixel on its border) and moves far enough along its direction to read it (varied: its
+    shortest path is a fifth of the frame, less the error of the decoded centroid)."""
+    toy, least_move = request.getfixturevalue(name), {"toy": 0.2, "varied": 0.18}[name] * SIZE
     data = json.loads((toy.root / "MSRVTT_data.json").read_text())
     assert any(len(parse(s["caption"])) == 2 for s in data["sentences"])
     for video in data["videos"]:
@@ -180,10 +194,12 @@ def test_captions_match_the_pixels(toy):
             for colour, shape, way in objects:
                 mask = masks[colour]
                 assert mask.sum(axis=(1, 2)).min() > 20, f"{colour} missing in a frame: {caption}"
+                border = mask[:, [0, -1], :].sum() + mask[:, :, [0, -1]].sum()
+                assert border == 0, f"{colour} leaves the frame: {caption}"
                 assert shape_of(mask) == shape, caption
                 first, last = (np.argwhere(m).mean(axis=0)[::-1] for m in (mask[0], mask[-1]))
                 (dx, dy), (ux, uy) = last - first, UNIT[way]
-                assert dx * ux + dy * uy > 0.2 * SIZE, (caption, first, last)
+                assert dx * ux + dy * uy > least_move, (caption, first, last)
                 assert abs(dx * uy - dy * ux) < 2, (caption, first, last)
 
 
@@ -226,3 +242,72 @@ def test_refuses_a_folder_that_is_not_a_toy_set(tmp_path):
     (tmp_path / "MSRVTT_data.json").write_text("{}")
     with pytest.raises(ValueError, match="refusing"):
         make_toy_dataset(tmp_path, **SMALL)
+
+
+# Digests of the default generator's output for seed 0 and SMALL, taken before the variation
+# option existed (commit 138ab96): with the option off, captions and frames are the same to the
+# byte. (The mp4s depend on the ffmpeg binary as well: test_deterministic_from_the_seed.)
+DEFAULT_DIGESTS = {
+    "MSRVTT_data.json": "fd20454cde6457f1d69439d4427239170c7b4a8f4cb46ef3ebadc2cd75c61d05",
+    "MSRVTT_JSFUSION_test.csv": "f41735f8676bb6463c8e2c38e0d436d9e7773cdd2e570e0e5773b4ee574316c7",
+    "MSRVTT_JSFUSION_val.csv": "089c6f25141f0d0d1800fd551bacecdeda9a68acb35073ceb7d5cec701f4db16",
+    "plain/MSRVTT_JSFUSION_test.csv":
+        "a866db209e645b0157aa3dbcaa3e250fdf8cdb75c4012da956ef8cdd8e53cb7d",
+    "paraphrase/MSRVTT_JSFUSION_test.csv":
+        "fd9264ea9a4b3b63e8693c6bdf4388d2f41ff18e6521cc4e6c63df48ac27ab25"}
+DEFAULT_FRAMES_DIGEST = "517dce9565796a20d53bd0209882f2765cee59f60084caad515352256a3755d3"
+
+
+def test_the_default_set_is_unchanged(toy):
+    for rel, digest in DEFAULT_DIGESTS.items():
+        assert hashlib.sha256((toy.root / rel).read_bytes()).hexdigest() == digest, rel
+    params = json.loads((toy.root / "toy_manifest.json").read_text())["params"]
+    assert params == {"version": 7, "seed": 0, "num_train": 6, "num_val": 3, "num_test": 4,
+                      "captions_per_video": 3, "size": 64, "num_frames": 12, "fps": 3,
+                      "two_object_prob": 0.5}
+    rng = np.random.default_rng(0)
+    frames = [render(sample_objects(rng, Scene(SIZE, FRAMES, 0.5, None)), SIZE, FRAMES)
+              for _ in range(13)]
+    assert hashlib.sha256(np.stack(frames).tobytes()).hexdigest() == DEFAULT_FRAMES_DIGEST
+
+
+def test_varied_objects_vary_and_stay_in_the_frame():
+    """Sizes, path lengths (speeds) and start points spread over their ranges; every object,
+    whole, stays in the frame from start to end."""
+    variation, rng = ToyVariation(), np.random.default_rng(5)
+    objects = [o for _ in range(2000)
+               for o in sample_objects(rng, Scene(SIZE, FRAMES, 0.3, variation))]
+    scales = np.array([o.scale for o in objects])
+    starts, ends = np.array([o.start for o in objects]), np.array([o.end for o in objects])
+    travel = np.linalg.norm(ends - starts, axis=1) / SIZE
+    assert scales.min() >= 0.6 and scales.max() <= 1.3 and np.ptp(scales) > 0.65
+    assert travel.min() >= 0.2 - 1e-9 and travel.max() <= 0.5 and np.ptp(travel) > 0.25
+    assert np.std(travel) > 0.05 and np.std(scales) > 0.15
+    half_width = 1.25 * 0.15 * SIZE * scales[:, None]  # a bar's half width, the widest
+    for ends_ in (starts, ends):
+        assert (ends_ - half_width >= 0).all() and (ends_ + half_width <= SIZE).all()
+    assert np.ptp(starts, axis=0).min() > 0.5 * SIZE  # start points all over the frame
+    assert all(o.direction in UNIT for o in objects)
+    moved = np.array([np.subtract(o.end, o.start) @ UNIT[o.direction] for o in objects])
+    assert np.allclose(moved, travel * SIZE)  # along the named direction, nowhere else
+
+
+def test_a_varied_set_is_recorded_and_reused(varied, tmp_path):
+    params = json.loads((varied.root / "toy_manifest.json").read_text())["params"]
+    assert params["variation"] == {"scale": [0.6, 1.3], "travel": [0.2, 0.5]}
+    assert not make_toy_dataset(varied.root, seed=0, **SMALL, variation=ToyVariation()).created
+    root = tmp_path / "t"
+    make_toy_dataset(root, seed=0, **SMALL)
+    mine = tree(root)
+    assert make_toy_dataset(root, seed=0, **SMALL, variation=ToyVariation()).created
+    assert tree(root)["videos/video0.mp4"] != mine["videos/video0.mp4"]
+    assert make_toy_dataset(root, seed=0, **SMALL).created  # and back: never mistaken
+    assert tree(root) == mine
+
+
+@pytest.mark.parametrize("variation", [ToyVariation(scale=(1.0, 0.5)),
+                                       ToyVariation(travel=(0.0, 0.3)),
+                                       ToyVariation(scale=(1.0, 2.0), travel=(0.5, 0.6))])
+def test_impossible_variations_are_refused(variation, tmp_path):
+    with pytest.raises(ValueError):
+        make_toy_dataset(tmp_path, **SMALL, variation=variation)

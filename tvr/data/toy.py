@@ -8,7 +8,10 @@ is the time reversal of a rightward one with the same distribution of positions 
 up/down), so a model that averages its frames can tell colour, shape and the axis of motion,
 but not left from right or up from down: only a model that uses frame order can. With
 ``two_object_prob`` > 0 some videos show two objects, which never overlap and have different
-colours ("the blue bar slides up and a white triangle is falling").
+colours ("the blue bar slides up and a white triangle is falling"). What a video shows and how it
+is drawn lives in tvr/data/toy_scene.py; with a ``variation``
+(:class:`~tvr.data.toy_scene.ToyVariation`) each object's size, speed and start point are drawn
+from its ranges, for galleries less uniform than the demo's data (bench/bench_toy_containment.py).
 
 The defaults are chosen so that the CPU demo's tiny CLIP, trained from scratch for a few
 minutes, can learn every attribute: a bar rather than a square, which at the model's 32-pixel
@@ -48,47 +51,22 @@ import json
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from tvr.data.toy_language import HELD_OUT_FORMS, TRAIN_FORMS, caption, plain_caption
+from tvr.data.toy_scene import MovingShape, Scene, ToyVariation, render, sample_objects
 
-COLOURS = {"red": (230, 40, 40), "green": (40, 200, 40), "blue": (50, 80, 240),
-           "yellow": (240, 220, 40), "white": (240, 240, 240), "purple": (160, 60, 200),
-           "orange": (250, 140, 20), "cyan": (40, 210, 220), "pink": (250, 130, 190),
-           "lime": (160, 250, 80)}
-SHAPES = ("circle", "triangle", "bar")
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # image x, y
-BACKGROUND = (30, 30, 30)
 MANIFEST = "toy_manifest.json"
 ANNOTATIONS = ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_val.csv", "MSRVTT_JSFUSION_test.csv",
                "MSRVTT_data.json")
 # test splits of the test videos in other words, each an annotation folder of its own
 PHRASINGS = {"paraphrase": "held-out caption forms", "plain": "plain words"}
-_SHIFT = 4  # cv2 drawing with 1/16-pixel precision
-BAR_HALF_SIZE = (1.25, 0.5)  # half width and half height of a bar, in object radii
 # Raised whenever the same parameters would draw different videos or captions, so that a set
 # written by an older version of this module is regenerated rather than silently reused.
 GENERATOR_VERSION = 7
-
-
-@dataclass(frozen=True)
-class MovingShape:
-    """One object: what it is, where it goes, and its centre (pixels) at the first/last frame."""
-
-    colour: str
-    shape: str
-    direction: str
-    start: tuple[float, float]
-    end: tuple[float, float]
-
-    def centre(self, t: float) -> tuple[float, float]:
-        """Centre at time ``t`` in [0, 1] (linear motion)."""
-        return (self.start[0] + t * (self.end[0] - self.start[0]),
-                self.start[1] + t * (self.end[1] - self.start[1]))
 
 
 @dataclass(frozen=True)
@@ -106,47 +84,6 @@ class ToyDataset:
     def chance_t2v_r1(self) -> float:
         """Text-to-video R@1 of a random ranking on the test split: 1 / num_test."""
         return 1.0 / self.num_test
-
-
-def object_radius(size: int) -> float:
-    """Radius (pixels) of every object in a ``size`` x ``size`` frame (a bar's size is
-    :data:`BAR_HALF_SIZE` in radii)."""
-    return 0.15 * size
-
-
-def _sample_object(rng: np.random.Generator, size: int, colour: str) -> MovingShape:
-    """One object of ``colour``: random shape, direction and path (see the module doc)."""
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
-    margin = BAR_HALF_SIZE[0] * object_radius(size) + 2  # the widest shape stays in the frame
-    # the path spans at least half the frame: a larger move is easier to see in a few frames
-    low, high = rng.uniform(margin, 0.25 * size), rng.uniform(0.75 * size, size - margin)
-    across = rng.uniform(margin, size - margin)
-    dx, dy = DIRECTIONS[direction]
-    along = (low, high) if dx + dy > 0 else (high, low)
-    if dx:
-        return MovingShape(colour, shape, direction, (along[0], across), (along[1], across))
-    return MovingShape(colour, shape, direction, (across, along[0]), (across, along[1]))
-
-
-def _apart(objects: list[MovingShape], size: int, num_frames: int) -> bool:
-    """True when no two objects come close enough to touch in any frame."""
-    if len(objects) < 2:
-        return True
-    times = np.linspace(0.0, 1.0, num_frames)
-    a, b = (np.array([o.centre(t) for t in times]) for o in objects)
-    return bool(np.linalg.norm(a - b, axis=1).min() > 2.8 * object_radius(size))
-
-
-def _sample_objects(rng: np.random.Generator, size: int, num_frames: int,
-                    two_object_prob: float) -> list[MovingShape]:
-    """One or two non-overlapping objects of different colours."""
-    count = 2 if rng.random() < two_object_prob else 1
-    while True:
-        colours = rng.choice(list(COLOURS), size=count, replace=False)
-        objects = [_sample_object(rng, size, str(c)) for c in colours]
-        if _apart(objects, size, num_frames):
-            return objects
 
 
 def describe(rng: np.random.Generator, objects: list[MovingShape],
@@ -178,11 +115,11 @@ class _Splits:
     test: dict[str, list[tuple[str, str]]]  # "test" and the PHRASINGS
 
 
-def _distinct(rng: np.random.Generator, seen: set, size: int, num_frames: int,
-              two_object_prob: float, count: int) -> list[MovingShape]:
+def _distinct(rng: np.random.Generator, seen: set, scene: Scene, count: int
+              ) -> list[MovingShape]:
     """Objects whose content (set of colour, shape, direction) is not in ``seen`` (added)."""
     for _ in range(10_000):
-        objects = _sample_objects(rng, size, num_frames, two_object_prob)
+        objects = sample_objects(rng, scene)
         content = frozenset((o.colour, o.shape, o.direction) for o in objects)
         if content not in seen:
             seen.add(content)
@@ -191,8 +128,7 @@ def _distinct(rng: np.random.Generator, seen: set, size: int, num_frames: int,
 
 
 def _sample_videos(rng: np.random.Generator, num_train: int, num_val: int, num_test: int,
-                   captions_per_video: int, size: int, num_frames: int, two_object_prob: float
-                   ) -> _Splits:
+                   captions_per_video: int, scene: Scene) -> _Splits:
     """The videos and captions of every split: training videos first, then validation, then
     test; within the validation split and within the test split contents all differ."""
     splits = _Splits([], [], [], {"test": [], **{name: [] for name in PHRASINGS}})
@@ -201,13 +137,13 @@ def _sample_videos(rng: np.random.Generator, num_train: int, num_val: int, num_t
     for i in range(num_train + num_val + num_test):
         vid = f"video{i}"
         if i < num_train:
-            objects = _sample_objects(rng, size, num_frames, two_object_prob)
+            objects = sample_objects(rng, scene)
             splits.train.append((vid, _train_captions(rng, objects, captions_per_video)))
         elif i < num_train + num_val:
-            objects = _distinct(rng, seen_val, size, num_frames, two_object_prob, num_val)
+            objects = _distinct(rng, seen_val, scene, num_val)
             splits.val.append((vid, describe(rng, objects)))
         else:
-            objects = _distinct(rng, seen_test, size, num_frames, two_object_prob, num_test)
+            objects = _distinct(rng, seen_test, scene, num_test)
             splits.test["test"].append((vid, describe(rng, objects)))
             splits.test["paraphrase"].append((vid, describe(rng, objects, HELD_OUT_FORMS)))
             splits.test["plain"].append(
@@ -215,31 +151,6 @@ def _sample_videos(rng: np.random.Generator, num_train: int, num_val: int, num_t
                                    for o in objects)))
         splits.videos.append((vid, objects))
     return splits
-
-
-def render(objects: list[MovingShape], size: int, num_frames: int) -> np.ndarray:
-    """The video as ``num_frames x size x size x 3`` uint8 RGB frames."""
-    frames = np.empty((num_frames, size, size, 3), np.uint8)
-    radius, scale = object_radius(size), 1 << _SHIFT
-    for i, t in enumerate(np.linspace(0.0, 1.0, num_frames)):
-        frame = np.full((size, size, 3), BACKGROUND, np.uint8)
-        for obj in objects:
-            x, y = obj.centre(float(t))
-            colour = COLOURS[obj.colour]
-            if obj.shape == "circle":
-                cv2.circle(frame, (round(x * scale), round(y * scale)), round(radius * scale),
-                           colour, -1, cv2.LINE_8, _SHIFT)
-                continue
-            if obj.shape == "bar":
-                w, h = (half * radius for half in BAR_HALF_SIZE)
-                corners = [(x - w, y - h), (x + w, y - h), (x + w, y + h), (x - w, y + h)]
-            else:  # equilateral triangle pointing up, centroid at (x, y)
-                corners = [(x, y - radius), (x + 0.87 * radius, y + 0.5 * radius),
-                           (x - 0.87 * radius, y + 0.5 * radius)]
-            points = np.round(np.array(corners) * scale).astype(np.int32)
-            cv2.fillPoly(frame, [points], colour, cv2.LINE_8, _SHIFT)
-        frames[i] = frame
-    return frames
 
 
 def find_ffmpeg(explicit: str | None = None) -> str:
@@ -310,17 +221,39 @@ def _complete(root: Path, manifest: dict) -> bool:
                for rel, size in manifest["files"].items())
 
 
+def _reuse_or_clear(root: Path, params: dict) -> bool:
+    """True when ``root`` holds a complete set made with ``params``; else delete the files of
+    the set there (if any) and return False. A folder of MSR-VTT annotation files without a toy
+    manifest is refused (ValueError)."""
+    manifest_path = root / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old["params"] == params and _complete(root, old):
+            return True
+        manifest_path.unlink()
+        for rel in old["files"]:
+            (root / rel).unlink(missing_ok=True)
+    elif any((root / name).exists() for name in ANNOTATIONS):
+        raise ValueError(f"{root} holds MSR-VTT annotations but no {MANIFEST}: not a toy "
+                         "dataset folder, refusing to overwrite it")
+    return False
+
+
 def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_val: int = 100,
                      num_test: int = 100, captions_per_video: int = 5, size: int = 64,
-                     num_frames: int = 12, fps: int = 3, two_object_prob: float = 0.0, ffmpeg: str | None = None,
-                     workers: int = 4) -> ToyDataset:
+                     num_frames: int = 12, fps: int = 3, two_object_prob: float = 0.0,
+                     ffmpeg: str | None = None, workers: int = 4,
+                     variation: ToyVariation | None = None) -> ToyDataset:
     """Write the toy dataset under ``root`` (see the module doc) unless it is already there.
 
     Nothing is written when ``root`` holds a complete set made with the same parameters by the
     same :data:`GENERATOR_VERSION`. A set made with other parameters or an older generator is
     replaced; a folder holding MSR-VTT annotation files without a toy manifest is refused
     (ValueError) rather than overwritten. ``ffmpeg`` as in
-    :func:`find_ffmpeg`; ``workers`` ffmpeg processes encode in parallel.
+    :func:`find_ffmpeg`; ``workers`` ffmpeg processes encode in parallel. ``variation`` draws
+    each object's size, speed and start point from its ranges (:class:`ToyVariation`; the
+    manifest's parameters then record them); None (the default) draws the default paths, and
+    the set is the same, file for file, as before the option existed.
     """
     if min(num_train, num_test, captions_per_video, fps) < 1 or num_val < 0 or num_frames < 2 \
             or size < 32:
@@ -328,25 +261,21 @@ def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_
                          "num_frames >= 2 and size >= 32")
     if not 0.0 <= two_object_prob <= 1.0:
         raise ValueError(f"two_object_prob must be in [0, 1], got {two_object_prob}")
+    if variation is not None:
+        variation.check(size)
     root = Path(root)
     params = {"version": GENERATOR_VERSION, "seed": seed, "num_train": num_train,
               "num_val": num_val, "num_test": num_test, "captions_per_video": captions_per_video,
-              "size": size, "num_frames": num_frames, "fps": fps, "two_object_prob": two_object_prob}
+              "size": size, "num_frames": num_frames, "fps": fps,
+              "two_object_prob": two_object_prob}
+    if variation is not None:  # as lists, as they read back from the manifest's JSON
+        params["variation"] = {name: list(span) for name, span in asdict(variation).items()}
     result = ToyDataset(root, root / "videos", num_train, num_val, num_test, created=True)
-    manifest_path = root / MANIFEST
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old["params"] == params and _complete(root, old):
-            return replace(result, created=False)
-        manifest_path.unlink()
-        for rel in old["files"]:
-            (root / rel).unlink(missing_ok=True)
-    elif any((root / name).exists() for name in ANNOTATIONS):
-        raise ValueError(f"{root} holds MSR-VTT annotations but no {MANIFEST}: not a toy "
-                         "dataset folder, refusing to overwrite it")
-
+    if _reuse_or_clear(root, params):
+        return replace(result, created=False)
     splits = _sample_videos(np.random.default_rng(seed), num_train, num_val, num_test,
-                            captions_per_video, size, num_frames, two_object_prob)
+                            captions_per_video,
+                            Scene(size, num_frames, two_object_prob, variation))
     exe = find_ffmpeg(ffmpeg)
     result.video_path.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -358,5 +287,5 @@ def make_toy_dataset(root: str | Path, seed: int = 0, num_train: int = 300, num_
                 "files": {rel: (root / rel).stat().st_size for rel in files}}
     tmp = root / f".{MANIFEST}.part"
     tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(manifest_path)
+    tmp.replace(root / MANIFEST)
     return result
