@@ -93,8 +93,9 @@ def prepare(options: argparse.Namespace) -> tuple[str, dict[str, Content]]:
                            num_test=1, captions_per_video=1, variation=ToyVariation(),
                            workers=options.workers)
     made = time.perf_counter() - start
-    report = build_index(BuildConfig(options.checkpoint, str(toy.video_path), options.index,
-                                     workers=options.workers), progress=options.progress)
+    report = build_index(BuildConfig(videos=str(toy.video_path), out=options.index,
+                                     checkpoint=options.checkpoint, workers=options.workers),
+                         progress=options.progress)
     if report.failed:
         raise SystemExit(report.format())
     gallery = f"written in {made:.0f} s" if toy.created else "already there"
