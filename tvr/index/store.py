@@ -214,8 +214,7 @@ class StoredVideos:
         """The stored compact state of the videos ``rows`` (frames float16, the rest float32),
         each field copied out of the packed records (whose fields need not be aligned)."""
         records = self._gather(rows, lambda shard, index: self.records[shard][index])
-        return {name: torch.from_numpy(np.ascontiguousarray(records[name]))
-                for name in records.dtype.names}
+        return {name: torch.from_numpy(records[name].copy()) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
         """(rows, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
