@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,13 +43,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench.common import GiB, machine
 from bench.synthetic_index import similarity, write_index
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import faiss_available, topk_containment
 from tvr.index.store import Manifest, open_gallery
 
 TOP = 10
-GiB = 2 ** 30
 
 
 # ---------------------------------------------------------------------------------- search
@@ -188,23 +187,6 @@ def print_results(results: list[dict], ks: list[int], q: int) -> None:
 
 
 # ---------------------------------------------------------------------------------- main
-def machine() -> str:
-    """CPU model (with family and model numbers), CPUs, RAM, Python and torch versions."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
-                        if ":" in line)
-        info = {key.strip(): value.strip() for key, value in info.items()}
-        model = (f"{info['model name']} (family {info['cpu family']} model {info['model']}, "
-                 f"{'with' if 'avx512f' in info['flags'].split() else 'no'} AVX-512)")
-    except (OSError, KeyError):
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-    return (f"{model}, {os.cpu_count()} CPUs, {ram:.1f} GiB RAM, Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--sizes", type=int, nargs="*", default=[10000, 100000, 1000000],

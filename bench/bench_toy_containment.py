@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from tvr.data.toy import make_toy_dataset
+from bench.common import machine
 from tvr.data.toy_language import (COLOUR_WORDS, HELD_OUT_FORMS, SHAPE_WORDS, TRAIN_FORMS,
                                    caption, motions, plain_caption)
 from tvr.data.toy_scene import COLOURS, DIRECTIONS, SHAPES, ToyVariation
@@ -168,13 +168,6 @@ def table(index: VideoIndex, queries: list[Query], contents: dict[str, Content],
     return lines
 
 
-def machine() -> str:
-    """The machine and its load, for the record."""
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch "
-            f"{torch.__version__} with {torch.get_num_threads()} threads; load average {load}")
-
-
 def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a trained ckpt_best.pt")
@@ -198,7 +191,9 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> None:
     options = parse(argv)
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {machine()}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {machine()}; torch threads "
+          f"{torch.get_num_threads()}, load average "
+          + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     done, contents = prepare(options)
     print(done)
     index = VideoIndex.open(options.index)

@@ -4,10 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+GiB = 2 ** 30
 
 
 def perturb_parameters(model: nn.Module, generator: torch.Generator) -> None:
@@ -34,3 +38,20 @@ def run_child(options: argparse.Namespace, field: str,
     setattr(options, field, options.measure)
     print(json.dumps(measure(options)))
     return True
+
+
+def machine() -> str:
+    """CPU model (with family and model numbers), CPUs, RAM, Python and torch versions."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
+                        if ":" in line)
+        info = {key.strip(): value.strip() for key, value in info.items()}
+        model = (f"{info['model name']} (family {info['cpu family']} model {info['model']}, "
+                 f"{'with' if 'avx512f' in info['flags'].split() else 'no'} AVX-512)")
+    except (OSError, KeyError):
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    return (f"{model}, {os.cpu_count()} CPUs, {ram:.1f} GiB RAM, Python "
+            f"{platform.python_version()}, torch {torch.__version__}")

@@ -4,7 +4,8 @@ For each demo checkpoint given, index the toy videos with it (``python -m tvr.in
 and search, top 1, five kinds of query; print how many of each were answered "no good match",
 and for how many the reason was words never seen in training (tvr/evaluation/calibration.py):
 
-- gibberish: the three strings of tests/test_demo.py ("zzzz qqqq xxxx", ...);
+- gibberish: :data:`GIBBERISH` ("zzzz qqqq xxxx", ...; tests/test_demo.py asserts they are
+  refused);
 - nonsense: ``nonsense_queries(50, seed=1)`` (random letters; not the calibration's seed 0);
 - function words: three of the captions' words that name no colour, shape or direction
   ("heading of the"), which describe nothing, though every word is known;
