@@ -32,8 +32,8 @@ import numpy as np
 
 from bench.bench_index import memory
 from bench.common import GiB, machine
-from tvr.index.store import (Entry, Manifest, file_sha256, open_gallery, shard_path,
-                             update_stage1)
+from tvr.index.store import Manifest, file_sha256, open_gallery, shard_path, update_stage1
+from tvr.index.table import Entry
 from tvr.storage import atomic_write
 
 
@@ -71,19 +71,18 @@ def open_index(folder: Path) -> tuple[dict, object]:
     manifest = Manifest.load(folder)
     loaded = time.perf_counter()
     gallery = open_gallery(folder, manifest)
-    return {"load_s": loaded - start, "gallery_s": time.perf_counter() - loaded}, \
-        (manifest, gallery)
+    return {"load_s": loaded - start, "gallery_s": time.perf_counter() - loaded}, gallery
 
 
 def measure(options: argparse.Namespace) -> dict:
     """Open the index (child process): seconds, resident set, a profile of a second open."""
     folder = Path(options.folder)
     result = {"load_start": os.getloadavg()[0]}
-    seconds, (manifest, gallery) = open_index(folder)
+    seconds, gallery = open_index(folder)
     result.update(seconds, rss_open=memory("VmRSS"))
     start = time.perf_counter()
     row = len(gallery) // 2
-    result["hit"] = hit(manifest, gallery, row)
+    result["hit"] = hit(gallery, row)
     result["hit_s"] = time.perf_counter() - start
     profile = cProfile.Profile()
     profile.enable()
@@ -102,10 +101,9 @@ def measure(options: argparse.Namespace) -> dict:
     return result
 
 
-def hit(manifest: Manifest, gallery, row: int) -> list:
+def hit(gallery, row: int) -> list:
     """What a search needs of a hit: its path and the time of one of its frames."""
-    path = gallery.videos.paths[row]
-    return [path, manifest.entries[path].times[1]]
+    return [gallery.videos.paths[row], gallery.videos.table.times(row)[1]]
 
 
 def child(phase: str, options: argparse.Namespace) -> dict:

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from tvr.evaluation.engine import SimilarityEngine, coarse_vectors
-from tvr.index.store import Entry, Manifest, update_stage1, write_shard
+from tvr.index.store import Manifest, update_stage1, write_shard
+from tvr.index.table import Entry
 from tvr.models.config import SimilarityConfig
 from tvr.models.similarity import GapAwareSimilarity
 
