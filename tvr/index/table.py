@@ -80,6 +80,12 @@ class Strings(Sequence):
         start, end = self.offsets[i:i + 2]
         return self.data[start:end].tobytes().decode(ENCODING, ERRORS)
 
+    def decode_all(self) -> list[str]:
+        """Every string, decoded in one pass (much faster than one at a time)."""
+        data, offsets = np.asarray(self.data).tobytes(), np.asarray(self.offsets).tolist()
+        return [data[start:end].decode(ENCODING, ERRORS)
+                for start, end in zip(offsets, offsets[1:])]
+
     @staticmethod
     def pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(data, offsets) of ``strings``."""
@@ -135,13 +141,15 @@ class VideoTable:
 
     def entries(self) -> dict[str, Entry]:
         """Every video as an :class:`Entry`, by path, in gallery order (a writer's view)."""
-        numbers = {name: self.columns[name].tolist() for name in NUMBERS}
-        times = self.columns["times"]
-        lengths = (~np.isnan(times)).sum(axis=1).tolist()
-        return {path: Entry(real_path=self.real_paths[row],
-                            times=times[row, :lengths[row]].tolist(),
-                            **{name: values[row] for name, values in numbers.items()})
-                for row, path in enumerate(self.paths)}
+        size, mtime_ns, followed_link, shard, row, duration = (
+            np.asarray(self.columns[name]).tolist() for name in
+            ("size", "mtime_ns", "followed_link", "shard", "row", "duration"))
+        times = np.asarray(self.columns["times"])
+        counts = (~np.isnan(times)).sum(axis=1).tolist()
+        frames = (line[:count] for line, count in zip(times.tolist(), counts))
+        return {path: Entry(*fields) for path, *fields in zip(
+            self.paths.decode_all(), size, mtime_ns, self.real_paths.decode_all(),
+            followed_link, shard, row, duration, frames)}
 
     def find(self, path: str) -> Optional[int]:
         """The row of video ``path``, None when the table does not list it."""
