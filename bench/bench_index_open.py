@@ -3,7 +3,7 @@
     python -m bench.bench_index_open --n 1000000 --folder /tmp/x23open
 
 A child process writes an index of ``--n`` videos whose shards are tiny (each record a
-one-byte field, each stage-1 vector ``--dim`` float16 values): everything an open reads but
+one-byte field, two stage-1 vectors of ``--dim`` float16 values): everything an open reads but
 the features, so that a 1M index takes megabytes, not the 16 GiB of bench/bench_index.py's.
 It goes through the store's write API (manifest entries with ``--frames`` frame times and
 paths below a thousand folders, ``Manifest.save``, ``update_stage1``: a faiss IVF index above
@@ -48,7 +48,7 @@ def generate(options: argparse.Namespace) -> dict:
     for shard in range(-(-options.n // options.shard_size)):
         rows = min(options.shard_size, options.n - shard * options.shard_size)
         records = np.zeros(rows, dtype=[("mask", "u1")])
-        coarse = rng.standard_normal((rows, options.dim)).astype(np.float16)
+        coarse = rng.standard_normal((rows, 2, options.dim)).astype(np.float16)  # 2 a video
         for kind, array in (("videos", records), ("coarse", coarse)):
             atomic_write(shard_path(folder, shard, kind),
                          lambda f, array=array: np.save(f, array, allow_pickle=False))

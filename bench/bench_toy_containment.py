@@ -177,7 +177,8 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the gallery")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--query_seed", type=int, default=0)
-    parser.add_argument("--k", type=int, nargs="+", default=[100, 200, 500, DEFAULT_K, 2000])
+    parser.add_argument("--k", type=int, nargs="+",
+                        default=sorted({200, 500, 1000, DEFAULT_K, 5000}))
     parser.add_argument("--single", type=int, default=20,
                         help="queries timed one per call, at each K and exhaustive")
     parser.add_argument("--workers", type=int, default=2,

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from tvr.evaluation.engine import SimilarityEngine, coarse_vectors
+from tvr.index.build import GARE_KIND, STAGE1_FRAMES
 from tvr.index.store import Manifest, update_stage1, write_shard
 from tvr.index.table import Entry
 from tvr.models.config import SimilarityConfig
@@ -131,7 +132,7 @@ def write_index(folder: Path, n: int, queries: int, topics: int, seed: int, shar
         for offset in range(0, len(frames), shard_size):
             shard = (start + offset) // shard_size
             part = slice(offset, offset + shard_size)
-            write_shard(folder, shard, engine, frames[part], mask[part])
+            write_shard(folder, shard, engine, frames[part], mask[part], STAGE1_FRAMES[GARE_KIND])
             for row in range(len(frames[part])):
                 manifest.entries[f"video{start + offset + row}.mp4"] = Entry(
                     0, 0, "", False, shard, row, float(FRAMES), times)

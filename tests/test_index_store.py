@@ -17,6 +17,7 @@ from tvr.models.config import SimilarityConfig
 from fixtures_similarity import trained
 
 DIM, FRAMES, SHARD = 32, 4, 100
+PER_VIDEO = 2  # stage-1 vectors per video: the mean and one frame
 
 
 def add_shard(folder, manifest, engine, shard, generator, count=FRAMES):
@@ -27,7 +28,7 @@ def add_shard(folder, manifest, engine, shard, generator, count=FRAMES):
         + 0.3 * torch.randn(SHARD, count, DIM, generator=generator)
     mask = torch.ones(SHARD, count)
     mask[::3, -1] = 0
-    write_shard(folder, shard, engine, frames, mask)
+    write_shard(folder, shard, engine, frames, mask, PER_VIDEO - 1)
     for row in range(SHARD):
         manifest.entries[f"{shard}/{row}.mp4"] = Entry(0, 0, "", False, shard, row, 1.0,
                                                        [0.0] * count)
@@ -104,9 +105,12 @@ def test_the_ivf_stage1_follows_the_videos(store):
     gallery = open_gallery(folder, manifest)
     assert isinstance(gallery.stage1, ApproximateSearch)
     vectors = gallery.videos.coarse()
+    assert vectors.shape == (600, PER_VIDEO, DIM) and manifest.stage1["per_video"] == PER_VIDEO
     gallery.stage1.ivf.nprobe = gallery.stage1.ivf.nlist  # every list: exact up to SQ8
-    exact = Stage1Search(vectors, "torch").top(vectors[:20], 5)[1]
-    assert (gallery.stage1.top(vectors[:20], 5)[1][:, 0] == exact[:, 0]).all()
+    exact = Stage1Search(vectors, "torch").top(vectors[:20, 0], 5)[1]
+    found = gallery.stage1.top(vectors[:20, 0], 5)[1]
+    assert (found[:, 0] == exact[:, 0]).all()
+    assert all(len(set(row.tolist())) == 5 for row in found)  # each video once
 
     for path in [p for p in manifest.entries if p.startswith("2/")]:
         del manifest.entries[path]  # shard 2 deleted, shard 6 added
@@ -116,13 +120,13 @@ def test_the_ivf_stage1_follows_the_videos(store):
     gallery = open_gallery(folder, manifest)
     held = np.load(folder / manifest.stage1["ids"])
     assert np.array_equal(held, gallery.videos.ids) and len(gallery) == 600
-    assert gallery.stage1.ivf.ntotal == 600
+    assert gallery.stage1.ivf.ntotal == 600 * PER_VIDEO
 
     add_shard(folder, manifest, engine, 7, generator)  # listed, not yet in the IVF index
     gallery = open_gallery(folder, manifest)
     new_rows = torch.arange(600, 700)
     assert torch.equal(gallery.stage1.missing_rows, new_rows)
-    found = gallery.stage1.top(gallery.videos.coarse(new_rows), 3)[1]
+    found = gallery.stage1.top(gallery.videos.coarse(new_rows)[:, 0], 3)[1]
     assert torch.equal(found[:, 0], new_rows)  # each its own best match
     assert sorted(p.name for p in (folder / "stage1").iterdir()) == \
         ["00000.faiss", "00000.ids.npy", "00001.faiss", "00001.ids.npy"]

@@ -100,6 +100,24 @@ def coarse_vectors(frames: Tensor, mask: Tensor) -> Tensor:
     return mean_real / mean_real.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
 
 
+def stage1_vectors(frames: Tensor, mask: Tensor, extra_frames: int) -> Tensor:
+    """(N_v, 1 + ``extra_frames``, d) unit stage-1 vectors of each video: its
+    :func:`coarse_vectors` mean, then real frames chosen farthest first (the frame least like
+    the mean, then each time the frame least like every vector chosen so far). A video's
+    stage-1 score is the best cosine of its vectors: GARE's text-conditioned pooling puts most
+    of its weight on one frame, which the mean blurs when the frames differ (a moving object;
+    bench/RESULTS.md §4). A video with fewer real frames than asked repeats its picks."""
+    mean = coarse_vectors(frames, mask)
+    unit = frames / frames.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+    rows = torch.arange(len(frames), device=frames.device)
+    chosen, nearest = [mean], torch.einsum("nfd,nd->nf", unit, mean)
+    for _ in range(extra_frames):
+        pick = unit[rows, nearest.masked_fill(mask == 0, float("inf")).argmin(dim=1)]
+        chosen.append(pick)
+        nearest = torch.maximum(nearest, torch.einsum("nfd,nd->nf", unit, pick))
+    return torch.stack(chosen, dim=1)
+
+
 def foldable(config: SimilarityConfig) -> bool:
     """Whether the folded path covers ``config`` (all but ``psi_context="words"`` with a Psi)."""
     return config.no_delta or config.psi_context != "words"

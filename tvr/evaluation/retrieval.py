@@ -1,10 +1,13 @@
 """Two-stage retrieval for large galleries (docs/evaluation_engine.md §6).
 
-Stage 1 ranks every video for every text by the Δ-free coarse score cos(t_a, f̄_b), f̄_b the
+Stage 1 ranks every video for every text by a Δ-free coarse score: cos(t_a, f̄_b), f̄_b the
 unit mean of the real frames of video b (:func:`~tvr.evaluation.engine.coarse_vectors`: one
-d-dimensional dot product per pair), an exact maximum inner product search. Stage 2 re-scores
-the best K of each text with the exact GARE score of a :class:`SimilarityEngine`, each distinct
-candidate once. With K equal to the gallery size, stage 2 gives the engine's scores.
+d-dimensional dot product per pair), or, for a video index, the best cosine of a few stage-1
+vectors per video (the mean and the frames farthest from it,
+:func:`~tvr.evaluation.engine.stage1_vectors`), an exact or approximate maximum inner product
+search. Stage 2 re-scores the best K of each text with the exact GARE score of a
+:class:`SimilarityEngine`, each distinct candidate once. With K equal to the gallery size,
+stage 2 gives the engine's scores.
 
 - :class:`Gallery`: videos stored as the engine's compact prepared state (a video index's
   memory-mapped shards, tvr/index/store.py). Stage 1 is exact (:class:`Stage1Search`, float32:
@@ -56,7 +59,9 @@ def score_candidates(score_rows: Callable[[Tensor], Tensor], candidates: Tensor)
 
 
 class MaxInnerProduct:
-    """A stage-1 search: :meth:`top` of unit queries over the gallery's stage-1 vectors."""
+    """A stage-1 search: :meth:`top` of unit queries over the gallery's stage-1 vectors, one or
+    several per video (:func:`~tvr.evaluation.engine.stage1_vectors`); a video's score is the
+    best inner product of its vectors, and each video is listed once."""
 
     def top(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -66,8 +71,35 @@ class MaxInnerProduct:
         return self.top(text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12), k)[1]
 
 
+def per_video(vectors: Tensor) -> Tensor:
+    """Stage-1 vectors as (N, S, d): one (N, d) vector per video is S = 1."""
+    return vectors.unsqueeze(1) if vectors.dim() == 2 else vectors
+
+
+def distinct_top(scores: np.ndarray, rows: np.ndarray, k: int, n_rows: int
+                 ) -> tuple[Tensor, Tensor]:
+    """(scores, rows), each (Q, k), best first: per query the ``k`` best distinct rows of
+    ``rows`` (Q, M), each at its best score; rows < 0 are no result. A query with fewer than
+    ``k`` distinct rows (an IVF index whose probed lists are short) is completed with the
+    lowest rows it lacks, at score -inf, so that every row of the result is a distinct video.
+    ``k`` <= ``n_rows``."""
+    out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    out_rows = np.empty((len(rows), k), dtype=np.int64)
+    for q, (score, row) in enumerate(zip(scores, rows)):
+        order = np.argsort(-score, kind="stable")
+        score, row = score[order], row[order]
+        score, row = score[row >= 0], row[row >= 0]
+        first = np.sort(np.unique(row, return_index=True)[1])[:k]
+        found = len(first)
+        out_scores[q, :found], out_rows[q, :found] = score[first], row[first]
+        lacking = np.setdiff1d(np.arange(min(n_rows, k + found)), row[first])
+        out_rows[q, found:] = lacking[:k - found]
+    return torch.from_numpy(out_scores), torch.from_numpy(out_rows)
+
+
 class Stage1Search(MaxInnerProduct):
-    """Exact maximum inner product search over the rows of ``vectors`` (N, d)."""
+    """Exact maximum inner product search over ``vectors``: (N, d), or (N, S, d) with S
+    vectors per video (:class:`MaxInnerProduct`)."""
 
     def __init__(self, vectors: Tensor, backend: Stage1 = "auto", block: int = 65536):
         if backend == "auto":
@@ -75,11 +107,12 @@ class Stage1Search(MaxInnerProduct):
         if backend not in ("faiss", "torch"):
             raise ValueError(f"stage-1 backend must be auto, faiss or torch, got {backend!r}")
         self.backend, self.block = backend, block
-        self.vectors = vectors.float().contiguous()
+        self.vectors = per_video(vectors).float().contiguous()
+        self.per_video = self.vectors.shape[1]
         if backend == "faiss":
             import faiss
-            self._faiss = faiss.IndexFlatIP(self.vectors.shape[1])
-            self._faiss.add(self.vectors.numpy())
+            self._faiss = faiss.IndexFlatIP(self.vectors.shape[2])
+            self._faiss.add(self.vectors.flatten(0, 1).numpy())
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -88,12 +121,15 @@ class Stage1Search(MaxInnerProduct):
         """(scores, indices), each (Q, k), best first, for unit-norm (Q, d) ``queries``."""
         k = min(k, len(self.vectors))
         if self.backend == "faiss":
-            scores, indices = self._faiss.search(queries.float().contiguous().numpy(), k)
-            return torch.from_numpy(scores), torch.from_numpy(indices)
+            scores, found = self._faiss.search(queries.float().contiguous().numpy(),
+                                               k * self.per_video)
+            return distinct_top(scores, np.where(found < 0, -1, found // self.per_video), k,
+                                len(self.vectors))
         best = None
         for start in range(0, len(self.vectors), self.block):
-            scores = queries.float() @ self.vectors[start:start + self.block].T
-            top = scores.topk(min(k, scores.shape[1]), dim=1)
+            block = self.vectors[start:start + self.block]
+            scores = (queries.float() @ block.flatten(0, 1).T).view(len(queries), len(block), -1)
+            top = scores.amax(dim=2).topk(min(k, len(block)), dim=1)
             found = (top.values, top.indices + start)
             if best is not None:
                 found = _merge(best, found, k)
@@ -110,8 +146,8 @@ def _merge(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], k: int) -> tuple[
 
 def train_ivf(vectors: np.ndarray, ids: np.ndarray, seed: int = 0) -> Any:
     """A faiss IVF index with 8-bit scalar-quantised vectors (inner product) of ``vectors``
-    (N, d) float32 under ``ids``: about 4·sqrt(N) lists (at least 39 training vectors each),
-    trained on at most 64 vectors per list."""
+    (M, d) float32 under ``ids`` (a video's id once per vector of it): about 4·sqrt(M) lists
+    (at least 39 training vectors each), trained on at most 64 vectors per list."""
     import faiss
     n, d = vectors.shape
     lists = max(1, min(int(4 * math.sqrt(n)), n // 39))
@@ -125,11 +161,12 @@ def train_ivf(vectors: np.ndarray, ids: np.ndarray, seed: int = 0) -> Any:
 
 def stage1_recall(search: MaxInnerProduct, vectors: Tensor, k: int, queries: int = 200,
                   seed: int = 0) -> float:
-    """Share of the exact top-``k`` (by inner product over ``vectors``, the gallery's stage-1
-    vectors in gallery order) that ``search`` finds, for ``queries`` of the gallery's own
-    vectors, drawn at random, as queries."""
+    """Share of the exact top-``k`` videos (by :class:`Stage1Search` over ``vectors``, the
+    gallery's stage-1 vectors in gallery order) that ``search`` finds, for ``queries`` of the
+    gallery's own first vectors (their means), drawn at random, as queries."""
+    vectors = per_video(vectors)
     picked = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))
-    asked = vectors[picked[:queries]].float()
+    asked = vectors[picked[:queries], 0].float()
     exact = Stage1Search(vectors, "torch").top(asked, k)[1]
     found = search.top(asked, k)[1]
     return (found.unsqueeze(2) == exact.unsqueeze(1)).any(2).double().mean().item()
@@ -137,23 +174,26 @@ def stage1_recall(search: MaxInnerProduct, vectors: Tensor, k: int, queries: int
 
 class ApproximateSearch(MaxInnerProduct):
     """Stage 1 through a trained faiss IVF index whose ids are the gallery's ``ids`` (sorted, in
-    gallery order); the videos it does not hold (added since it was trained, ``missing``: rows
-    and their vectors) are searched exactly, and ids it holds that are gone are skipped."""
+    gallery order; a video's id once per stage-1 vector of it, ``per_video`` of them); the
+    videos it does not hold (added since it was trained, ``missing``: rows and their vectors)
+    are searched exactly, and ids it holds that are gone are skipped."""
 
-    def __init__(self, ivf: Any, ids: np.ndarray, missing: tuple[Tensor, Tensor]):
-        self.ivf, self.ids = ivf, ids
+    def __init__(self, ivf: Any, ids: np.ndarray, missing: tuple[Tensor, Tensor],
+                 per_video: int = 1):
+        self.ivf, self.ids, self.per_video = ivf, ids, per_video
         self.missing_rows, self.missing = missing[0], Stage1Search(missing[1], "torch")
 
     def top(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        scores, found = self.ivf.search(queries.float().contiguous().numpy(), k)
+        k = min(k, len(self.ids))
+        scores, found = self.ivf.search(queries.float().contiguous().numpy(),
+                                        k * self.per_video)
         rows = np.searchsorted(self.ids, found).clip(0, len(self.ids) - 1)
-        gone = (self.ids[rows] != found) | (found < 0)
-        scores[gone], rows[gone] = -np.inf, 0
-        best = torch.from_numpy(scores), torch.from_numpy(rows)
+        rows[(self.ids[rows] != found) | (found < 0)] = -1
         if len(self.missing):
             extra_scores, extra = self.missing.top(queries, k)
-            best = _merge(best, (extra_scores, self.missing_rows[extra]), k)
-        return best
+            scores = np.concatenate([scores, extra_scores.numpy()], axis=1)
+            rows = np.concatenate([rows, self.missing_rows[extra].numpy()], axis=1)
+        return distinct_top(scores, rows, k, len(self.ids))
 
 
 class Found(NamedTuple):

@@ -53,6 +53,10 @@ from tvr.training.checkpoint import CheckpointError, code_version, load_model, s
 from tvr.training.distributed import DistContext
 
 GARE_KIND = "gare"  # the manifest's checkpoint["kind"] of an index built by a GARE checkpoint
+# Stage-1 vectors per video beside its mean frame (tvr.evaluation.engine.stage1_vectors): one
+# frame for GARE (bench/RESULTS.md §4: the mean alone misses near-duplicates GARE tells
+# apart); none for a zero-shot index, whose score is the cosine of the mean itself
+STAGE1_FRAMES = {GARE_KIND: 1, ZERO_SHOT: 0}
 
 THUMBNAIL_SIDE = 160  # short side of the frame thumbnails, pixels
 
@@ -206,7 +210,8 @@ def _build(config: BuildConfig, progress: bool, context: DistContext) -> Optiona
     share = share_manifest(manifest, context)
     dataset = VideoFiles(root, todo[context.rank::context.world_size], out, encoder.sampling,
                          encoder.model.clip.config.image_size)
-    writer = ShardWriter(out, share_home(out, context), share, encoder.scorer, files, report,
+    writer = ShardWriter(out, share_home(out, context), share, encoder.scorer,
+                         STAGE1_FRAMES[encoder.identity["kind"]], files, report,
                          context.world_size)
     _encode_all(encoder.model, dataset, writer, config, context, progress)
     if context.distributed:
@@ -327,6 +332,7 @@ class ShardWriter:
     home: Path
     manifest: Manifest
     scorer: Scorer
+    stage1_frames: int  # tvr.index.store.write_shard
     files: dict[str, VideoFile]
     report: BuildReport
     step: int = 1
@@ -338,7 +344,7 @@ class ShardWriter:
             shard = manifest.next_shard
             frames = torch.stack([features for _, features in pending])
             mask = torch.stack([item.mask for item, _ in pending])
-            write_shard(self.out, shard, self.scorer, frames, mask)
+            write_shard(self.out, shard, self.scorer, frames, mask, self.stage1_frames)
             manifest.next_shard += self.step
             for row, (item, _) in enumerate(pending):
                 manifest.entries[item.path] = Entry(**asdict(self.files[item.path]),

@@ -17,7 +17,7 @@ from tvr.settings import (REQUIRED, Bounds, SettingError, check_settings, intege
 DEVICES = ("cpu", "cuda")
 # Stage-1 candidates per sentence: a search's default --k, and the k of the recall a build
 # reports (bench/RESULTS.md §4: what it keeps of the exhaustive GARE top-10)
-DEFAULT_K = 1000
+DEFAULT_K = 2000
 
 
 @dataclass(frozen=True)

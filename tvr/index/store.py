@@ -5,7 +5,7 @@ An index is a folder::
     manifest.json               what the index holds (:class:`Manifest`), rewritten atomically
     table/00007.<column>.npy    its encoded videos, a column a file (tvr/index/table.py)
     shards/00000.npy ...        one record per video, ``shard_size`` videos at most per shard
-    shards/00000.coarse.npy     the shard's stage-1 vectors (n, d) float16
+    shards/00000.coarse.npy     the shard's stage-1 vectors (n, S, d) float16
     stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
     thumbs/<key>/<k>.jpg        one small JPEG per sampled frame of each video (the web page)
 
@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from tvr.evaluation.config import Stage1
+from tvr.evaluation.engine import stage1_vectors
 from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Scorer, Stage1Search,
                                       faiss_available, stage1_recall, train_ivf)
 from tvr.index.table import COLUMNS, Entry, VideoFile, VideoTable
@@ -192,15 +193,17 @@ def _record_dtype(parts: dict[str, Tensor]) -> np.dtype:
 
 
 def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
-                frames: Tensor, mask: Tensor) -> None:
+                frames: Tensor, mask: Tensor, stage1_frames: int) -> None:
     """Write shard number ``shard`` of ``frames`` (n, F, d) and ``mask`` (n, F): the frames
     rounded to float16 and the compact per-video state ``engine`` computes from the rounded
     frames (:meth:`~tvr.evaluation.engine.SimilarityEngine.prepare_videos`; a zero-shot
-    index's cosine scorer keeps the frames alone), then the stage-1 vectors. Never over a
-    shard a manifest names (module docstring)."""
+    index's cosine scorer keeps the frames alone), then the stage-1 vectors: the mean frame
+    and ``stage1_frames`` frames of each video (:func:`~tvr.evaluation.engine.stage1_vectors`).
+    Never over a shard a manifest names (module docstring)."""
     rounded = frames.detach().cpu().half().float()
     parts = engine.prepare_videos(rounded, mask.cpu(), compact=True).parts
-    coarse = parts.pop("coarse")
+    del parts["coarse"]
+    coarse = stage1_vectors(rounded, mask.cpu(), stage1_frames)
     records = np.empty(len(rounded), _record_dtype(parts))
     for name, value in parts.items():
         records[name] = value.numpy()
@@ -265,7 +268,7 @@ class StoredVideos:
         return {name: torch.from_numpy(records[name].copy()) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
-        """(rows, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
+        """(rows, S, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
         rows = torch.arange(len(self)) if rows is None else rows
         return torch.from_numpy(self._gather(
             rows, lambda shard, index: read_shard(self.folder, shard, "coarse")[index])).float()
@@ -288,15 +291,17 @@ def update_stage1(folder: str | os.PathLike, manifest: Manifest, exact_max: int,
         return f"stage 1: exact inner product search over {len(videos)} videos"
     import faiss
     vectors = videos.coarse()
+    per_video = vectors.shape[1]
     if old.get("kind") == "ivf" and 4 * old["trained_on"] >= len(videos):
         ivf = faiss.read_index(str(Path(folder) / old["file"]))
         held = np.load(Path(folder) / old["ids"], allow_pickle=False)
         ivf.remove_ids(faiss.IDSelectorBatch(np.setdiff1d(held, videos.ids)))
         new = ~np.isin(videos.ids, held)
-        ivf.add_with_ids(vectors[new].numpy(), videos.ids[new])
+        ivf.add_with_ids(vectors[new].flatten(0, 1).numpy(), videos.ids[new].repeat(per_video))
         trained_on = old["trained_on"]
     else:
-        ivf, trained_on = train_ivf(vectors.numpy(), videos.ids), len(videos)
+        ivf = train_ivf(vectors.flatten(0, 1).numpy(), videos.ids.repeat(per_video))
+        trained_on = len(videos)
     number = old.get("number", -1) + 1
     files = {"file": f"stage1/{number:05d}.faiss", "ids": f"stage1/{number:05d}.ids.npy"}
     atomic_write(Path(folder) / files["ids"],
@@ -304,14 +309,15 @@ def update_stage1(folder: str | os.PathLike, manifest: Manifest, exact_max: int,
     atomic_write(Path(folder) / files["file"],
                  lambda f: f.write(faiss.serialize_index(ivf).tobytes()))
     search = ApproximateSearch(ivf, videos.ids, (torch.empty(0, dtype=torch.long),
-                                                 vectors[:0]))
+                                                 vectors[:0]), per_video)
     recall = stage1_recall(search, vectors, k)
     manifest.stage1 = {"kind": "ivf", "number": number, **files, "trained_on": trained_on,
-                       "lists": ivf.nlist, "nprobe": ivf.nprobe, "recall": recall, "k": k}
+                       "per_video": per_video, "lists": ivf.nlist, "nprobe": ivf.nprobe,
+                       "recall": recall, "k": k}
     manifest.save(folder)
     _remove_numbered(Path(folder) / "stage1", keep=(number, old.get("number")))
     return (f"stage 1: faiss IVF{ivf.nlist},SQ8 probing {ivf.nprobe} lists over {len(videos)} "
-            f"videos; recall@{k} of the exact search {100 * recall:.1f}% (200 of the videos "
+            f"videos ({per_video} vectors each); recall@{k} of the exact search {100 * recall:.1f}% (200 of the videos "
             f"as queries)")
 
 
@@ -339,7 +345,8 @@ def open_gallery(folder: str | os.PathLike, manifest: Manifest,
     held = np.load(Path(folder) / record["ids"], allow_pickle=False)  # sorted, as videos.ids
     at = np.searchsorted(held, videos.ids).clip(max=len(held) - 1)  # it holds one at least
     missing = torch.from_numpy(np.flatnonzero(held[at] != videos.ids))
-    return Gallery(videos, ApproximateSearch(ivf, videos.ids, (missing, videos.coarse(missing))))
+    return Gallery(videos, ApproximateSearch(ivf, videos.ids, (missing, videos.coarse(missing)),
+                                             record["per_video"]))
 
 
 def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:

@@ -117,7 +117,7 @@ def calibrate_nonsense(folder: str | os.PathLike, manifest: Manifest, model: Zer
     the :data:`REFUSED` quantile of the nonsense queries' best scores over its videos, by
     their stored stage-1 vectors (float16: within 1e-4 of a search's cosine, measured 5e-5
     on 256 x 2000 random unit vectors of 512 dimensions)."""
-    videos = StoredVideos(folder, manifest).coarse()
+    videos = StoredVideos(folder, manifest).coarse()[:, 0]  # the mean frame (STAGE1_FRAMES)
     queries = nonsense_queries()
     text = torch.cat([encode_sentences(model, queries[i:i + QUERY_BATCH], MAX_WORDS).sentence
                       for i in range(0, len(queries), QUERY_BATCH)])
