@@ -23,7 +23,8 @@ from torch import Tensor
 
 from tvr.evaluation.engine import SimilarityEngine, coarse_vectors
 from tvr.index.build import GARE_KIND, STAGE1_FRAMES
-from tvr.index.store import Entry, Manifest, update_stage1, write_shard
+from tvr.index.store import Manifest, update_stage1, write_shard
+from tvr.index.table import Entry
 from tvr.models.config import SimilarityConfig
 from tvr.models.similarity import GapAwareSimilarity
 

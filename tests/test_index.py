@@ -352,7 +352,8 @@ def test_searches_during_a_build_read_the_old_or_the_new_index(trained, tmp_path
     folder, spare = gallery(tmp_path, toy, 6)
     out = tmp_path / "index"
     build(checkpoint, folder, out)
-    killed = [out / f".manifest.json.{os.getpid()}.tmp", out / "shards" / ".00001.npy.1.tmp"]
+    killed = [out / f".manifest.json.{os.getpid()}.tmp", out / "shards" / ".00001.npy.1.tmp",
+              out / "table" / ".00009.times.npy.1.tmp"]
     for path in killed:  # left by killed writes
         path.write_bytes(b"half")
     for video in spare[:6]:

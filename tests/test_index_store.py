@@ -11,8 +11,8 @@ import torch
 
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import ApproximateSearch, Stage1Search, faiss_available
-from tvr.index.store import (Entry, IndexStoreError, Manifest, open_gallery, update_stage1,
-                             write_shard)
+from tvr.index.store import IndexStoreError, Manifest, open_gallery, update_stage1, write_shard
+from tvr.index.table import Entry
 from tvr.models.config import SimilarityConfig
 from fixtures_similarity import trained
 
@@ -61,6 +61,16 @@ def test_stored_gallery_scores_as_the_engine_and_k_of_all_is_exhaustive(store):
     assert torch.equal(two_stage.best, full.best)
     some = torch.tensor([599, 3, 250, 3])  # any order, repeats, across shards
     assert torch.equal(gallery.videos.parts(some)["frames"], stored["frames"][some])
+
+    loaded = Manifest.load(folder)  # saved by update_stage1: the table memory-mapped
+    assert loaded.videos() is loaded.saved
+    assert isinstance(loaded.saved.columns["times"], np.memmap)
+    mapped = open_gallery(folder, loaded)
+    assert list(mapped.videos.paths) == list(gallery.videos.paths)
+    assert np.array_equal(mapped.videos.ids, gallery.videos.ids)
+    again = mapped.search(engine, text, top=10, k=100)
+    first = gallery.search(engine, text, top=10, k=100)
+    assert torch.equal(again.best, first.best) and torch.equal(again.scores, first.scores)
 
 
 def test_records_with_fields_off_their_alignment_are_read(tmp_path):
@@ -127,5 +137,5 @@ def test_an_index_of_the_older_format_is_refused(tmp_path):
     with pytest.raises(IndexStoreError) as error:
         Manifest.load(tmp_path)
     message = str(error.value)
-    assert "format version 2, this code reads version 3" in message
+    assert "format version 2, this code reads version 4" in message
     assert "rebuild the index with --rebuild" in message and "\n" not in message

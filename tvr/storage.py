@@ -100,17 +100,18 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def read_manifest(path: PathLike, version_key: str, version: int, error: type[Exception],
-                  remedy: str) -> dict[str, Any]:
-    """The JSON object in ``path``, whose ``version_key`` must hold ``version``. Raises
-    ``error`` (the store's) for a file that cannot be read or parsed, or that holds another
-    version, with ``remedy``: what to do then."""
+                  remedy: str, convertible: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The JSON object in ``path``, whose ``version_key`` must hold ``version`` or one of
+    ``convertible`` (older versions the store converts itself). Raises ``error`` (the store's)
+    for a file that cannot be read or parsed, or that holds another version, with ``remedy``:
+    what to do then."""
     path = Path(path)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise error(f"{path}: not a readable manifest ({exc}); {remedy}") from exc
     found = record.get(version_key) if isinstance(record, dict) else None
-    if found != version:
+    if found != version and found not in convertible:
         raise error(f"{path}: format version {found}, this code reads version {version}; "
                     f"{remedy}")
     return record

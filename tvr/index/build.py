@@ -41,9 +41,10 @@ from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import Scorer
 from tvr.index.config import DEFAULT_K, BuildConfig
 from tvr.index.shares import merge_shares, on_main, share_home, share_manifest
-from tvr.index.store import (MANIFEST, Entry, Failure, IndexStoreError, Manifest, VideoFile,
-                             file_sha256, thumbnail_dir, update_stage1, walk_videos,
+from tvr.index.store import (CONVERTIBLE, FORMAT_VERSION, MANIFEST, Failure, IndexStoreError,
+                             Manifest, file_sha256, thumbnail_dir, update_stage1, walk_videos,
                              write_shard)
+from tvr.index.table import Entry, VideoFile
 from tvr.index.zero_shot import (ZERO_SHOT, MeanCosine, ZeroShotCLIP, calibrate_nonsense,
                                  load_zero_shot)
 from tvr.models.gare import GARE
@@ -124,11 +125,14 @@ class BuildReport:
     seconds: float = 0.0
     calibration: Optional[dict[str, Any]] = None  # a zero-shot index's (tvr/index/zero_shot.py)
     stage1: str = ""  # what stage 1 is now (tvr.index.store.update_stage1)
+    converted: bool = False  # the index was of the older format CONVERTIBLE
 
     def format(self) -> str:
         rate = len(self.encoded) / self.seconds if self.seconds else 0.0
         advice = " (listed below and skipped: fix or remove each, then run build again)"
-        lines = [f"encoded {len(self.encoded)} videos ({rate:.1f} videos/s), removed "
+        lines = [f"converted the index from format {CONVERTIBLE} to format {FORMAT_VERSION} "
+                 f"(its videos' entries now a table beside manifest.json)"] * self.converted
+        lines += [f"encoded {len(self.encoded)} videos ({rate:.1f} videos/s), removed "
                  f"{len(self.removed)}, {len(self.failed)} unreadable"
                  + (advice if self.failed else "")]
         lines += [f"  unreadable: {path}: {reason}" for path, reason in sorted(self.failed.items())]
@@ -234,6 +238,7 @@ def _prepare(config: BuildConfig, root: Path, encoder: Encoder, files: dict[str,
     if config.rebuild and out.exists():
         shutil.rmtree(out)
     manifest = _open_manifest(out, root, encoder)
+    report.converted = manifest.converted
     merge_shares(out, manifest)
     _forget_changed(out, manifest, files, report)
     return manifest
@@ -295,7 +300,7 @@ def _open_manifest(out: Path, root: Path, encoder: Encoder) -> Manifest:
     """The existing manifest of ``out`` if it was made alike, else a new one (see build)."""
     if not (out / MANIFEST).exists():
         return Manifest(str(root), encoder.identity, encoder.record, asdict(encoder.sampling))
-    manifest = Manifest.load(out)
+    manifest = Manifest.load(out, convert=True)
     require_same({"model": manifest.checkpoint.get("kind", GARE_KIND),
                   "model file (sha256)": manifest.checkpoint["sha256"],
                   "sampling": manifest.sampling, "videos folder": manifest.videos_root},

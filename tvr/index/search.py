@@ -31,6 +31,7 @@ from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
 from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, open_gallery,
                              thumbnail_dir)
+from tvr.index.table import VideoTable
 from tvr.index.zero_shot import ZERO_SHOT, MeanCosine, ZeroShotCLIP, describe, load_zero_shot
 from tvr.models.gare import GARE
 from tvr.models.tokenizer import ClipTokenizer
@@ -72,7 +73,8 @@ class VideoIndex:
                  threshold: Optional[float] = None,
                  known_tokens: Optional[Sequence[int]] = None):
         self.folder, self.manifest, self.model, self.gallery = folder, manifest, model, gallery
-        self.paths: list[str] = gallery.videos.paths
+        self.table: VideoTable = gallery.videos.table  # the videos, memory-mapped
+        self.paths: Sequence[str] = self.table.paths  # decoded one at a time
         self.threshold, self.known_tokens = threshold, known_tokens
         self.videos_root = Path(manifest.videos_root)
         self.max_words = manifest.config["max_words"]
@@ -84,12 +86,12 @@ class VideoIndex:
     def open(cls, folder: str | os.PathLike, checkpoint: Optional[str] = None,
              stage1: Stage1 = "auto", device: str = "cpu", threshold: Optional[float] = None
              ) -> VideoIndex:
-        """Open ``folder``: its shards and stage-1 index memory-mapped (:func:`open_gallery`),
-        the model from the checkpoint the index records (or ``checkpoint``, which must be the
-        same file by content; a zero-shot index: the CLIP file it records,
-        tvr/index/zero_shot.py) on ``device``, where the candidates read from the shards are
-        scored (stage 1 stays on the CPU). A relative ``folder`` is
-        resolved against the working directory now: the index's paths are absolute. The
+        """Open ``folder``: its table of videos, shards and stage-1 index memory-mapped
+        (:func:`open_gallery`), the model from the checkpoint the index records (or
+        ``checkpoint``, which must be the same file by content; a zero-shot index: the CLIP
+        file it records, tvr/index/zero_shot.py) on ``device``, where the candidates read from
+        the shards are scored (stage 1 stays on the CPU). A relative ``folder`` is resolved
+        against the working directory now: the index's paths are absolute. The
         "no good match" ``threshold`` is the checkpoint's (or zero-shot index's) calibration
         unless given."""
         folder = Path(os.path.abspath(folder))
@@ -120,7 +122,7 @@ class VideoIndex:
             calibration = info.get("calibration") or {}
         if threshold is None:
             threshold = calibration.get("threshold")
-        if not manifest.entries:
+        if not len(manifest.videos()):
             raise IndexStoreError(f"index {folder} holds no video")
         return cls(folder, manifest, model, open_gallery(folder, manifest, stage1), threshold,
                    calibration.get("known_tokens"))
@@ -196,5 +198,4 @@ class VideoIndex:
         return products.masked_fill(parts["mask"] == 0, float("-inf")).argmax(dim=1)
 
     def _hit(self, row: int, score: float, frame: int) -> Hit:
-        path = self.paths[row]
-        return Hit(path, score, self.manifest.entries[path].times[frame], frame, row)
+        return Hit(self.paths[row], score, self.table.times(row)[frame], frame, row)

@@ -51,7 +51,8 @@ from werkzeug.serving import select_address_family
 
 from tvr.index.config import ServeConfig
 from tvr.index.search import Answer, VideoIndex
-from tvr.index.store import Entry, Manifest
+from tvr.index.store import Manifest
+from tvr.index.table import Entry
 
 # The API's cap on ``top`` (unless the page shows more): the stage-1 candidates that search
 # re-scores by default (its ``k``), and a bound on the work one request can ask for.
@@ -179,10 +180,10 @@ def create_app(index: VideoIndex, top: int = 12, searches: int = 1) -> flask.Fla
 
 def indexed(index: VideoIndex, path: str) -> Entry:
     """The manifest entry of ``path``, or a 404 for any path the index does not list."""
-    entry = index.manifest.entries.get(path)
-    if entry is None:
+    row = index.table.find(path)
+    if row is None:
         flask.abort(404)
-    return entry
+    return index.table.entry(row)
 
 
 def api_error(exception: HTTPException) -> tuple[flask.Response, int] | HTTPException:

@@ -12,15 +12,14 @@ their entries in its own manifest, ``shares/<r>/manifest.json`` (the :class:`Man
 share, saved after each shard as a single build saves the index's). After a barrier rank 0
 merges the shares into ``manifest.json`` and deletes them (:func:`merge_shares`), then alone
 brings the stage-1 index up to date (:func:`~tvr.index.store.update_stage1`, once, over every
-rank's shards). Shards are format-3 shards written by :func:`~tvr.index.store.write_shard`, as
-a single build writes them. A build that was interrupted leaves its shares; the next build,
-with any number of processes, merges them first, so each rank's finished shards are kept and
-only the rest is encoded again.
+rank's shards). Shards are written by :func:`~tvr.index.store.write_shard` as a single build
+writes them, and a share's manifest saves its own table (tvr/index/table.py) beside it. A build
+that was interrupted leaves its shares; the next build, with any number of processes, merges
+them first, so each rank's finished shards are kept and only the rest is encoded again.
 """
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
@@ -61,8 +60,8 @@ def share_manifest(manifest: Manifest, context: DistContext) -> Manifest:
     empty one whose shards are numbered from the index's next shard plus the rank."""
     if not context.distributed:
         return manifest
-    return replace(manifest, entries={}, failed={},
-                   next_shard=manifest.next_shard + context.rank)
+    return Manifest(manifest.videos_root, manifest.checkpoint, manifest.config,
+                    manifest.sampling, next_shard=manifest.next_shard + context.rank)
 
 
 def merge_shares(out: Path, manifest: Manifest) -> list[str]:
@@ -70,7 +69,7 @@ def merge_shares(out: Path, manifest: Manifest) -> list[str]:
     return the paths of the videos they encoded, sorted."""
     merged = []
     for home in sorted((out / SHARES).glob(f"*/{MANIFEST}")):
-        share = Manifest.load(home.parent)
+        share = Manifest.load(home.parent, convert=True)  # an interrupted format-3 build's
         manifest.entries.update(share.entries)
         manifest.failed.update(share.failed)
         manifest.next_shard = max(manifest.next_shard, share.next_shard)

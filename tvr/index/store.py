@@ -3,6 +3,7 @@
 An index is a folder::
 
     manifest.json               what the index holds (:class:`Manifest`), rewritten atomically
+    table/00007.<column>.npy    its encoded videos, a column a file (tvr/index/table.py)
     shards/00000.npy ...        one record per video, ``shard_size`` videos at most per shard
     shards/00000.coarse.npy     the shard's stage-1 vectors (n, S, d) float16
     stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
@@ -20,30 +21,34 @@ A search maps the shards and reads the records of its candidates only. float16 f
 scores by at most 3e-5 on a trained-like model (tests/test_stored_state.py); the small matrices
 stay float32 (their entries reach thousands, where float16 keeps three digits).
 
-The manifest maps each video file (path relative to the videos folder) to its shard and row,
-with what the file was (:class:`VideoFile`: size, modification time, real path, whether a
+The manifest's table maps each video file (path relative to the videos folder) to its shard,
+row, what the file was (:class:`VideoFile`: size, modification time, real path, whether a
 symbolic link led there; a changed file is encoded again, and the web page serves a file only
-while all four still hold), its duration and the time of each sampled frame. Files that could
-not be read are listed in ``failed`` with the reason; they are tried again only when they
-change. Deleted and changed files leave unreferenced rows in their shards; ``--rebuild`` starts
-over. ``stage1`` records the stage-1 search (:func:`update_stage1`): exact, or the IVF index's
-files, lists, probes and measured recall.
+while all four still hold), its duration and the time of each sampled frame, in numpy columns
+in gallery order (a search maps them and makes no object per video); manifest.json holds the
+rest and names the table by number. Files that could not be read are listed in ``failed`` with
+the reason; they are tried again only when they change. Deleted and changed files leave
+unreferenced rows in their shards; ``--rebuild`` starts over. ``stage1`` records the stage-1
+search (:func:`update_stage1`): exact, or the IVF index's files, lists, probes and measured
+recall.
 
 **Write API** (a build, local or distributed, uses only these): :func:`write_shard` (one shard
 from frames and mask, under a number no manifest names yet), ``Manifest.entries`` /
-``next_shard`` / :meth:`Manifest.save` (the manifest, after the shards it names), and
+``next_shard`` / :meth:`Manifest.save` (the table, then the manifest, after the shards), and
 :func:`update_stage1` once the shards are written (it saves the manifest). Reading:
 :meth:`Manifest.load`, :func:`open_gallery`.
 
 One build writes an index at a time (it holds the folder's :func:`tvr.storage.writer_lock`).
-Searches take no lock: the manifest is replaced atomically and a build writes its shards and
-stage-1 files under new numbers before the manifest that names them, never over a file a
-manifest names, so a search opening the index during a build reads the old index or the new one,
-both whole; the videos the stage-1 index does not hold yet are searched exactly. Not during
-``--rebuild``, which deletes the folder first.
+Searches take no lock: the manifest is replaced atomically and a build writes its shards,
+stage-1 files and tables under new numbers before the manifest that names them, never over a
+file a manifest names, so a search opening the index during a build reads the old index or the
+new one, both whole; the videos the stage-1 index does not hold yet are searched exactly. Not
+during ``--rebuild``, which deletes the folder first.
 
 An index of an older format (version 1 recorded no real paths, version 2 loaded whole float32
-``.pt`` shards) is refused in one line that says to rebuild it with ``--rebuild``.
+``.pt`` shards) is refused in one line that says to rebuild it with ``--rebuild``. Version 3
+(the entries in manifest.json) is converted by a build (``Manifest.load(convert=True)``: the
+next save writes the table); a search refuses it in one line that says to run the build.
 """
 from __future__ import annotations
 
@@ -61,43 +66,22 @@ from tvr.evaluation.config import Stage1
 from tvr.evaluation.engine import stage1_vectors
 from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Scorer, Stage1Search,
                                       faiss_available, stage1_recall, train_ivf)
+from tvr.index.table import COLUMNS, Entry, VideoFile, VideoTable
 from tvr.storage import atomic_write, atomic_write_json, read_manifest
 
 # 2: each file's real path and whether a link led there; 3: memory-mapped .npy shards with
-# float16 frames and the compact per-video state, a trained stage-1 index
-FORMAT_VERSION = 3
-MANIFEST = "manifest.json"
+# float16 frames and the compact per-video state, a trained stage-1 index; 4: the entries in a
+# table of .npy columns (tvr/index/table.py), outside manifest.json
+FORMAT_VERSION = 4
+CONVERTIBLE = 3  # the format a build converts (Manifest.load)
+MANIFEST, TABLE = "manifest.json", "table"
+HEADER = ("videos_root", "checkpoint", "config", "sampling", "next_shard", "stage1", "table")
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
 
 
 class IndexStoreError(ValueError):
     """An index folder that cannot be used as asked (other checkpoint, sampling, format)."""
-
-
-@dataclass
-class VideoFile:
-    """A video file as a build found it: size, modification time, real path (every symbolic
-    link resolved) and whether resolving its path below the videos folder followed a link."""
-
-    size: int
-    mtime_ns: int
-    real_path: str
-    followed_link: bool
-
-    def same_file(self, other: VideoFile) -> bool:
-        return (self.size, self.mtime_ns, self.real_path, self.followed_link) == \
-            (other.size, other.mtime_ns, other.real_path, other.followed_link)
-
-
-@dataclass
-class Entry(VideoFile):
-    """One encoded video: what the file was when encoded, and where its features are."""
-
-    shard: int
-    row: int
-    duration: float
-    times: list[float]  # seconds of the sampled frames, in order
 
 
 @dataclass
@@ -109,27 +93,90 @@ class Failure(VideoFile):
 
 @dataclass
 class Manifest:
+    """What an index holds: manifest.json (this header, the failures) and the table of its
+    encoded videos (tvr/index/table.py) that it names by number."""
+
     videos_root: str
     checkpoint: dict[str, Any]   # {"path", "sha256", "code_version"} of the encoding model
     config: dict[str, Any]       # the checkpoint's model record (checkpoint.model_record)
     sampling: dict[str, Any]     # {"video_framerate", "max_frames", "video_backend"}
-    entries: dict[str, Entry] = field(default_factory=dict)
     failed: dict[str, Failure] = field(default_factory=dict)
     next_shard: int = 0
     stage1: dict[str, Any] = field(default_factory=dict)  # update_stage1's record
+    table: int = -1  # the number of the table files the saved manifest names; -1: none yet
+    saved: Optional[VideoTable] = field(default=None, repr=False)  # that table, mapped
+    converted: bool = False  # loaded from format 3 (Manifest.load's convert)
+    _entries: Optional[dict[str, Entry]] = field(default=None, init=False, repr=False)
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        """Every encoded video by path, for the writers to change: made from the saved table
+        on first use (an object per video); from then on :meth:`videos` follows it."""
+        if self._entries is None:
+            self._entries = {} if self.saved is None else self.saved.entries()
+        return self._entries
+
+    def videos(self) -> VideoTable:
+        """The encoded videos in gallery order: the saved table, memory-mapped, unless
+        :attr:`entries` was used, else a table made from it."""
+        if self._entries is None and self.saved is not None:
+            return self.saved
+        return VideoTable.from_entries(self.entries)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> Manifest:
-        data = read_manifest(Path(folder) / MANIFEST, "format_version", FORMAT_VERSION,
-                             IndexStoreError, "rebuild the index with --rebuild")
-        return cls(data["videos_root"], data["checkpoint"], data["config"], data["sampling"],
-                   {k: Entry(**v) for k, v in data["entries"].items()},
-                   {k: Failure(**v) for k, v in data["failed"].items()}, data["next_shard"],
-                   data["stage1"])
+    def load(cls, folder: str | os.PathLike, convert: bool = False) -> Manifest:
+        """The manifest of ``folder``, its table memory-mapped. One of format 3 (its entries
+        in manifest.json) is refused in one line, unless ``convert`` (a build): then its
+        entries are read and the next :meth:`save` writes format 4."""
+        path = Path(folder) / MANIFEST
+        data = read_manifest(path, "format_version", FORMAT_VERSION, IndexStoreError,
+                             "rebuild the index with --rebuild", convertible=(CONVERTIBLE,))
+        manifest = cls(data["videos_root"], data["checkpoint"], data["config"],
+                       data["sampling"], {k: Failure(**v) for k, v in data["failed"].items()},
+                       data["next_shard"], data["stage1"], data.get("table", -1))
+        if data["format_version"] == FORMAT_VERSION:
+            manifest.saved = _read_table(folder, manifest.table)
+        elif not convert:
+            raise IndexStoreError(
+                f"{path}: format version {CONVERTIBLE}, this code reads version "
+                f"{FORMAT_VERSION}; run the build command that made it again (python -m "
+                f"tvr.index build ... --out {folder}) to convert it without encoding any "
+                f"video again, or start it over with --rebuild")
+        else:
+            manifest.converted = True
+            manifest._entries = {k: Entry(**v) for k, v in data["entries"].items()}
+        return manifest
 
     def save(self, folder: str | os.PathLike) -> None:
-        atomic_write_json(Path(folder) / MANIFEST,
-                          {"format_version": FORMAT_VERSION, **asdict(self)}, pretty=True)
+        """Write the table of :meth:`videos` under the next number, then manifest.json that
+        names it; delete the tables of older numbers but the previous one."""
+        number, videos = self.table + 1, self.videos()
+        for name, column in videos.columns.items():
+            atomic_write(table_path(folder, number, name),
+                         lambda f, column=column: np.save(f, column, allow_pickle=False))
+        self.table = number
+        header = {name: getattr(self, name) for name in HEADER}
+        atomic_write_json(Path(folder) / MANIFEST, {
+            "format_version": FORMAT_VERSION, **header,
+            "failed": {path: asdict(failure) for path, failure in self.failed.items()}},
+            pretty=True)
+        _remove_numbered(Path(folder) / TABLE, keep=(number, number - 1))
+
+
+def table_path(folder: str | os.PathLike, number: int, column: str) -> Path:
+    """The file of one column of table ``number`` (tvr/index/table.py)."""
+    return Path(folder) / TABLE / f"{number:05d}.{column}.npy"
+
+
+def _read_table(folder: str | os.PathLike, number: int) -> VideoTable:
+    """Table ``number`` of ``folder``, each column memory-mapped."""
+    try:
+        return VideoTable({name: np.load(table_path(folder, number, name), mmap_mode="r",
+                                         allow_pickle=False) for name in COLUMNS})
+    except (OSError, ValueError) as error:
+        raise IndexStoreError(f"{Path(folder) / TABLE}: the table of the index's videos "
+                              f"cannot be read ({error}); rebuild the index with --rebuild"
+                              ) from error
 
 
 def shard_path(folder: str | os.PathLike, shard: int, kind: str = "videos") -> Path:
@@ -185,13 +232,14 @@ class StoredVideos:
     memory-mapped: :meth:`parts` reads the records of the rows asked for, nothing else."""
 
     def __init__(self, folder: str | os.PathLike, manifest: Manifest):
-        rows = sorted((entry.shard, entry.row, path) for path, entry in manifest.entries.items())
-        self.paths = [path for _, _, path in rows]
-        self.shard_of = np.array([shard for shard, _, _ in rows], dtype=np.int64)
-        self.row_of = np.array([row for _, row, _ in rows], dtype=np.int64)
+        self.table = manifest.videos()  # in gallery order
+        self.paths = self.table.paths
+        self.shard_of = np.asarray(self.table.columns["shard"])
+        self.row_of = np.asarray(self.table.columns["row"])
         self.ids = (self.shard_of << 32) | self.row_of  # sorted: gallery order
         self.folder = folder
-        self.records = {shard: read_shard(folder, shard) for shard in np.unique(self.shard_of)}
+        shards = self.shard_of[np.flatnonzero(np.diff(self.shard_of, prepend=-1))]  # sorted
+        self.records = {shard: read_shard(folder, shard) for shard in shards}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -239,7 +287,7 @@ def update_stage1(folder: str | os.PathLike, manifest: Manifest, exact_max: int,
     if len(videos) <= exact_max or not faiss_available():
         manifest.stage1 = {"kind": "exact"}
         manifest.save(folder)
-        _remove_stage1_files(folder, keep=())
+        _remove_numbered(Path(folder) / "stage1", keep=())
         return f"stage 1: exact inner product search over {len(videos)} videos"
     import faiss
     vectors = videos.coarse()
@@ -267,14 +315,16 @@ def update_stage1(folder: str | os.PathLike, manifest: Manifest, exact_max: int,
                        "per_video": per_video, "lists": ivf.nlist, "nprobe": ivf.nprobe,
                        "recall": recall, "k": k}
     manifest.save(folder)
-    _remove_stage1_files(folder, keep=(number, old.get("number")))
+    _remove_numbered(Path(folder) / "stage1", keep=(number, old.get("number")))
     return (f"stage 1: faiss IVF{ivf.nlist},SQ8 probing {ivf.nprobe} lists over {len(videos)} "
             f"videos ({per_video} vectors each); recall@{k} of the exact search {100 * recall:.1f}% (200 of the videos "
             f"as queries)")
 
 
-def _remove_stage1_files(folder: str | os.PathLike, keep: tuple) -> None:
-    for path in (Path(folder) / "stage1").glob("*.*"):
+def _remove_numbered(directory: Path, keep: tuple) -> None:
+    """Delete the files ``<number>.*`` of ``directory`` (stage-1 files, tables) but those of
+    the numbers ``keep``."""
+    for path in directory.glob("[0-9]*.*"):
         if int(path.name.split(".")[0]) not in keep:
             path.unlink()
 
@@ -292,8 +342,9 @@ def open_gallery(folder: str | os.PathLike, manifest: Manifest,
     import faiss
     ivf = faiss.read_index(str(Path(folder) / record["file"]), faiss.IO_FLAG_MMAP)
     ivf.nprobe = record["nprobe"]
-    held = np.load(Path(folder) / record["ids"], allow_pickle=False)
-    missing = torch.from_numpy(np.flatnonzero(~np.isin(videos.ids, held)))
+    held = np.load(Path(folder) / record["ids"], allow_pickle=False)  # sorted, as videos.ids
+    at = np.searchsorted(held, videos.ids).clip(max=len(held) - 1)  # it holds one at least
+    missing = torch.from_numpy(np.flatnonzero(held[at] != videos.ids))
     return Gallery(videos, ApproximateSearch(ivf, videos.ids, (missing, videos.coarse(missing)),
                                              record["per_video"]))
 
