@@ -120,6 +120,10 @@ def test_build_converts_a_format_3_index_and_search_refuses_it(tmp_path, capsys)
                   entries={path: vars(entry) for path, entry in manifest.entries.items()})
     (out / MANIFEST).write_text(json.dumps(header))
     shutil.rmtree(out / "table")
+    coarse = sorted((out / "shards").glob("*.coarse.npy"))
+    originals = [np.load(path) for path in coarse]
+    for path, array in zip(coarse, originals):
+        np.save(path, array[:, 0])  # format 3's stage-1 vectors: one mean a video
     for command in (["search", str(out), "a red circle"], ["serve", str(out)]):
         assert index_main(command) == 1
         error = capsys.readouterr().err
@@ -131,4 +135,6 @@ def test_build_converts_a_format_3_index_and_search_refuses_it(tmp_path, capsys)
     assert "converted the index from format 3 to format 4" in printed
     assert "encoded 0 videos" in printed
     assert Manifest.load(out).saved.entries() == manifest.entries
+    for path, array in zip(coarse, originals):  # rewritten from the stored frames
+        assert np.array_equal(np.load(path), array) and array.shape[1] == 2
     assert VideoIndex.open(out).search(["a red circle"], top=10) == before

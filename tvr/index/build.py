@@ -42,8 +42,8 @@ from tvr.evaluation.retrieval import Scorer
 from tvr.index.config import DEFAULT_K, BuildConfig
 from tvr.index.shares import merge_shares, on_main, share_home, share_manifest
 from tvr.index.store import (CONVERTIBLE, FORMAT_VERSION, MANIFEST, Failure, IndexStoreError,
-                             Manifest, file_sha256, thumbnail_dir, update_stage1, walk_videos,
-                             write_shard)
+                             Manifest, file_sha256, thumbnail_dir, update_stage1,
+                             upgrade_stage1_vectors, walk_videos, write_shard)
 from tvr.index.table import Entry, VideoFile
 from tvr.index.zero_shot import (ZERO_SHOT, MeanCosine, ZeroShotCLIP, calibrate_nonsense,
                                  load_zero_shot)
@@ -58,6 +58,7 @@ GARE_KIND = "gare"  # the manifest's checkpoint["kind"] of an index built by a G
 # apart); none for a zero-shot index, whose score is the cosine of the mean itself
 STAGE1_FRAMES = {GARE_KIND: 1, ZERO_SHOT: 0}
 
+SAVE_SHARE = 0.1  # of a build's time, at most, spent saving its manifest (ShardWriter.flush)
 THUMBNAIL_SIDE = 160  # short side of the frame thumbnails, pixels
 
 
@@ -240,6 +241,8 @@ def _prepare(config: BuildConfig, root: Path, encoder: Encoder, files: dict[str,
     manifest = _open_manifest(out, root, encoder)
     report.converted = manifest.converted
     merge_shares(out, manifest)
+    if manifest.converted:
+        upgrade_stage1_vectors(out, manifest, STAGE1_FRAMES[encoder.identity["kind"]])
     _forget_changed(out, manifest, files, report)
     return manifest
 
@@ -253,22 +256,25 @@ def _encode_all(model: GARE | ZeroShotCLIP, dataset: VideoFiles, writer: ShardWr
                desc="index", mininterval=0.5 if sys.stderr.isatty() else 30)
     failed = writer.manifest.failed
     pending: list[tuple[Decoded, torch.Tensor]] = []
-    for batch in loader:
-        readable = [item for item in batch if item.video is not None]
-        for item in batch:
-            if item.video is None:
-                failed[item.path] = Failure(**asdict(writer.files[item.path]),
-                                            reason=item.error)
-        if readable:
-            features = _encode(model, readable, context.device).unbind(0)
-            pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
-        while len(pending) >= config.shard_size:
-            writer.flush(pending[:config.shard_size])
-            pending = pending[config.shard_size:]
-        bar.update(len(batch))
-        bar.set_postfix(failed=len(failed))
-    writer.flush(pending)
-    bar.close()
+    try:
+        for batch in loader:
+            readable = [item for item in batch if item.video is not None]
+            for item in batch:
+                if item.video is None:
+                    failed[item.path] = Failure(**asdict(writer.files[item.path]),
+                                                reason=item.error)
+            if readable:
+                features = _encode(model, readable, context.device).unbind(0)
+                pending += [(item._replace(video=None), f) for item, f in zip(readable, features)]
+            while len(pending) >= config.shard_size:
+                writer.flush(pending[:config.shard_size])
+                pending = pending[config.shard_size:]
+            bar.update(len(batch))
+            bar.set_postfix(failed=len(failed))
+        writer.flush(pending)
+    finally:  # the whole shards written, also when interrupted
+        writer.save()
+        bar.close()
 
 
 def _require_index_or_empty(out: Path) -> None:
@@ -336,9 +342,14 @@ class ShardWriter:
     files: dict[str, VideoFile]
     report: BuildReport
     step: int = 1
+    saved_at: float = field(default_factory=time.monotonic)  # when the last save ended
+    save_seconds: float = 0.0                                 # and what it took
 
     def flush(self, pending: list[tuple[Decoded, torch.Tensor]]) -> None:
-        """Write ``pending`` as the next shard, then the manifest that points into it."""
+        """Write ``pending`` as the next shard, then the manifest that points into it when
+        saving takes at most :data:`SAVE_SHARE` of the time: a large index's manifest takes
+        seconds to save (its table is rewritten whole); the build saves it at its end, also
+        when interrupted, and a killed build loses at most about ten saves' time of shards."""
         manifest = self.manifest
         if pending:
             shard = manifest.next_shard
@@ -352,5 +363,13 @@ class ShardWriter:
                                                     duration=round(item.duration, 3),
                                                     times=item.times)
                 self.report.encoded.append(item.path)
+        if time.monotonic() - self.saved_at >= self.save_seconds / SAVE_SHARE:
+            self.save()
+
+    def save(self) -> None:
+        """Save the manifest in ``home``."""
+        start = time.monotonic()
         self.home.mkdir(parents=True, exist_ok=True)
-        manifest.save(self.home)
+        self.manifest.save(self.home)
+        self.saved_at = time.monotonic()
+        self.save_seconds = self.saved_at - start
