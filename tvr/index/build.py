@@ -43,8 +43,8 @@ from tvr.index.config import DEFAULT_K, BuildConfig
 from tvr.index.shares import merge_shares, on_main, share_home, share_manifest
 from tvr.index.store import (CONVERTIBLE, FORMAT_VERSION, MANIFEST, Failure, IndexStoreError,
                              Manifest, file_sha256, thumbnail_dir, update_stage1,
-                             upgrade_stage1_vectors, walk_videos, write_shard)
-from tvr.index.table import Entry, VideoFile
+                             upgrade_stage1_vectors, write_shard)
+from tvr.index.table import Entry, VideoFile, walk_videos
 from tvr.index.zero_shot import (ZERO_SHOT, MeanCosine, ZeroShotCLIP, calibrate_nonsense,
                                  load_zero_shot)
 from tvr.models.gare import GARE

@@ -56,7 +56,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -76,8 +76,6 @@ FORMAT_VERSION = 4
 CONVERTIBLE = 3  # the format a build converts (Manifest.load)
 MANIFEST, TABLE = "manifest.json", "table"
 HEADER = ("videos_root", "checkpoint", "config", "sampling", "next_shard", "stage1", "table")
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
-                              ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
 
 
 class IndexStoreError(ValueError):
@@ -341,8 +339,8 @@ def update_stage1(folder: str | os.PathLike, manifest: Manifest, exact_max: int,
     manifest.save(folder)
     _remove_numbered(Path(folder) / "stage1", keep=(number, old.get("number")))
     return (f"stage 1: faiss IVF{ivf.nlist},SQ8 probing {ivf.nprobe} lists over {len(videos)} "
-            f"videos ({per_video} vectors each); recall@{k} of the exact search {100 * recall:.1f}% (200 of the videos "
-            f"as queries)")
+            f"videos ({per_video} vectors each); recall@{k} of the exact search "
+            f"{100 * recall:.1f}% (200 of the videos as queries)")
 
 
 def _remove_numbered(directory: Path, keep: tuple) -> None:
@@ -376,26 +374,6 @@ def open_gallery(folder: str | os.PathLike, manifest: Manifest,
 def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:
     """The folder of a video's frame thumbnails (``<k>.jpg``), keyed by a hash of its path."""
     return Path(folder) / "thumbs" / hashlib.sha1(path.encode()).hexdigest()[:16]
-
-
-def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, VideoFile]]:
-    """(path relative to ``root`` in POSIX form, :class:`VideoFile`) of every video file below
-    ``root``, recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order. A link
-    that leads nowhere has the size and time of the link itself (the build lists it as
-    unreadable)."""
-    root = Path(root).resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
-                full = Path(dirpath) / name
-                real = os.path.realpath(full)
-                try:
-                    stat = os.stat(real)
-                except OSError:  # a dangling or looping symbolic link
-                    stat = full.lstat()
-                yield full.relative_to(root).as_posix(), VideoFile(
-                    stat.st_size, stat.st_mtime_ns, real, real != str(full))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:

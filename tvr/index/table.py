@@ -22,16 +22,22 @@ decoded when asked for (:attr:`VideoTable.paths`, a hit or a page's request) and
 bisection over ``by_path`` (:meth:`VideoTable.find`); the writers turn the table into a dict of
 entries (:meth:`VideoTable.entries`) and back (:meth:`VideoTable.from_entries`). Paths are
 encoded with ``surrogatepass``, so that any name ``os.walk`` gives comes back unchanged.
+:func:`walk_videos` lists the video files a build finds, each as a :class:`VideoFile`.
 """
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
+                              ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
 
 ENCODING, ERRORS = "utf-8", "surrogatepass"
 COLUMNS = ("shard", "row", "size", "mtime_ns", "followed_link", "duration", "times", "path",
@@ -179,3 +185,23 @@ def table_problem(columns: dict[str, np.ndarray]) -> str:
     if np.any(ids[1:] <= ids[:-1]):
         return "rows out of gallery order (by shard, then row, each once)"
     return ""
+
+
+def walk_videos(root: str | os.PathLike) -> Iterator[tuple[str, VideoFile]]:
+    """(path relative to ``root`` in POSIX form, :class:`VideoFile`) of every video file below
+    ``root``, recursively, by extension (:data:`VIDEO_EXTENSIONS`), in sorted order. A link
+    that leads nowhere has the size and time of the link itself (the build lists it as
+    unreadable)."""
+    root = Path(root).resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+                full = Path(dirpath) / name
+                real = os.path.realpath(full)
+                try:
+                    stat = os.stat(real)
+                except OSError:  # a dangling or looping symbolic link
+                    stat = full.lstat()
+                yield full.relative_to(root).as_posix(), VideoFile(
+                    stat.st_size, stat.st_mtime_ns, real, real != str(full))
