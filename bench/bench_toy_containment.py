@@ -18,6 +18,8 @@ direction, read from each video's caption), and the latency of one query per cal
 holds an exhaustive item exactly when stage 1 kept it among its K candidates, since stage 2
 scores them with GARE as exhaustive search does, so this is the top-10 containment of
 bench/RESULTS.md §4 (short of ties in score). Only the index's public API is used.
+``--stage1_frames 0`` ranks stage 1 by each video's mean frame alone (a rerun on the same
+``--index`` rewrites its stage-1 vectors, without encoding again).
 """
 from __future__ import annotations
 
@@ -94,13 +96,14 @@ def prepare(options: argparse.Namespace) -> tuple[str, dict[str, Content]]:
                            workers=options.workers)
     made = time.perf_counter() - start
     report = build_index(BuildConfig(videos=str(toy.video_path), out=options.index,
-                                     checkpoint=options.checkpoint, workers=options.workers),
+                                     checkpoint=options.checkpoint, workers=options.workers,
+                                     stage1_frames=options.stage1_frames),
                          progress=options.progress)
     if report.failed:
         raise SystemExit(report.format())
     gallery = f"written in {made:.0f} s" if toy.created else "already there"
     return (f"gallery {toy.video_path}: {options.n} videos, {gallery}; index {options.index}: "
-            + report.format().splitlines()[0] + f" in {report.seconds:.0f} s",
+            + "; ".join(report.format().splitlines()) + f" ({report.seconds:.0f} s)",
             gallery_contents(toy.root))
 
 
@@ -184,6 +187,9 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2,
                         help="ffmpeg processes writing, decoding processes indexing")
     parser.add_argument("--progress", action="store_true", help="progress bar while indexing")
+    parser.add_argument("--stage1_frames", type=int, default=None,
+                        help="the index's --stage1_frames (default: the build's); another "
+                             "value rewrites the stage-1 vectors of an existing --index")
     options = parser.parse_args(argv)
     if options.n < 2 or options.queries < 1:
         parser.error("need --n >= 2 and --queries >= 1")

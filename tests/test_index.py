@@ -128,6 +128,26 @@ def test_an_interrupted_build_keeps_its_shards_and_resumes(trained, tmp_path, mo
     assert len(VideoIndex.open(out)) == 9
 
 
+def test_a_new_stage1_frames_rewrites_the_stage1_vectors_from_the_stored_frames(trained,
+                                                                                tmp_path):
+    checkpoint, toy = trained
+    folder, _ = gallery(tmp_path, toy, 6)
+    out = tmp_path / "index"
+    build(checkpoint, folder, out, shard_size=4)
+    videos = VideoIndex.open(out).gallery.videos
+    two = videos.coarse()
+    assert two.shape[1] == 2  # the default for a GARE checkpoint: the mean and one frame
+    report = build(checkpoint, folder, out, stage1_frames=2)
+    assert report.restaged == 2 and not report.encoded
+    assert "rewrote the stage-1 vectors of 2 shards from their frames" in report.format()
+    three = VideoIndex.open(out).gallery.videos.coarse()
+    stored = videos.parts(torch.arange(6))
+    expected = stage1_vectors(stored["frames"].float(), stored["mask"].float(), 2)
+    torch.testing.assert_close(three, expected, atol=2e-3, rtol=0)  # float16 files
+    assert torch.equal(three[:, :2], two)
+    assert build(checkpoint, folder, out, stage1_frames=2).restaged == 0
+
+
 def test_search_ranks_like_the_evaluation_engine(trained, tmp_path):
     checkpoint, toy = trained
     folder, _ = gallery(tmp_path, toy, 24)

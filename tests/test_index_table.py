@@ -133,6 +133,7 @@ def test_build_converts_a_format_3_index_and_search_refuses_it(tmp_path, capsys)
                        manifest.videos_root, "--out", str(out), "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert "converted the index from format 3 to format 4" in printed
+    assert f"rewrote the stage-1 vectors of {len(coarse)} shards from their frames" in printed
     assert "encoded 0 videos" in printed
     assert Manifest.load(out).saved.entries() == manifest.entries
     for path, array in zip(coarse, originals):  # rewritten from the stored frames

@@ -43,7 +43,7 @@ from tvr.index.config import DEFAULT_K, BuildConfig
 from tvr.index.shares import merge_shares, on_main, share_home, share_manifest
 from tvr.index.store import (CONVERTIBLE, FORMAT_VERSION, MANIFEST, Failure, IndexStoreError,
                              Manifest, file_sha256, thumbnail_dir, update_stage1,
-                             upgrade_stage1_vectors, write_shard)
+                             restage, write_shard)
 from tvr.index.table import Entry, VideoFile, walk_videos
 from tvr.index.zero_shot import (ZERO_SHOT, MeanCosine, ZeroShotCLIP, calibrate_nonsense,
                                  load_zero_shot)
@@ -53,9 +53,9 @@ from tvr.training.checkpoint import CheckpointError, code_version, load_model, s
 from tvr.training.distributed import DistContext
 
 GARE_KIND = "gare"  # the manifest's checkpoint["kind"] of an index built by a GARE checkpoint
-# Stage-1 vectors per video beside its mean frame (tvr.evaluation.engine.stage1_vectors): one
-# frame for GARE (bench/RESULTS.md §4: the mean alone misses near-duplicates GARE tells
-# apart); none for a zero-shot index, whose score is the cosine of the mean itself
+# The default --stage1_frames (tvr.evaluation.engine.stage1_vectors): one frame beside the mean
+# for GARE (bench/RESULTS.md §4: the mean alone misses near-duplicates GARE tells apart); none
+# for a zero-shot index, whose score is the cosine of the mean itself
 STAGE1_FRAMES = {GARE_KIND: 1, ZERO_SHOT: 0}
 
 SAVE_SHARE = 0.1  # of a build's time, at most, spent saving its manifest (ShardWriter.flush)
@@ -127,12 +127,15 @@ class BuildReport:
     calibration: Optional[dict[str, Any]] = None  # a zero-shot index's (tvr/index/zero_shot.py)
     stage1: str = ""  # what stage 1 is now (tvr.index.store.update_stage1)
     converted: bool = False  # the index was of the older format CONVERTIBLE
+    restaged: int = 0  # shards whose stage-1 vectors were rewritten (tvr.index.store.restage)
 
     def format(self) -> str:
         rate = len(self.encoded) / self.seconds if self.seconds else 0.0
         advice = " (listed below and skipped: fix or remove each, then run build again)"
         lines = [f"converted the index from format {CONVERTIBLE} to format {FORMAT_VERSION} "
                  f"(its videos' entries now a table beside manifest.json)"] * self.converted
+        lines += [f"rewrote the stage-1 vectors of {self.restaged} shards from their "
+                  f"frames"] * bool(self.restaged)
         lines += [f"encoded {len(self.encoded)} videos ({rate:.1f} videos/s), removed "
                  f"{len(self.removed)}, {len(self.failed)} unreadable"
                  + (advice if self.failed else "")]
@@ -199,6 +202,13 @@ def load_encoder(config: BuildConfig, device: torch.device) -> Encoder:
     return Encoder(model, scorer, identity, record, sampling)
 
 
+def stage1_frames(config: BuildConfig, encoder: Encoder) -> int:
+    """The frames a video keeps as stage-1 vectors beside its mean (``--stage1_frames``)."""
+    if config.stage1_frames is not None:
+        return config.stage1_frames
+    return STAGE1_FRAMES[encoder.identity["kind"]]
+
+
 def _build(config: BuildConfig, progress: bool, context: DistContext) -> Optional[BuildReport]:
     """:func:`build_index`, rank 0 holding the lock of ``config.out``."""
     start = time.time()
@@ -212,7 +222,7 @@ def _build(config: BuildConfig, progress: bool, context: DistContext) -> Optiona
     dataset = VideoFiles(root, todo[context.rank::context.world_size], out, encoder.sampling,
                          encoder.model.clip.config.image_size)
     writer = ShardWriter(out, share_home(out, context), share, encoder.scorer,
-                         STAGE1_FRAMES[encoder.identity["kind"]], files, report,
+                         stage1_frames(config, encoder), files, report,
                          context.world_size)
     _encode_all(encoder.model, dataset, writer, config, context, progress)
     if context.distributed:
@@ -241,8 +251,7 @@ def _prepare(config: BuildConfig, root: Path, encoder: Encoder, files: dict[str,
     manifest = _open_manifest(out, root, encoder)
     report.converted = manifest.converted
     merge_shares(out, manifest)
-    if manifest.converted:
-        upgrade_stage1_vectors(out, manifest, STAGE1_FRAMES[encoder.identity["kind"]])
+    report.restaged = restage(out, manifest, stage1_frames(config, encoder))
     _forget_changed(out, manifest, files, report)
     return manifest
 

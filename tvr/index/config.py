@@ -38,6 +38,11 @@ class BuildConfig:
     rebuild: bool = setting(False, "delete the index and start over")
     device: str = setting("cpu", "where the model encodes", choices=DEVICES)
     wait: bool = setting(False, "if another build is writing --out, wait for it (else stop)")
+    stage1_frames: Optional[int] = setting(
+        None, "frames of each video kept as stage-1 vectors beside its mean frame, the frames "
+              "least like it first (default: 1 for a GARE checkpoint, 0 zero-shot, whose score "
+              "is the mean's cosine); a change rewrites the stage-1 vectors of an index",
+        Bounds(0, 64, integer=True, optional=True), kind=int)
     stage1_exact_max: int = setting(
         200_000, "largest gallery searched exactly in stage 1; above it the build trains a "
                  "faiss IVF index (when faiss is installed)", integer(0))

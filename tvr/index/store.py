@@ -272,16 +272,15 @@ class StoredVideos:
             rows, lambda shard, index: read_shard(self.folder, shard, "coarse")[index])).float()
 
 
-def upgrade_stage1_vectors(folder: str | os.PathLike, manifest: Manifest,
-                           stage1_frames: int) -> int:
-    """Rewrite, from the frames the shards keep, the stage-1 vectors of every shard that holds
-    format 3's one mean per video ((n, d)) as (n, 1 + ``stage1_frames``, d) (the conversion of
-    a build, :meth:`Manifest.load`); the stage-1 index is then trained anew
-    (:func:`update_stage1`). Each file is replaced atomically; searches refuse format 3 until
-    the converted manifest is saved. Returns how many shards were rewritten."""
+def restage(folder: str | os.PathLike, manifest: Manifest, stage1_frames: int) -> int:
+    """Rewrite, from the frames the shards keep, the stage-1 vectors of every shard that does
+    not hold (n, 1 + ``stage1_frames``, d) of them (format 3's one mean a video, (n, d), or
+    another ``--stage1_frames``); the stage-1 index is then trained anew
+    (:func:`update_stage1`). Each file is replaced atomically, by a build (which holds the
+    folder's lock). Returns how many shards were rewritten."""
     rewritten = 0
     for shard in StoredVideos(folder, manifest).records:
-        if read_shard(folder, shard, "coarse").ndim == 3:
+        if read_shard(folder, shard, "coarse").shape[1:-1] == (1 + stage1_frames,):
             continue
         records = read_shard(folder, shard)
         coarse = stage1_vectors(torch.from_numpy(records["frames"].astype(np.float32)),
@@ -290,7 +289,7 @@ def upgrade_stage1_vectors(folder: str | os.PathLike, manifest: Manifest,
         atomic_write(shard_path(folder, shard, "coarse"), lambda f, array=coarse.half().numpy():
                      np.save(f, array, allow_pickle=False))
         rewritten += 1
-    if rewritten:  # the IVF index, if any, held one vector a video: train a new one
+    if rewritten:  # an IVF index holds the vectors as they were: train a new one
         manifest.stage1 = {"kind": "exact", **{k: v for k, v in manifest.stage1.items()
                                                if k == "number"}}
     return rewritten
