@@ -111,6 +111,11 @@ def test_the_ivf_stage1_follows_the_videos(store):
     found = gallery.stage1.top(vectors[:20, 0], 5)[1]
     assert (found[:, 0] == exact[:, 0]).all()
     assert all(len(set(row.tolist())) == 5 for row in found)  # each video once
+    text = torch.randn(4, DIM, generator=torch.Generator().manual_seed(2))
+    everything = gallery.search(engine, text, top=20, k=len(gallery))  # K = N: exhaustive
+    exhaustive = gallery.search(engine, text, top=20, k=len(gallery), exhaustive=True)
+    assert torch.equal(everything.best, exhaustive.best)
+    torch.testing.assert_close(everything.scores, exhaustive.scores, atol=0, rtol=0)
 
     for path in [p for p in manifest.entries if p.startswith("2/")]:
         del manifest.entries[path]  # shard 2 deleted, shard 6 added
