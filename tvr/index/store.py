@@ -43,7 +43,7 @@ both whole; the videos the stage-1 index does not hold yet are searched exactly.
 ``--rebuild``, which deletes the folder first.
 
 An index of an older format (version 1 recorded no real paths, version 2 loaded whole float32
-``.pt`` shards) is refused in one line that says to rebuild it with ``--rebuild``.
+``.pt`` shards, version 3 packed its records without aligning their fields) is refused in one line that says to rebuild it with ``--rebuild``.
 """
 from __future__ import annotations
 
@@ -63,8 +63,9 @@ from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Scorer, Stage1
 from tvr.storage import atomic_write, atomic_write_json, read_manifest
 
 # 2: each file's real path and whether a link led there; 3: memory-mapped .npy shards with
-# float16 frames and the compact per-video state, a trained stage-1 index
-FORMAT_VERSION = 3
+# float16 frames and the compact per-video state, a trained stage-1 index; 4: the fields of a
+# shard's records aligned (read as views, not copied)
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
                               ".wmv", ".flv", ".3gp", ".ogv", ".ts"})
@@ -138,10 +139,12 @@ def shard_path(folder: str | os.PathLike, shard: int, kind: str = "videos") -> P
 
 
 def _record_dtype(parts: dict[str, Tensor]) -> np.dtype:
-    """One record per video: the frames in float16, the mask in uint8, the rest in float32."""
+    """One record per video: the frames in float16, the mask in uint8, the rest in float32,
+    each field at an offset that is a multiple of its item size (numpy's ``align``), so that
+    torch views the fields of gathered records without copying them."""
     kinds = {"frames": "<f2", "mask": "u1"}
     return np.dtype([(name, kinds.get(name, "<f4"), tuple(value.shape[1:]))
-                     for name, value in parts.items()])
+                     for name, value in parts.items()], align=True)
 
 
 def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
@@ -193,34 +196,35 @@ class StoredVideos:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _gather(self, rows: Tensor, read: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
-        """``read(shard, its rows)`` for the gallery rows ``rows``, concatenated in their order."""
+    def _gather(self, rows: Tensor, shard_array: Callable[[int], np.ndarray]) -> np.ndarray:
+        """The rows ``rows`` (gallery rows) of the arrays ``shard_array(shard)``, in their
+        order: one ``np.take`` per shard, straight into the result."""
         rows = rows.cpu().numpy()
-        if not len(rows):
-            return read(int(self.shard_of[0]), rows)
+        first = shard_array(int(self.shard_of[rows[0] if len(rows) else 0]))
+        out = np.empty((len(rows), *first.shape[1:]), first.dtype)
         order = np.argsort(rows, kind="stable")
         shards = self.shard_of[rows[order]]
-        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
-        pieces = [read(int(shards[a]), self.row_of[rows[order[a:b]]])
-                  for a, b in zip(starts, np.r_[starts[1:], len(order)])]
-        gathered = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])[:len(rows)]
+        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+            np.take(shard_array(int(shards[a])), self.row_of[rows[order[a:b]]], axis=0,
+                    out=out[a:b], mode="clip")  # the rows exist; "clip" skips a buffer
         if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
-            return gathered
-        out = np.empty_like(gathered)
-        out[order] = gathered
-        return out
+            return out
+        ordered = np.empty_like(out)
+        ordered[order] = out
+        return ordered
 
     def parts(self, rows: Tensor) -> dict[str, Tensor]:
-        """The stored compact state of the videos ``rows`` (frames float16, the rest float32),
-        each field copied out of the packed records (whose fields need not be aligned)."""
-        records = self._gather(rows, lambda shard, index: self.records[shard][index])
-        return {name: torch.from_numpy(records[name].copy()) for name in records.dtype.names}
+        """The stored compact state of the videos ``rows`` (frames float16, the rest float32):
+        views of the fields of the gathered records (aligned: :func:`_record_dtype`)."""
+        records = self._gather(rows, self.records.__getitem__)
+        return {name: torch.from_numpy(records[name]) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
         """(rows, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
         rows = torch.arange(len(self)) if rows is None else rows
         return torch.from_numpy(self._gather(
-            rows, lambda shard, index: read_shard(self.folder, shard, "coarse")[index])).float()
+            rows, lambda shard: read_shard(self.folder, shard, "coarse"))).float()
 
 
 def update_stage1(folder: str | os.PathLike, manifest: Manifest, exact_max: int,
