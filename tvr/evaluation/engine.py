@@ -295,6 +295,8 @@ class SimilarityEngine:
         with self._matmul_precision(exact):
             for rows in _chunks(n_t, block_t):
                 t = texts.select(rows).parts
+                if self.method == "folded":
+                    t = self._folding.text_block(t, compact="rows" not in videos.parts)
                 for cols in _chunks(n_v, block_v):
                     v = videos.select(cols).parts
                     out[rows, cols] = (self._score_naive(t, v) if self.method == "naive"
