@@ -186,8 +186,7 @@ class SimilarityEngine:
         """Estimated peak bytes of the per-pair intermediates of one (text, video) pair."""
         if self.method == "naive":
             return self._itemsize * (16 * self.config.dim + 6 * n_frames)
-        rows = 3 * n_frames + 3
-        return self._itemsize * (rows + 12 * (n_frames + 2) + 16)
+        return self._itemsize * (23 * n_frames + 24)  # 3F products, about 20 F-vectors
 
     def block_shape(self, n_texts: int, n_videos: int, n_frames: int) -> tuple[int, int]:
         """(texts, videos) per block: as many pairs as the budget allows, texts first (the
@@ -230,16 +229,17 @@ class SimilarityEngine:
         return Prepared("texts", parts, self._token)
 
     @torch.no_grad()
-    def prepare_videos(self, frames: Tensor, mask: Tensor, compact: bool = False) -> Prepared:
+    def prepare_videos(self, frames: Tensor, mask: Tensor) -> Prepared:
         """Per-video work, in chunks bounded by the memory budget, at full matmul precision
         whatever ``precision`` and the global torch setting (it is not the bottleneck, and every
         pair of the video reads its results).
 
         Args:
             frames: (N_v, F, d) frame embeddings after temporal aggregation. mask: (N_v, F).
-            compact: keep the frames and their LN1 statistics instead of the (3F + 3) x d
-                rows (:meth:`Folding.prepare_videos`): what a video index stores per video,
-                scored with the same numbers (:meth:`adopt` takes them back).
+
+        The folded path keeps the frames, their LN1 statistics and small per-video matrices
+        (:meth:`Folding.prepare_videos`): what a video index stores per video (:meth:`adopt`
+        takes them back).
         """
         d = self.config.dim
         if frames.dim() != 3 or frames.shape[2] != d:
@@ -251,20 +251,19 @@ class SimilarityEngine:
         per_video = self._itemsize * d * 16 * (n_frames + 2)
         step = max(1, self.memory_budget_bytes // per_video)
         with self._matmul_precision(exact=True):
-            chunks = [self._prepare_video_chunk(frames[s], mask[s], compact)
+            chunks = [self._prepare_video_chunk(frames[s], mask[s])
                       for s in _chunks(len(frames), step)]
         parts = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
         return Prepared("videos", parts, self._token)
 
-    def _prepare_video_chunk(self, frames: Tensor, mask: Tensor,
-                             compact: bool) -> dict[str, Tensor]:
+    def _prepare_video_chunk(self, frames: Tensor, mask: Tensor) -> dict[str, Tensor]:
         parts = {"mask": mask, "coarse": coarse_vectors(frames, mask)}
         if self.method == "naive":
             return dict(parts, frames=frames)
-        return dict(parts, **self._folding.prepare_videos(frames, compact))
+        return dict(parts, **self._folding.prepare_videos(frames))
 
     def adopt(self, parts: dict[str, Tensor]) -> Prepared:
-        """Videos prepared earlier with ``compact=True`` and stored (e.g. in float16, by a video
+        """Videos prepared earlier (:meth:`prepare_videos`) and stored (e.g. in float16, by a video
         index), as this engine's, in its dtype. They must come from an engine of the same
         weights (an index checks its checkpoint's hash); on the naive path only ``frames``
         and ``mask`` are read."""
@@ -296,7 +295,7 @@ class SimilarityEngine:
             for rows in _chunks(n_t, block_t):
                 t = texts.select(rows).parts
                 if self.method == "folded":
-                    t = self._folding.text_block(t, compact="rows" not in videos.parts)
+                    t = self._folding.text_block(t)
                 for cols in _chunks(n_v, block_v):
                     v = videos.select(cols).parts
                     out[rows, cols] = (self._score_naive(t, v) if self.method == "naive"

@@ -63,9 +63,9 @@ class Folding:
         """Weights-only constants (docs/evaluation_engine.md, §2).
 
         Every per-frame vector the scores need is an affine map of l_bk = LN1(f_bk); the maps
-        are composed here once, so that :meth:`prepare_videos` does one (F·N_v x d) @ (d x 4d)
-        product (c(K~_bk), U_bk, Z_bk, D_bk; without c(K~_bk) for compact parts) and one
-        matrix-vector product for the key bias κ_bk.
+        are composed here once, so that :meth:`prepare_videos` does one (F·N_v x d) @ (d x 3d)
+        product (U_bk, Z_bk, D_bk) and a matrix-vector product for the key bias κ_bk; the key
+        and Δ maps themselves are applied per text (:meth:`text_block`).
         """
         psi, d = self.psi, self.config.dim
         eye = torch.eye(d, dtype=psi.q_proj.weight.dtype, device=psi.q_proj.weight.device)
@@ -82,9 +82,11 @@ class Folding:
         to_z = centring @ (eye + psi.linear1.weight) * g2                   # C (I + W_1) diag(γ2)
         z_map, z_shift = to_z @ u_map, to_z @ u_shift
         d_map, d_shift = (w_mu * g3) @ z_map, (w_mu * g3) @ z_shift
-        self._maps_t = torch.cat([key_map, u_map, z_map, d_map]).T.contiguous()  # (d, 4d)
-        self._shifts = torch.cat([key_shift, u_shift, z_shift, d_shift])
+        self._maps_t = torch.cat([u_map, z_map, d_map]).T.contiguous()       # (d, 3d)
+        self._shifts = torch.cat([u_shift, z_shift, d_shift])
         self._key_delta_maps = torch.stack([key_map, d_map])                 # A_K, A_D
+        self._key_delta_shifts = torch.stack([key_shift, d_shift])
+        self._key_shift = key_shift
         self._kappa = (w_k.T @ q0 / math.sqrt(d), psi.k_proj.bias @ q0 / math.sqrt(d))  # κ
         self._z0 = centring @ (b2 + psi.linear1(b2))                         # z0 = c(y0)
         self._z0_sq = self._z0.square().sum()
@@ -92,119 +94,93 @@ class Folding:
                                           psi.mean_proj(b3)])               # δ0
         self._consts_gram = self._delta_consts @ self._delta_consts.T        # e·e, e·δ0, δ0·δ0
 
-    def prepare_videos(self, frames: Tensor, compact: bool = False) -> dict[str, Tensor]:
-        """The per-video tensors of the folded path for ``frames`` (N_v, F, d): the rows R_b of
-        the per-pair matrix product and the small per-video matrices (§2), stacked as the two
-        batched products of :meth:`score` read them: ``w_forms`` [Φ_b; C_b] ((2F + 2) x F) and
-        ``a_forms`` [G_b; H_b; D_b D_bᵀ; h_bᵀ; (D_b e)ᵀ; (D_b δ0)ᵀ] ((3F + 3) x F).
-
-        ``compact``: instead of the 3F + 1 rows, keep the frames and the mean and inverse
-        standard deviation of each frame's LN1 (``ln_mean``, ``ln_inv``): the rows' dot
-        products with a text then come from the frames' dot products with a few per-text
-        projections (:meth:`stored_dots`), so a stored video costs F x d numbers, not
-        (3F + 1) x d, and its preparation skips the key map (docs/evaluation_engine.md §2).
-        """
+    def prepare_videos(self, frames: Tensor) -> dict[str, Tensor]:
+        """The per-video state of the folded path for ``frames`` (N_v, F, d), in the compact
+        form (docs/evaluation_engine.md §2): the frames, the mean and inverse standard deviation
+        of each frame's LN1 (``ln_mean``, ``ln_inv``: the rows' products with a text come from
+        the frames' products with a few per-text projections, :meth:`pair_dots`) and the small
+        per-video matrices, stacked as the two batched products of :meth:`score` read them:
+        ``w_forms`` [Φ_b; C_b] ((2F + 2) x F) and ``a_forms`` [G_b; H_b; D_b D_bᵀ; h_bᵀ;
+        (D_b e)ᵀ; (D_b δ0)ᵀ] ((3F + 3) x F). A video costs F x d numbers plus O(F²)."""
         psi = self.psi
         if psi is None:
-            parts = {"w_forms": frames @ frames.mT}                          # Φ_b
-            return dict(parts, frames=frames) if compact else dict(parts, rows=frames)
+            return {"w_forms": frames @ frames.mT, "frames": frames}        # Φ_b
         d, (n_v, n_frames) = self.config.dim, frames.shape[:2]
-        ln = psi.layer_norm1(frames)
-        maps, shifts = (self._maps_t[:, d:], self._shifts[d:]) if compact else \
-            (self._maps_t, self._shifts)
-        per_frame = torch.addmm(shifts, ln.reshape(-1, d), maps).view(n_v, n_frames, -1)
-        *key_fold, u, z, d_frames = per_frame.split(d, dim=-1)
-        d_hat = torch.cat([frames, d_frames, self._delta_consts.expand(n_v, 2, d)], dim=1)
-        linear = torch.stack([z @ self._z0, d_frames @ self._delta_consts[0],
-                              d_frames @ self._delta_consts[1]], dim=1)     # h_b, D_b e, D_b δ0
+        layer_norm = psi.layer_norm1
+        ln, mean, inv = torch.native_layer_norm(frames, (d,), layer_norm.weight,
+                                                layer_norm.bias, layer_norm.eps)
+        per_frame = torch.addmm(self._shifts, ln.reshape(-1, d), self._maps_t)
+        u, z, d_frames = per_frame.view(n_v, n_frames, 3 * d).split(d, dim=-1)
+        consts = self._delta_consts
+        w_forms = torch.cat([frames @ frames.mT, d_frames @ frames.mT,
+                             (frames @ consts.T).mT], dim=1)                # Φ_b, C_b = D̂ Fᵀ
+        linear = torch.stack([z @ self._z0, d_frames @ consts[0], d_frames @ consts[1]], 1)
         parts = {"key_bias": ln @ self._kappa[0] + self._kappa[1],            # κ_bk
-                 "w_forms": d_hat @ frames.mT,                               # Φ_b, C_b
+                 "w_forms": w_forms, "frames": frames, "ln_mean": mean.squeeze(-1),
+                 "ln_inv": inv.squeeze(-1),
                  "a_forms": torch.cat([u @ u.mT, z @ z.mT, d_frames @ d_frames.mT, linear], 1)}
-        rows = [frames, *key_fold, d_frames]
         if self.config.psi_query == "gap":
             mean_c = centre(frames.mean(1))                                  # c(m_b)
-            parts["key_gap"] = self._key_gap(ln, key_fold, mean_c)           # α_bk
+            pulled = mean_c @ self._key_delta_maps[0]                          # A_Kᵀ c(m_b)
+            parts["key_gap"] = ((ln @ pulled.unsqueeze(-1)).squeeze(-1)      # α_bk
+                                + (mean_c @ self._key_shift).unsqueeze(-1))
             parts["mean_sq"] = mean_c.square().sum(-1)
-            rows.append(mean_c.unsqueeze(1))
-        if compact:
-            variance = frames.var(-1, correction=0)
-            return dict(parts, frames=frames, ln_mean=frames.mean(-1),
-                        ln_inv=torch.rsqrt(variance + psi.layer_norm1.eps))
-        parts["rows"] = torch.cat(rows, dim=1)
         return parts
 
-    def _key_gap(self, ln: Tensor, key_fold: list[Tensor], mean_c: Tensor) -> Tensor:
-        """α_bk = c(K~_bk)·c(m_b): from the keys when computed, else from l_bk = LN1(f_bk) and
-        the key map pulled back onto c(m_b) (one d x d product per video, not per frame)."""
-        if key_fold:
-            return (key_fold[0] @ mean_c.unsqueeze(-1)).squeeze(-1)
-        pulled = mean_c @ self._maps_t[:, :self.config.dim].T                  # A_Kᵀ c(m_b)
-        return (ln @ pulled.unsqueeze(-1)).squeeze(-1) + (mean_c @ self._shifts[:self.config.dim]
-                                                          ).unsqueeze(-1)
-
-    def text_block(self, t: dict[str, Tensor], compact: bool) -> dict[str, Tensor]:
+    def text_block(self, t: dict[str, Tensor]) -> dict[str, Tensor]:
         """A block of prepared texts with what :meth:`score` reads per text, computed once per
-        block of texts: e·t and δ0·t (``delta_t`` (2, 1, T)) and, for ``compact`` video parts,
-        the per-text projections of :meth:`stored_dots`: the (d, 3T) matrix ``columns``
-        whose column blocks are t, γ1 ⊙ A_Kᵀ t and γ1 ⊙ A_Dᵀ t (A_K, A_D: the key and Δ
-        maps of LN1(f)), the component sums of the last two (``sums`` (2, T)) and their
-        constant parts a·t + β1·(Aᵀ t) (``consts`` (2, T); a: the map's shift)."""
+        block of texts: the texts over the pooling temperature (``text_cols`` (d, T)) and, with
+        a Psi, e·t and δ0·t (``delta_t`` (2, 1, T)) and the columns of :meth:`pair_dots`'s
+        second product (``key_delta_cols`` (d + 2 or 3, 2T)): per map A (A_K, A_D: the key and
+        Δ maps of LN1(f), shifts a_K, a_D) the vector γ1 ⊙ Aᵀt, then −Σ(γ1 ⊙ Aᵀt) and
+        a·t + β1·(Aᵀt), then (psi_query "gap") −1 for the key map and 0 for the Δ map."""
         psi, text = self.psi, t["text"]
+        block = dict(t, text_cols=(text / self.config.temp).T.contiguous())
         if psi is None:
-            return t
-        block = dict(t, delta_t=(text @ self._delta_consts.T).T.unsqueeze(1))
-        if not compact:
             return block
-        d, n_t = self.config.dim, len(text)
         pulled = text @ self._key_delta_maps                                 # (2, T, d): Aᵀ t
         scaled = pulled * psi.layer_norm1.weight
-        columns = torch.cat([text.unsqueeze(0), scaled]).permute(2, 0, 1).reshape(d, 3 * n_t)
-        consts = pulled @ psi.layer_norm1.bias + self._shifts.view(4, d)[[0, 3]] @ text.T
-        return dict(block, columns=columns, sums=scaled.sum(-1), consts=consts)
-
-    def stored_dots(self, v: dict[str, Tensor], t: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        """The products of :meth:`pair_dots` from compact parts (see :meth:`prepare_videos`):
-        l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙ u)) / σ(f) + β1·u for l = LN1(f), and
-        c(m_b)·t = mean_k (f_bk·t − d mean(t) mean(f_bk)). Exact algebra."""
-        frames, text = v["frames"], t["text"]
-        (n_v, n_frames, d), n_t = frames.shape, len(text)
-        if self.psi is None:
-            return (frames @ text.T,)
-        dots = (frames.reshape(-1, d) @ t["columns"]).view(n_v, n_frames, 3, n_t)
-        mean, inv = v["ln_mean"][..., None, None], v["ln_inv"][..., None, None]
-        folded = (dots[:, :, 1:] - mean * t["sums"]).mul_(inv).add_(t["consts"])  # (V,F,2,T)
-        text_frame = dots[:, :, 0]
-        gap = None
+        consts = pulled @ psi.layer_norm1.bias + self._key_delta_shifts @ text.T
+        extra = [-scaled.sum(-1, keepdim=True), consts.unsqueeze(-1)]
         if self.config.psi_query == "gap":
-            gap = (text_frame - d * text.mean(-1) * mean[:, :, 0]).mean(1)
-        return text_frame, folded[:, :, 0], folded[:, :, 1], gap
+            extra.append(torch.tensor([-1.0, 0.0], dtype=text.dtype,
+                                      device=text.device)[:, None, None].expand_as(extra[0]))
+        columns = torch.cat([scaled, *extra], dim=-1)                         # (2, T, d + k)
+        return dict(block, key_delta_cols=columns.flatten(0, 1).T.contiguous(),
+                    delta_t=(text @ self._delta_consts.T).T.unsqueeze(1))
 
     def pair_dots(self, v: dict[str, Tensor], t: dict[str, Tensor],
                   bf16: bool) -> tuple[Tensor, ...]:
-        """(V, F, T) products t_a·f_bk and, with a Psi, c(K~_bk)·t_a, D_bk·t_a and the (V, T)
-        products c(m_b)·t_a (psi_query "gap", else None): the rows' products with the texts
-        (``bf16``: with bf16 operands), or :meth:`stored_dots` for compact parts."""
-        if "rows" not in v:
-            return self.stored_dots(v, t)
-        rows, n_frames, text = v["rows"], v["mask"].shape[1], t["text"]
-        flat = rows.reshape(-1, rows.shape[-1])
-        dots = (flat.bfloat16() @ text.bfloat16().T).to(text.dtype) if bf16 else flat @ text.T
-        dots = dots.view(len(rows), -1, len(text))
+        """(V, F, T) products t_a·f_bk / temp and, with a Psi, c(K~_bk)·t_a (minus α_bk for
+        psi_query "gap") and D_bk·t_a, and the (V, T) products c(m_b)·t_a / temp (psi_query
+        "gap", else None), from two matrix products (``bf16``: with bf16 operands): the
+        frames (and c(m_b)) with the texts, and each frame's [f / σ(f), mean(f) / σ(f), 1
+        (, α_bk)] with :meth:`text_block`'s columns, as l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙
+        u)) / σ(f) + β1·u for l = LN1(f). Exact algebra."""
+        frames, gap = v["frames"], self.config.psi_query == "gap" and self.psi is not None
+        (n_v, n_frames, d), n_t = frames.shape, t["text_cols"].shape[1]
+        rows = torch.cat([frames, centre(frames.mean(1, keepdim=True))], 1) if gap else frames
+        text_dots = _product(rows.flatten(0, 1), t["text_cols"], bf16).view(n_v, -1, n_t)
         if self.psi is None:
-            return (dots,)
-        pieces = dots[:, :3 * n_frames].unflatten(1, (3, n_frames)).unbind(1)
-        return (*pieces, dots[:, -1] if self.config.psi_query == "gap" else None)
+            return (text_dots,)
+        inv = v["ln_inv"].unsqueeze(-1)
+        per_frame = [frames * inv, v["ln_mean"].unsqueeze(-1) * inv, torch.ones_like(inv)]
+        if gap:
+            per_frame.append(v["key_gap"].unsqueeze(-1))
+        folded = _product(torch.cat(per_frame, -1).flatten(0, 1), t["key_delta_cols"], bf16)
+        folded = folded.view(n_v, n_frames, 2, n_t)
+        return (text_dots[:, :n_frames], folded[:, :, 0], folded[:, :, 1],
+                text_dots[:, n_frames] if gap else None)
 
     def score(self, t: dict[str, Tensor], v: dict[str, Tensor], bf16: bool) -> Tensor:
         """One block, (T, V), of texts ``t`` (:meth:`text_block`) and videos ``v``. Pair tensors
-        are laid out (V, ·, T); see docs/evaluation_engine.md.
-        ``bf16``: the per-pair matrix product of the rows takes bf16 operands (compact parts:
-        the frames' product stays in the engine's dtype)."""
+        are laid out (V, ·, T); see docs/evaluation_engine.md. ``bf16``: the per-pair matrix
+        products take bf16 operands."""
         cfg, n_frames = self.config, v["mask"].shape[1]
         dots = self.pair_dots(v, t, bf16)
-        text_frame = dots[0]                                   # t_a · f_bk
-        w = torch.softmax(text_frame / cfg.temp, dim=1).mul_(v["mask"].unsqueeze(-1))
-        text_v = (w * text_frame).sum(1)                       # t_a · v_ab
+        text_frame = dots[0]                                   # t_a · f_bk / temp
+        w = torch.softmax(text_frame, dim=1).mul_(v["mask"].unsqueeze(-1))
+        text_v = (w * text_frame).sum(1).mul_(cfg.temp)        # t_a · v_ab
         by_w = torch.bmm(v["w_forms"], w)                      # Φ_b w_ab, C_b w_ab
         v_sq = (w * by_w[:, :n_frames]).sum(1)                 # ||v_ab||²
         text_sq = t["sq_norm"].unsqueeze(0)
@@ -221,16 +197,18 @@ class Folding:
 
     def _logits(self, t: dict[str, Tensor], v: dict[str, Tensor], key_text: Tensor,
                 gap_dot: Optional[Tensor]) -> Tensor:
-        """(V, F, T) attention logits from c(K~_bk)·t_a (and c(m_b)·t_a), §3."""
+        """(V, F, T) attention logits from c(K~_bk)·t_a (psi_query "gap": c(K~_bk)·t_a − α_bk,
+        with c(m_b)·t_a / temp), §3."""
         d, psi, key_bias = self.config.dim, self.psi, v["key_bias"].unsqueeze(-1)
         if gap_dot is None:                                    # psi_query "text"
             centred_sq = t["centred_sq_norm"]
             scale = 1.0 / (math.sqrt(d) * torch.sqrt(centred_sq / d + psi.layer_norm1.eps))
             return torch.addcmul(key_bias, key_text, scale)
-        gap_sq = (v["mean_sq"].unsqueeze(-1) - 2 * gap_dot
+        gap_sq = (v["mean_sq"].unsqueeze(-1) - 2 * self.config.temp * gap_dot
                   + t["centred_sq_norm"].unsqueeze(0)).clamp_min(0)
-        scale = self.config.gap_sign / (math.sqrt(d) * torch.sqrt(gap_sq / d + psi.layer_norm1.eps))
-        return torch.addcmul(key_bias, v["key_gap"].unsqueeze(-1) - key_text, scale.unsqueeze(1))
+        scale = -self.config.gap_sign / (math.sqrt(d)
+                                         * torch.sqrt(gap_sq / d + psi.layer_norm1.eps))
+        return torch.addcmul(key_bias, key_text, scale.unsqueeze(1))
 
     def _delta_products(self, t: dict[str, Tensor], v: dict[str, Tensor], attn: Tensor,
                         delta_text: Tensor, delta_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -251,3 +229,8 @@ class Folding:
         delta_sq = (s.square() * quad[:, 2] + 2 * s * (inv3 * de_a + dd_a)
                     + inv3.square() * ee + 2 * inv3 * ed + dd)
         return text_delta, delta_v, delta_sq
+
+
+def _product(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
+    """a @ b, with bf16 operands (result in a's dtype) when ``bf16``."""
+    return (a.bfloat16() @ b.bfloat16()).to(a.dtype) if bf16 else a @ b

@@ -166,8 +166,8 @@ class Found(NamedTuple):
 
 
 class VideoRows(Protocol):
-    """Videos stored as compact prepared parts (``SimilarityEngine.prepare_videos(...,
-    compact=True)``), e.g. a video index's memory-mapped shards."""
+    """Videos stored as prepared parts (``SimilarityEngine.prepare_videos``), e.g. a video
+    index's memory-mapped shards."""
 
     def __len__(self) -> int: ...
 
@@ -177,13 +177,13 @@ class VideoRows(Protocol):
 class Scorer(Protocol):
     """What scores a :class:`Gallery`'s candidates, and what a video index keeps per video
     (tvr/index/store.py): a :class:`SimilarityEngine` (GARE), or the cosine scorer of a
-    zero-shot index (tvr/index/zero_shot.py). ``prepare_videos(..., compact=True)`` gives the
+    zero-shot index (tvr/index/zero_shot.py). ``prepare_videos`` gives the
     state to store, with the stage-1 vectors under ``"coarse"``; :meth:`adopt` takes the stored
     state back."""
 
     def prepare_texts(self, text: Tensor) -> Prepared: ...
 
-    def prepare_videos(self, frames: Tensor, mask: Tensor, compact: bool = False) -> Prepared: ...
+    def prepare_videos(self, frames: Tensor, mask: Tensor) -> Prepared: ...
 
     def adopt(self, parts: dict[str, Tensor]) -> Prepared: ...
 

@@ -12,7 +12,7 @@ A shard's records (a numpy structured array, read with ``np.load(mmap_mode="r",
 allow_pickle=False)``: no file of an index runs code) hold, per video, the frame features after
 the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the mask (uint8)
 and, in float32, the rest of the compact state the evaluation engine computes from the rounded
-frames once at build time (``SimilarityEngine.prepare_videos(..., compact=True)``: each frame's
+frames once at build time (``SimilarityEngine.prepare_videos``: each frame's
 LN1 mean and inverse deviation, the small per-video matrices of docs/evaluation_engine.md §2).
 A zero-shot index (tvr/index/zero_shot.py) keeps the same files: its records are the unit CLIP
 frame embeddings and the mask, its stage-1 vectors their unit mean, which its scorer scores.
@@ -155,7 +155,7 @@ def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
     index's cosine scorer keeps the frames alone), then the stage-1 vectors. Never over a
     shard a manifest names (module docstring)."""
     rounded = frames.detach().cpu().half().float()
-    parts = engine.prepare_videos(rounded, mask.cpu(), compact=True).parts
+    parts = engine.prepare_videos(rounded, mask.cpu()).parts
     coarse = parts.pop("coarse")
     records = np.empty(len(rounded), _record_dtype(parts))
     for name, value in parts.items():
