@@ -62,6 +62,11 @@ CHECK_ITEMS = 8  # the self-check scores the first CHECK_ITEMS texts against as 
 # Largest max |folded - naive| of the self-check's cosine scores, per engine dtype (the check
 # always runs at full matmul precision); its margin: docs/evaluation_engine.md §5.
 CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-9}
+# Folded blocks: at most BLOCK_PAIRS pairs, so that a block's per-pair intermediates stay in the
+# caches (larger blocks were slower, bench/RESULTS.md §1), and, where the pairs allow, at least
+# BLOCK_VIDEOS videos, so that the per-pair matrix products keep enough rows.
+BLOCK_PAIRS = 2 ** 16
+BLOCK_VIDEOS = 16
 
 
 class EngineCheckError(RuntimeError):
@@ -189,10 +194,13 @@ class SimilarityEngine:
         return self._itemsize * (23 * n_frames + 24)  # 3F products, about 20 F-vectors
 
     def block_shape(self, n_texts: int, n_videos: int, n_frames: int) -> tuple[int, int]:
-        """(texts, videos) per block: as many pairs as the budget allows, texts first (the
-        folded path keeps texts on the innermost, contiguous axis)."""
+        """(texts, videos) per block: as many pairs as the budget allows, at most
+        :data:`BLOCK_PAIRS` on the folded path, texts first (the folded path keeps texts on the
+        innermost, contiguous axis) but leaving room for :data:`BLOCK_VIDEOS` videos."""
         pairs = max(1, self.memory_budget_bytes // self.bytes_per_pair(n_frames))
-        block_t = max(1, min(n_texts, pairs))
+        if self.method == "folded":
+            pairs = min(pairs, BLOCK_PAIRS)
+        block_t = max(1, min(n_texts, pairs // min(n_videos, BLOCK_VIDEOS)))
         return block_t, max(1, min(n_videos, pairs // block_t))
 
     @contextlib.contextmanager

@@ -129,48 +129,51 @@ class Folding:
 
     def text_block(self, t: dict[str, Tensor]) -> dict[str, Tensor]:
         """A block of prepared texts with what :meth:`score` reads per text, computed once per
-        block of texts: the texts over the pooling temperature (``text_cols`` (d, T)) and, with
-        a Psi, e·t and δ0·t (``delta_t`` (2, 1, T)) and the columns of :meth:`pair_dots`'s
-        second product (``key_delta_cols`` (d + 2 or 3, 2T)): per map A (A_K, A_D: the key and
-        Δ maps of LN1(f), shifts a_K, a_D) the vector γ1 ⊙ Aᵀt, then −Σ(γ1 ⊙ Aᵀt) and
-        a·t + β1·(Aᵀt), then (psi_query "gap") −1 for the key map and 0 for the Δ map."""
+        block of texts: the rows of :meth:`pair_dots`'s product (``text_rows``: (T, d), the
+        texts over the pooling temperature, then, with a Psi, per map A (A_K, A_D: the key and
+        Δ maps of LN1(f), shifts a_K, a_D) γ1 ⊙ Aᵀt: (3T, d)) and, with a Psi, its correction
+        (``extra_rows`` (2T, 2 or 3): −Σ(γ1 ⊙ Aᵀt), a·t + β1·(Aᵀt) and, psi_query "gap", −1
+        for the key map and 0 for the Δ map) and e·t, δ0·t (``delta_t`` (2, 1, T)). The product
+        takes the rows transposed (column-major: BLAS is slow with a few row-major columns)."""
         psi, text = self.psi, t["text"]
-        block = dict(t, text_cols=(text / self.config.temp).T.contiguous())
+        over_temp = text / self.config.temp
         if psi is None:
-            return block
+            return dict(t, text_rows=over_temp)
         pulled = text @ self._key_delta_maps                                 # (2, T, d): Aᵀ t
         scaled = pulled * psi.layer_norm1.weight
         consts = pulled @ psi.layer_norm1.bias + self._key_delta_shifts @ text.T
-        extra = [-scaled.sum(-1, keepdim=True), consts.unsqueeze(-1)]
+        extra = [-scaled.sum(-1), consts]
         if self.config.psi_query == "gap":
-            extra.append(torch.tensor([-1.0, 0.0], dtype=text.dtype,
-                                      device=text.device)[:, None, None].expand_as(extra[0]))
-        columns = torch.cat([scaled, *extra], dim=-1)                         # (2, T, d + k)
-        return dict(block, key_delta_cols=columns.flatten(0, 1).T.contiguous(),
+            extra.append(torch.tensor([[-1.0], [0.0]], dtype=text.dtype,
+                                      device=text.device).expand_as(consts))
+        return dict(t, text_rows=torch.cat([over_temp, scaled.flatten(0, 1)]),
+                    extra_rows=torch.stack(extra, -1).flatten(0, 1),
                     delta_t=(text @ self._delta_consts.T).T.unsqueeze(1))
 
     def pair_dots(self, v: dict[str, Tensor], t: dict[str, Tensor],
                   bf16: bool) -> tuple[Tensor, ...]:
         """(V, F, T) products t_a·f_bk / temp and, with a Psi, c(K~_bk)·t_a (minus α_bk for
         psi_query "gap") and D_bk·t_a, and the (V, T) products c(m_b)·t_a / temp (psi_query
-        "gap", else None), from two matrix products (``bf16``: with bf16 operands): the
-        frames (and c(m_b)) with the texts, and each frame's [f / σ(f), mean(f) / σ(f), 1
-        (, α_bk)] with :meth:`text_block`'s columns, as l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙
-        u)) / σ(f) + β1·u for l = LN1(f). Exact algebra."""
-        frames, gap = v["frames"], self.config.psi_query == "gap" and self.psi is not None
-        (n_v, n_frames, d), n_t = frames.shape, t["text_cols"].shape[1]
-        rows = torch.cat([frames, centre(frames.mean(1, keepdim=True))], 1) if gap else frames
-        text_dots = _product(rows.flatten(0, 1), t["text_cols"], bf16).view(n_v, -1, n_t)
+        "gap", else None), from one product of the frames with :meth:`text_block`'s rows
+        (``bf16``: with bf16 operands): the key and Δ parts, plus [mean(f), σ(f) (, σ(f)
+        α_bk)] times the extra rows, times 1/σ(f), are l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙
+        u)) / σ(f) + β1·u for l = LN1(f); and c(m_b)·t = mean_k (f_bk·t − d mean(t)
+        mean(f_bk)). Exact algebra."""
+        frames, text_rows = v["frames"], t["text_rows"]
+        (n_v, n_frames, d), n_t = frames.shape, len(t["text"])
+        dots = _product(frames.flatten(0, 1), text_rows.T, bf16)           # (V·F, T or 3T)
+        text_dots = dots[:, :n_t].unflatten(0, (n_v, n_frames))
         if self.psi is None:
             return (text_dots,)
-        inv = v["ln_inv"].unsqueeze(-1)
-        per_frame = [frames * inv, v["ln_mean"].unsqueeze(-1) * inv, torch.ones_like(inv)]
-        if gap:
-            per_frame.append(v["key_gap"].unsqueeze(-1))
-        folded = _product(torch.cat(per_frame, -1).flatten(0, 1), t["key_delta_cols"], bf16)
-        folded = folded.view(n_v, n_frames, 2, n_t)
-        return (text_dots[:, :n_frames], folded[:, :, 0], folded[:, :, 1],
-                text_dots[:, n_frames] if gap else None)
+        inv = v["ln_inv"]
+        extra, gap = [v["ln_mean"], 1 / inv], None
+        if self.config.psi_query == "gap":
+            extra.append(v["key_gap"] / inv)
+            gap = (text_dots.mean(1)
+                   - d * text_rows[:n_t].mean(-1) * v["ln_mean"].mean(1, keepdim=True))
+        folded = dots[:, n_t:].addmm_(torch.stack(extra, -1).flatten(0, 1), t["extra_rows"].T)
+        folded = folded.view(n_v, n_frames, 2, n_t).mul_(inv[..., None, None])
+        return text_dots, folded[:, :, 0], folded[:, :, 1], gap
 
     def score(self, t: dict[str, Tensor], v: dict[str, Tensor], bf16: bool) -> Tensor:
         """One block, (T, V), of texts ``t`` (:meth:`text_block`) and videos ``v``. Pair tensors
