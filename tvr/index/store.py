@@ -166,13 +166,20 @@ def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
 
 
 def read_shard(folder: str | os.PathLike, shard: int, kind: str = "videos") -> np.ndarray:
-    """A shard's records or stage-1 vectors, memory-mapped (nothing is read until used)."""
+    """A shard's records or stage-1 vectors, memory-mapped (nothing is read until used;
+    copy-on-write, so that torch views it without a warning about read-only memory: nothing
+    writes to it)."""
     path = shard_path(folder, shard, kind)
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="c", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise IndexStoreError(f"{path}: a shard of the index that cannot be read ({error}); "
                               f"rebuild the index with --rebuild") from error
+
+
+def _row_bytes(array: np.ndarray) -> Tensor:
+    """The (rows, bytes of a row) uint8 tensor viewing ``array``'s memory."""
+    return torch.from_numpy(array.view(np.uint8).reshape(len(array), -1 if len(array) else 0))
 
 
 def video_id(shard: int, row: int) -> int:
@@ -198,16 +205,18 @@ class StoredVideos:
 
     def _gather(self, rows: Tensor, shard_array: Callable[[int], np.ndarray]) -> np.ndarray:
         """The rows ``rows`` (gallery rows) of the arrays ``shard_array(shard)``, in their
-        order: one ``np.take`` per shard, straight into the result."""
+        order: per shard, one ``torch.index_select`` of the rows' bytes (in torch's threads)
+        straight into the result."""
         rows = rows.cpu().numpy()
         first = shard_array(int(self.shard_of[rows[0] if len(rows) else 0]))
         out = np.empty((len(rows), *first.shape[1:]), first.dtype)
         order = np.argsort(rows, kind="stable")
         shards = self.shard_of[rows[order]]
         starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])[:len(rows)]
+        target = _row_bytes(out)
         for a, b in zip(starts, np.r_[starts[1:], len(order)]):
-            np.take(shard_array(int(shards[a])), self.row_of[rows[order[a:b]]], axis=0,
-                    out=out[a:b], mode="clip")  # the rows exist; "clip" skips a buffer
+            torch.index_select(_row_bytes(shard_array(int(shards[a]))), 0,
+                               torch.from_numpy(self.row_of[rows[order[a:b]]]), out=target[a:b])
         if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
             return out
         ordered = np.empty_like(out)
