@@ -30,7 +30,8 @@ from torch import Tensor
 from tvr.evaluation.config import Stage1
 from tvr.evaluation.engine import Prepared, SimilarityEngine
 
-PREPARE_CHUNK = 4096  # videos scored at once by Gallery.scores
+PREPARE_CHUNK = 1024  # videos scored at once by Gallery.scores (their buffers stay under glibc's
+# largest mmap threshold, 32 MiB, so they are reused rather than mapped and faulted in anew)
 IVF_PROBE_SHARE = 8  # an IVF stage 1 probes 1 / IVF_PROBE_SHARE of its lists
 _FILL_OFFSET = 3.0  # coarse cosine - 3 <= -2 < -1 <= every GARE cosine
 
