@@ -151,7 +151,7 @@ class SimilarityEngine:
         similarity: the model's :class:`GapAwareSimilarity` (its weights are copied).
         memory_budget_bytes: bound on the per-pair intermediates of one (texts x videos) block
             and on the per-video intermediates of one chunk in :meth:`prepare_videos`. Not
-            counted: the prepared tensors themselves ((3F + 3)·d + O(F²) numbers per video in the
+            counted: the prepared tensors themselves (F·d + O(F²) numbers per video in the
             folded path) and the (N_t, N_v) output.
         precision: "fp64", "fp32", "tf32" or "bf16" (module docstring).
         naive: use the naive per-pair module in blocks even where the folded path applies.

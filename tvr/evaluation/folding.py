@@ -4,7 +4,7 @@ At eval time Psi's only non-linearities are the attention softmax over F frames 
 LayerNorms, so every projection folds into per-frame precomputations (:class:`Folding`: the
 weights-only maps once, :meth:`Folding.prepare_videos` once per video) and the final cosine
 becomes dot products of F-vectors with per-video F x F matrices (:meth:`Folding.score`, per
-block of pairs). Per pair it costs about (3F + 3)·d + 5F² multiply-adds instead of about 4·d² for
+block of pairs). Per pair it costs about 3F·d + 5F² multiply-adds instead of about 4·d² for
 the naive module. The derivation, step by step, is in ``docs/evaluation_engine.md`` §2 and §3;
 the names below (U, Y, Z, D-hat, G, H, ...) are those of that document.
 
