@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench import bench_stage2
 from bench.synthetic_index import make_gallery
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.models.config import SimilarityConfig
@@ -54,3 +55,13 @@ def test_float16_storage_keeps_the_scores_and_the_rankings() -> None:
     torch.testing.assert_close(scores, full, atol=FLOAT16_TOLERANCE, rtol=0)
     assert torch.equal(scores.topk(10).indices.sort().values, full.topk(10).indices.sort().values)
     assert (scores - full).abs().max() > 0  # the rounding is there, and it is small
+
+
+def test_bench_stage2_times_each_step_of_a_search_on_stored_candidates(tmp_path, capsys):
+    bench_stage2.main(["--n", "300", "--k", "40", "400", "--calls", "2", "--folder",
+                       str(tmp_path), "--threads", str(torch.get_num_threads())])
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| K")]
+    assert [row[0].strip() for row in rows] == ["40", "400"]  # K = 400 capped at the 300 videos
+    assert all(float(cell) > 0 for row in rows for cell in row[1:])
+    assert not any(tmp_path.iterdir())  # the index is deleted without --keep
