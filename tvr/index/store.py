@@ -8,7 +8,7 @@ An index is a folder::
     stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
     thumbs/<key>/<k>.jpg        one small JPEG per sampled frame of each video (the web page)
 
-A shard's records (a numpy structured array, read with ``np.load(mmap_mode="r",
+A shard's records (a numpy structured array, read with ``np.load(mmap_mode="c",
 allow_pickle=False)``: no file of an index runs code) hold, per video, the frame features after
 the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the mask (uint8)
 and, in float32, the rest of the compact state the evaluation engine computes from the rounded
