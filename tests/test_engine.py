@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tvr.data.datasets import Annotations, Pair, RetrievalDataset, VideoFiles
-from tvr.evaluation.engine import (CHECK_TOLERANCE, EngineCheckError, SimilarityEngine,
-                                   build_engine)
+from tvr.evaluation.engine import (BLOCK_PAIRS, BLOCK_VIDEOS, CHECK_TOLERANCE, EngineCheckError,
+                                   SimilarityEngine, build_engine)
 from tvr.evaluation.evaluate import evaluate, metric_variants
 from tvr.evaluation.metrics import format_table, save_json
 from tvr.models.clip import CLIP
@@ -102,7 +102,7 @@ def test_real_width_fp32(overrides: dict) -> None:
     model64 = trained(SimilarityConfig(dim=512, **overrides), torch.float64)
     x64 = {k: v.double() if v.is_floating_point() else v for k, v in x.items()}
     exact = naive_scores(model64, x64)
-    engine = SimilarityEngine(model, memory_budget_bytes=200 * 1024, precision="fp32")
+    engine = SimilarityEngine(model, memory_budget_bytes=12 * 1024, precision="fp32")
     assert engine.block_shape(20, 15, 12)[1] < 15  # several blocks
     # no false alarm of the self-check at this width
     assert engine.verify(**sample(x)) <= CHECK_TOLERANCE[torch.float32]
@@ -122,6 +122,9 @@ def test_block_shape_respects_budget() -> None:
         assert b_t * b_v * per_pair <= 10**6
     assert engine.block_shape(10, 10, 12) == (10, 10)
     assert SimilarityEngine(engine.module, memory_budget_bytes=1).block_shape(5, 5, 12) == (1, 1)
+    large = SimilarityEngine(engine.module, memory_budget_bytes=2**30)
+    assert large.block_shape(1000, 1000, 12) == (1000, BLOCK_PAIRS // 1000)  # the cache cap
+    assert large.block_shape(10**6, 10**6, 12) == (BLOCK_PAIRS // BLOCK_VIDEOS, BLOCK_VIDEOS)
 
 
 def test_module_untouched_and_eval_scores() -> None:

@@ -139,7 +139,7 @@ def test_a_new_stage1_frames_rewrites_the_stage1_vectors_from_the_stored_frames(
     assert two.shape[1] == 2  # the default for a GARE checkpoint: the mean and one frame
     report = build(checkpoint, folder, out, stage1_frames=2)
     assert report.restaged == 2 and not report.encoded
-    assert "rewrote the stage-1 vectors of 2 shards from their frames" in report.format()
+    assert "wrote 2 shards again from their stored frames" in report.format()
     three = VideoIndex.open(out).gallery.videos.coarse()
     stored = videos.parts(torch.arange(6))
     expected = stage1_vectors(stored["frames"].float(), stored["mask"].float(), 2)

@@ -73,19 +73,21 @@ def test_stored_gallery_scores_as_the_engine_and_k_of_all_is_exhaustive(store):
     assert torch.equal(again.best, first.best) and torch.equal(again.scores, first.scores)
 
 
-def test_records_with_fields_off_their_alignment_are_read(tmp_path):
-    """Six frames (the demo's): the float32 fields of a packed record fall off 4-byte
-    boundaries, which torch cannot view; the rows asked for are copied out."""
+def test_records_are_aligned_and_read_as_views(tmp_path):
+    """Six frames (the demo's): packed, the float32 fields of a record would fall off 4-byte
+    boundaries; aligned, every field of the rows asked for is a view of one gathered copy."""
     engine = SimilarityEngine(trained(SimilarityConfig(dim=DIM), torch.float32))
     manifest = Manifest(".", {}, {}, {})
     add_shard(tmp_path, manifest, engine, 0, torch.Generator().manual_seed(0), count=6)
     update_stage1(tmp_path, manifest, exact_max=10**6, k=50)
     gallery = open_gallery(tmp_path, manifest)
-    records = gallery.videos.records[0]
-    assert any(records.dtype.fields[name][1] % 4 for name in records.dtype.names
-               if records.dtype[name].base.itemsize == 4)
+    dtype = gallery.videos.records[0].dtype
+    assert all(offset % field.base.itemsize == 0 for field, offset in dtype.fields.values())
+    assert dtype.itemsize % 4 == 0
     stored = gallery.videos.parts(torch.tensor([7, 2]))
-    assert stored["frames"].shape == (2, 6, DIM)
+    assert stored["frames"].shape == (2, 6, DIM) and not stored["frames"].is_contiguous()
+    starts = [value.data_ptr() for value in stored.values()]  # all in one gathered record
+    assert max(starts) - min(starts) < dtype.itemsize
     one = gallery.videos.parts(torch.tensor([7]))  # one row: numpy calls any view contiguous
     assert all(torch.equal(one[name], stored[name][:1]) for name in stored)
     text = torch.randn(3, DIM, generator=torch.Generator().manual_seed(1))

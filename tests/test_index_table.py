@@ -124,6 +124,11 @@ def test_build_converts_a_format_3_index_and_search_refuses_it(tmp_path, capsys)
     originals = [np.load(path) for path in coarse]
     for path, array in zip(coarse, originals):
         np.save(path, array[:, 0])  # format 3's stage-1 vectors: one mean a video
+    first = out / "shards" / "00000.npy"
+    records = np.load(first)
+    packed = np.dtype([(name, records.dtype.fields[name][0]) for name in records.dtype.names])
+    np.save(first, records.astype(packed))  # format 3's records: fields not aligned
+    assert not np.load(first).dtype.isalignedstruct
     for command in (["search", str(out), "a red circle"], ["serve", str(out)]):
         assert index_main(command) == 1
         error = capsys.readouterr().err
@@ -133,9 +138,10 @@ def test_build_converts_a_format_3_index_and_search_refuses_it(tmp_path, capsys)
                        manifest.videos_root, "--out", str(out), "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert "converted the index from format 3 to format 4" in printed
-    assert f"rewrote the stage-1 vectors of {len(coarse)} shards from their frames" in printed
+    assert f"wrote {len(coarse)} shards again from their stored frames" in printed
     assert "encoded 0 videos" in printed
     assert Manifest.load(out).saved.entries() == manifest.entries
     for path, array in zip(coarse, originals):  # rewritten from the stored frames
         assert np.array_equal(np.load(path), array) and array.shape[1] == 2
+    assert np.load(first).dtype == records.dtype and np.array_equal(np.load(first), records)
     assert VideoIndex.open(out).search(["a red circle"], top=10) == before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench import bench_stage2
 from bench.synthetic_index import make_gallery
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.models.config import SimilarityConfig
@@ -24,20 +25,20 @@ def name(overrides: dict) -> str:
 
 
 @pytest.mark.parametrize("overrides", SETTINGS, ids=name)
-def test_compact_parts_score_exactly_as_the_rows(overrides: dict) -> None:
+def test_adopted_parts_score_exactly_as_the_prepared_ones(overrides: dict) -> None:
     model = trained(SimilarityConfig(dim=24, **overrides), torch.float64)
     x = inputs(b_t=7, b_v=9, n_frames=5, dim=24, dtype=torch.float64)
     engine = SimilarityEngine(model, precision="fp64")
     texts = engine.prepare_texts(x["text"])
-    full = engine.score(texts, engine.prepare_videos(x["frames"], x["video_mask"]))
-    compact = engine.prepare_videos(x["frames"], x["video_mask"], compact=True)
-    assert "rows" not in compact.parts and "frames" in compact.parts
-    stored = engine.adopt(compact.parts)
+    prepared = engine.prepare_videos(x["frames"], x["video_mask"])
+    full = engine.score(texts, prepared)
+    naive = SimilarityEngine(model, precision="fp64", naive=True)
+    reference = naive.score(naive.prepare_texts(x["text"]), naive.adopt(prepared.parts))
+    torch.testing.assert_close(full, reference, atol=1e-12, rtol=0)
+    assert max(v[0].numel() for v in prepared.parts.values()) == 5 * 24  # F x d: the frames
+    stored = engine.adopt({k: v.clone() for k, v in prepared.parts.items()})
     for block in [None, (2, 3), (7, 1)]:
         torch.testing.assert_close(engine.score(texts, stored, block), full, atol=1e-12, rtol=0)
-    naive = SimilarityEngine(model, precision="fp64", naive=True)
-    torch.testing.assert_close(naive.score(naive.prepare_texts(x["text"]),
-                                           naive.adopt(compact.parts)), full, atol=1e-12, rtol=0)
 
 
 def test_float16_storage_keeps_the_scores_and_the_rankings() -> None:
@@ -46,7 +47,7 @@ def test_float16_storage_keeps_the_scores_and_the_rankings() -> None:
     texts = engine.prepare_texts(gallery.text)
     full = engine.score(texts, engine.prepare_videos(gallery.frames, gallery.mask))
     rounded = gallery.frames.half().float()
-    parts = engine.prepare_videos(rounded, gallery.mask, compact=True).parts
+    parts = engine.prepare_videos(rounded, gallery.mask).parts
     stored = {k: v.half() if k == "frames" else v for k, v in parts.items()}
     scores = engine.score(texts, engine.adopt(stored))
     in_memory = engine.score(texts, engine.prepare_videos(rounded, gallery.mask))
@@ -54,3 +55,13 @@ def test_float16_storage_keeps_the_scores_and_the_rankings() -> None:
     torch.testing.assert_close(scores, full, atol=FLOAT16_TOLERANCE, rtol=0)
     assert torch.equal(scores.topk(10).indices.sort().values, full.topk(10).indices.sort().values)
     assert (scores - full).abs().max() > 0  # the rounding is there, and it is small
+
+
+def test_bench_stage2_times_each_step_of_a_search_on_stored_candidates(tmp_path, capsys):
+    bench_stage2.main(["--n", "300", "--k", "40", "400", "--calls", "2", "--folder",
+                       str(tmp_path), "--threads", str(torch.get_num_threads())])
+    rows = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| K")]
+    assert [row[0].strip() for row in rows] == ["40", "400"]  # K = 400 capped at the 300 videos
+    assert all(float(cell) > 0 for row in rows for cell in row[1:])
+    assert not any(tmp_path.iterdir())  # the index is deleted without --keep

@@ -62,6 +62,11 @@ CHECK_ITEMS = 8  # the self-check scores the first CHECK_ITEMS texts against as 
 # Largest max |folded - naive| of the self-check's cosine scores, per engine dtype (the check
 # always runs at full matmul precision); its margin: docs/evaluation_engine.md §5.
 CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-9}
+# Folded blocks: at most BLOCK_PAIRS pairs, so that a block's per-pair intermediates stay in the
+# caches (larger blocks were slower, bench/RESULTS.md §1), and, where the pairs allow, at least
+# BLOCK_VIDEOS videos, so that the per-pair matrix products keep enough rows.
+BLOCK_PAIRS = 2 ** 16
+BLOCK_VIDEOS = 16
 
 
 class EngineCheckError(RuntimeError):
@@ -164,7 +169,7 @@ class SimilarityEngine:
         similarity: the model's :class:`GapAwareSimilarity` (its weights are copied).
         memory_budget_bytes: bound on the per-pair intermediates of one (texts x videos) block
             and on the per-video intermediates of one chunk in :meth:`prepare_videos`. Not
-            counted: the prepared tensors themselves ((3F + 3)·d + O(F²) numbers per video in the
+            counted: the prepared tensors themselves (F·d + O(F²) numbers per video in the
             folded path) and the (N_t, N_v) output.
         precision: "fp64", "fp32", "tf32" or "bf16" (module docstring).
         naive: use the naive per-pair module in blocks even where the folded path applies.
@@ -204,14 +209,16 @@ class SimilarityEngine:
         """Estimated peak bytes of the per-pair intermediates of one (text, video) pair."""
         if self.method == "naive":
             return self._itemsize * (16 * self.config.dim + 6 * n_frames)
-        rows = 3 * n_frames + 3
-        return self._itemsize * (rows + 12 * (n_frames + 2) + 16)
+        return self._itemsize * (23 * n_frames + 24)  # 3F products, about 20 F-vectors
 
     def block_shape(self, n_texts: int, n_videos: int, n_frames: int) -> tuple[int, int]:
-        """(texts, videos) per block: as many pairs as the budget allows, texts first (the
-        folded path keeps texts on the innermost, contiguous axis)."""
+        """(texts, videos) per block: as many pairs as the budget allows, at most
+        :data:`BLOCK_PAIRS` on the folded path, texts first (the folded path keeps texts on the
+        innermost, contiguous axis) but leaving room for :data:`BLOCK_VIDEOS` videos."""
         pairs = max(1, self.memory_budget_bytes // self.bytes_per_pair(n_frames))
-        block_t = max(1, min(n_texts, pairs))
+        if self.method == "folded":
+            pairs = min(pairs, BLOCK_PAIRS)
+        block_t = max(1, min(n_texts, pairs // min(n_videos, BLOCK_VIDEOS)))
         return block_t, max(1, min(n_videos, pairs // block_t))
 
     @contextlib.contextmanager
@@ -248,16 +255,17 @@ class SimilarityEngine:
         return Prepared("texts", parts, self._token)
 
     @torch.no_grad()
-    def prepare_videos(self, frames: Tensor, mask: Tensor, compact: bool = False) -> Prepared:
+    def prepare_videos(self, frames: Tensor, mask: Tensor) -> Prepared:
         """Per-video work, in chunks bounded by the memory budget, at full matmul precision
         whatever ``precision`` and the global torch setting (it is not the bottleneck, and every
         pair of the video reads its results).
 
         Args:
             frames: (N_v, F, d) frame embeddings after temporal aggregation. mask: (N_v, F).
-            compact: keep the frames and their LN1 statistics instead of the (3F + 3) x d
-                rows (:meth:`Folding.prepare_videos`): what a video index stores per video,
-                scored with the same numbers (:meth:`adopt` takes them back).
+
+        The folded path keeps the frames, their LN1 statistics and small per-video matrices
+        (:meth:`Folding.prepare_videos`): what a video index stores per video (:meth:`adopt`
+        takes them back).
         """
         d = self.config.dim
         if frames.dim() != 3 or frames.shape[2] != d:
@@ -269,20 +277,19 @@ class SimilarityEngine:
         per_video = self._itemsize * d * 16 * (n_frames + 2)
         step = max(1, self.memory_budget_bytes // per_video)
         with self._matmul_precision(exact=True):
-            chunks = [self._prepare_video_chunk(frames[s], mask[s], compact)
+            chunks = [self._prepare_video_chunk(frames[s], mask[s])
                       for s in _chunks(len(frames), step)]
         parts = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
         return Prepared("videos", parts, self._token)
 
-    def _prepare_video_chunk(self, frames: Tensor, mask: Tensor,
-                             compact: bool) -> dict[str, Tensor]:
+    def _prepare_video_chunk(self, frames: Tensor, mask: Tensor) -> dict[str, Tensor]:
         parts = {"mask": mask, "coarse": coarse_vectors(frames, mask)}
         if self.method == "naive":
             return dict(parts, frames=frames)
-        return dict(parts, **self._folding.prepare_videos(frames, compact))
+        return dict(parts, **self._folding.prepare_videos(frames))
 
     def adopt(self, parts: dict[str, Tensor]) -> Prepared:
-        """Videos prepared earlier with ``compact=True`` and stored (e.g. in float16, by a video
+        """Videos prepared earlier (:meth:`prepare_videos`) and stored (e.g. in float16, by a video
         index), as this engine's, in its dtype. They must come from an engine of the same
         weights (an index checks its checkpoint's hash); on the naive path only ``frames``
         and ``mask`` are read."""
@@ -313,6 +320,8 @@ class SimilarityEngine:
         with self._matmul_precision(exact):
             for rows in _chunks(n_t, block_t):
                 t = texts.select(rows).parts
+                if self.method == "folded":
+                    t = self._folding.text_block(t)
                 for cols in _chunks(n_v, block_v):
                     v = videos.select(cols).parts
                     out[rows, cols] = (self._score_naive(t, v) if self.method == "naive"

@@ -4,7 +4,7 @@ At eval time Psi's only non-linearities are the attention softmax over F frames 
 LayerNorms, so every projection folds into per-frame precomputations (:class:`Folding`: the
 weights-only maps once, :meth:`Folding.prepare_videos` once per video) and the final cosine
 becomes dot products of F-vectors with per-video F x F matrices (:meth:`Folding.score`, per
-block of pairs). Per pair it costs about (3F + 3)·d + 5F² multiply-adds instead of about 4·d² for
+block of pairs). Per pair it costs about 3F·d + 5F² multiply-adds instead of about 4·d² for
 the naive module. The derivation, step by step, is in ``docs/evaluation_engine.md`` §2 and §3;
 the names below (U, Y, Z, D-hat, G, H, ...) are those of that document.
 
@@ -14,6 +14,7 @@ evaluation engine (:mod:`tvr.evaluation.engine`) checks it against the per-pair 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -62,8 +63,9 @@ class Folding:
         """Weights-only constants (docs/evaluation_engine.md, §2).
 
         Every per-frame vector the scores need is an affine map of l_bk = LN1(f_bk); the maps
-        are composed here once, so that :meth:`prepare_videos` does one (F·N_v x d) @ (d x 4d)
-        product: c(K~_bk), U_bk, Z_bk, D_bk and the key bias κ_bk.
+        are composed here once, so that :meth:`prepare_videos` does one (F·N_v x d) @ (d x 3d)
+        product (U_bk, Z_bk, D_bk) and a matrix-vector product for the key bias κ_bk; the key
+        and Δ maps themselves are applied per text (:meth:`text_block`).
         """
         psi, d = self.psi, self.config.dim
         eye = torch.eye(d, dtype=psi.q_proj.weight.dtype, device=psi.q_proj.weight.device)
@@ -80,134 +82,158 @@ class Folding:
         to_z = centring @ (eye + psi.linear1.weight) * g2                   # C (I + W_1) diag(γ2)
         z_map, z_shift = to_z @ u_map, to_z @ u_shift
         d_map, d_shift = (w_mu * g3) @ z_map, (w_mu * g3) @ z_shift
-        self._frame_maps = torch.cat([key_map, u_map, z_map, d_map,
-                                      (w_k.T @ q0).unsqueeze(0) / math.sqrt(d)])
-        self._frame_bias = torch.cat([key_shift, u_shift, z_shift, d_shift,
-                                      (psi.k_proj.bias @ q0).reshape(1) / math.sqrt(d)])
+        self._maps_t = torch.cat([u_map, z_map, d_map]).T.contiguous()       # (d, 3d)
+        self._shifts = torch.cat([u_shift, z_shift, d_shift])
+        self._key_delta_maps = torch.stack([key_map, d_map])                 # A_K, A_D
+        self._key_delta_shifts = torch.stack([key_shift, d_shift])
+        self._key_shift = key_shift
+        self._kappa = (w_k.T @ q0 / math.sqrt(d), psi.k_proj.bias @ q0 / math.sqrt(d))  # κ
         self._z0 = centring @ (b2 + psi.linear1(b2))                         # z0 = c(y0)
         self._z0_sq = self._z0.square().sum()
         self._delta_consts = torch.stack([(w_mu * g3) @ self._z0,            # e
                                           psi.mean_proj(b3)])               # δ0
+        self._consts_gram = self._delta_consts @ self._delta_consts.T        # e·e, e·δ0, δ0·δ0
 
-    def prepare_videos(self, frames: Tensor, compact: bool = False) -> dict[str, Tensor]:
-        """The per-video tensors of the folded path for ``frames`` (N_v, F, d): the rows R_b of
-        the per-pair matrix product and the small per-video matrices (§2).
-
-        ``compact``: instead of the (3F + 3) x d rows, keep the frames and the mean and inverse
-        standard deviation of each frame's LN1 (``ln_mean``, ``ln_inv``): the rows' dot
-        products with a text then come from the frames' dot products with a few per-text
-        projections (:meth:`stored_dots`), so a stored video costs F x d numbers, not (3F + 3)
-        x d (docs/evaluation_engine.md §2).
-        """
-        parts = {"frame_gram": frames @ frames.mT}                           # Φ_b
+    def prepare_videos(self, frames: Tensor) -> dict[str, Tensor]:
+        """The per-video state of the folded path for ``frames`` (N_v, F, d), in the compact
+        form (docs/evaluation_engine.md §2): the frames, the mean and inverse standard deviation
+        of each frame's LN1 (``ln_mean``, ``ln_inv``: the rows' products with a text come from
+        the frames' products with a few per-text projections, :meth:`pair_dots`) and the small
+        per-video matrices, stacked as the two batched products of :meth:`score` read them:
+        ``w_forms`` [Φ_b; C_b] ((2F + 2) x F) and ``a_forms`` [G_b; H_b; D_b D_bᵀ; h_bᵀ;
+        (D_b e)ᵀ; (D_b δ0)ᵀ] ((3F + 3) x F). A video costs F x d numbers plus O(F²)."""
         psi = self.psi
         if psi is None:
-            return dict(parts, frames=frames) if compact else dict(parts, rows=frames)
-        d, n_v = self.config.dim, len(frames)
-        per_frame = psi.layer_norm1(frames) @ self._frame_maps.T + self._frame_bias
-        key_fold, u, z, d_frames, key_bias = per_frame.split([d, d, d, d, 1], dim=-1)
-        parts["key_bias"] = key_bias.squeeze(-1)                            # κ_bk
-        parts["gram_o"] = u @ u.mT                                           # G_b
-        parts["gram_y"] = z @ z.mT                                           # H_b
-        parts["cross_y"] = z @ self._z0                                      # h_b
-        d_hat = torch.cat([d_frames, self._delta_consts.expand(n_v, 2, d)], dim=1)
-        parts["gram_delta"] = d_hat @ d_hat.mT                               # Ĝ_b
-        parts["delta_frames"] = d_hat @ frames.mT                            # C_b
-        rows = [frames, key_fold, d_hat]
+            return {"w_forms": frames @ frames.mT, "frames": frames}        # Φ_b
+        d, (n_v, n_frames) = self.config.dim, frames.shape[:2]
+        layer_norm = psi.layer_norm1
+        ln, mean, inv = torch.native_layer_norm(frames, (d,), layer_norm.weight,
+                                                layer_norm.bias, layer_norm.eps)
+        per_frame = torch.addmm(self._shifts, ln.reshape(-1, d), self._maps_t)
+        u, z, d_frames = per_frame.view(n_v, n_frames, 3 * d).split(d, dim=-1)
+        consts = self._delta_consts
+        w_forms = torch.cat([frames @ frames.mT, d_frames @ frames.mT,
+                             (frames @ consts.T).mT], dim=1)                # Φ_b, C_b = D̂ Fᵀ
+        linear = torch.stack([z @ self._z0, d_frames @ consts[0], d_frames @ consts[1]], 1)
+        parts = {"key_bias": ln @ self._kappa[0] + self._kappa[1],            # κ_bk
+                 "w_forms": w_forms, "frames": frames, "ln_mean": mean.squeeze(-1),
+                 "ln_inv": inv.squeeze(-1),
+                 "a_forms": torch.cat([u @ u.mT, z @ z.mT, d_frames @ d_frames.mT, linear], 1)}
         if self.config.psi_query == "gap":
             mean_c = centre(frames.mean(1))                                  # c(m_b)
-            parts["key_gap"] = (key_fold @ mean_c.unsqueeze(-1)).squeeze(-1)  # α_bk
+            pulled = mean_c @ self._key_delta_maps[0]                          # A_Kᵀ c(m_b)
+            parts["key_gap"] = ((ln @ pulled.unsqueeze(-1)).squeeze(-1)      # α_bk
+                                + (mean_c @ self._key_shift).unsqueeze(-1))
             parts["mean_sq"] = mean_c.square().sum(-1)
-            rows.append(mean_c.unsqueeze(1))
-        if compact:
-            variance = frames.var(-1, correction=0)
-            return dict(parts, frames=frames, ln_mean=frames.mean(-1),
-                        ln_inv=torch.rsqrt(variance + psi.layer_norm1.eps))
-        parts["rows"] = torch.cat(rows, dim=1)
         return parts
 
-    def _projections(self, text: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per text, what :meth:`stored_dots` needs: the vectors P (T, d, 3) whose dot products
-        with a frame f give t·f, (γ1 ⊙ A_Kᵀ t)·f and (γ1 ⊙ A_Dᵀ t)·f (A_K, A_D: the key and Δ
-        maps of LN1(f)), their component sums (T, 2) and the constant parts (T, 4): b·t + β1·(Aᵀ
-        t) for both maps, then e·t and δ0·t (the two weights-only rows of D-hat)."""
-        d, psi = self.config.dim, self.psi
-        maps = self._frame_maps[:4 * d].view(4, d, d)
-        shifts = self._frame_bias[:4 * d].view(4, d)
-        pulled = torch.stack([text @ maps[0], text @ maps[3]], dim=1)       # (T, 2, d): Aᵀ t
+    def text_block(self, t: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A block of prepared texts with what :meth:`score` reads per text, computed once per
+        block of texts: the rows of :meth:`pair_dots`'s product (``text_rows``: (T, d), the
+        texts over the pooling temperature, then, with a Psi, per map A (A_K, A_D: the key and
+        Δ maps of LN1(f), shifts a_K, a_D) γ1 ⊙ Aᵀt: (3T, d)) and, with a Psi, its correction
+        (``extra_rows`` (2T, 2 or 3): −Σ(γ1 ⊙ Aᵀt), a·t + β1·(Aᵀt) and, psi_query "gap", −1
+        for the key map and 0 for the Δ map) and e·t, δ0·t (``delta_t`` (2, 1, T)). The product
+        takes the rows transposed (column-major: BLAS is slow with a few row-major columns)."""
+        psi, text = self.psi, t["text"]
+        over_temp = text / self.config.temp
+        if psi is None:
+            return dict(t, text_rows=over_temp)
+        pulled = text @ self._key_delta_maps                                 # (2, T, d): Aᵀ t
         scaled = pulled * psi.layer_norm1.weight
-        vectors = torch.cat([text.unsqueeze(1), scaled], dim=1).mT            # (T, d, 3)
-        consts = torch.cat([pulled @ psi.layer_norm1.bias
-                            + text @ shifts[[0, 3]].T, text @ self._delta_consts.T], dim=1)
-        return vectors, scaled.sum(-1), consts
-
-    def stored_dots(self, v: dict[str, Tensor], text: Tensor) -> Tensor:
-        """(V, R, T) dot products of the rows R_b with the texts, from compact parts (see
-        :meth:`prepare_videos`): l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙ u)) / σ(f) + β1·u for
-        l = LN1(f), and c(m_b)·t = mean_k (f_bk·t − d mean(t) mean(f_bk)). Exact algebra."""
-        frames = v["frames"]
-        n_v, n_frames, d = frames.shape
-        if self.psi is None:
-            return frames @ text.T
-        vectors, sums, consts = self._projections(text)
-        n_t = len(text)
-        dots = (frames.reshape(-1, d) @ vectors.permute(1, 0, 2).reshape(d, -1))
-        dots = dots.view(n_v, n_frames, n_t, 3).permute(0, 3, 1, 2)       # (V, 3, F, T)
-        mean, inv = v["ln_mean"].unsqueeze(-1), v["ln_inv"].unsqueeze(-1)
-        text_frame = dots[:, 0]
-        folded = [inv * (dots[:, j + 1] - mean * sums[:, j]) + consts[:, j] for j in (0, 1)]
-        delta_consts = consts[:, 2:].T.expand(n_v, 2, n_t)
-        rows = [text_frame, folded[0], folded[1], delta_consts]
+        consts = pulled @ psi.layer_norm1.bias + self._key_delta_shifts @ text.T
+        extra = [-scaled.sum(-1), consts]
         if self.config.psi_query == "gap":
-            gap = (text_frame - d * text.mean(-1) * mean).mean(1, keepdim=True)
-            rows.append(gap)
-        return torch.cat(rows, dim=1)
+            extra.append(torch.tensor([[-1.0], [0.0]], dtype=text.dtype,
+                                      device=text.device).expand_as(consts))
+        return dict(t, text_rows=torch.cat([over_temp, scaled.flatten(0, 1)]),
+                    extra_rows=torch.stack(extra, -1).flatten(0, 1),
+                    delta_t=(text @ self._delta_consts.T).T.unsqueeze(1))
+
+    def pair_dots(self, v: dict[str, Tensor], t: dict[str, Tensor],
+                  bf16: bool) -> tuple[Tensor, ...]:
+        """(V, F, T) products t_a·f_bk / temp and, with a Psi, c(K~_bk)·t_a (minus α_bk for
+        psi_query "gap") and D_bk·t_a, and the (V, T) products c(m_b)·t_a / temp (psi_query
+        "gap", else None), from one product of the frames with :meth:`text_block`'s rows
+        (``bf16``: with bf16 operands): the key and Δ parts, plus [mean(f), σ(f) (, σ(f)
+        α_bk)] times the extra rows, times 1/σ(f), are l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙
+        u)) / σ(f) + β1·u for l = LN1(f); and c(m_b)·t = mean_k (f_bk·t − d mean(t)
+        mean(f_bk)). Exact algebra."""
+        frames, text_rows = v["frames"], t["text_rows"]
+        (n_v, n_frames, d), n_t = frames.shape, len(t["text"])
+        dots = _product(frames.flatten(0, 1), text_rows.T, bf16)           # (V·F, T or 3T)
+        text_dots = dots[:, :n_t].unflatten(0, (n_v, n_frames))
+        if self.psi is None:
+            return (text_dots,)
+        inv = v["ln_inv"]
+        extra, gap = [v["ln_mean"], 1 / inv], None
+        if self.config.psi_query == "gap":
+            extra.append(v["key_gap"] / inv)
+            gap = (text_dots.mean(1)
+                   - d * text_rows[:n_t].mean(-1) * v["ln_mean"].mean(1, keepdim=True))
+        folded = dots[:, n_t:].addmm_(torch.stack(extra, -1).flatten(0, 1), t["extra_rows"].T)
+        folded = folded.view(n_v, n_frames, 2, n_t).mul_(inv[..., None, None])
+        return text_dots, folded[:, :, 0], folded[:, :, 1], gap
 
     def score(self, t: dict[str, Tensor], v: dict[str, Tensor], bf16: bool) -> Tensor:
-        """One block, (T, V). Pair tensors are laid out (V, ·, T); see docs/evaluation_engine.md.
-        ``bf16``: the per-pair matrix product of the rows takes bf16 operands (compact parts:
-        the frames' product stays in the engine's dtype)."""
-        cfg, psi = self.config, self.psi
-        d, n_frames = cfg.dim, v["mask"].shape[1]
-        text = t["text"]
-        n_v = len(v["mask"])
-        if "rows" not in v:
-            dots = self.stored_dots(v, text)                   # compact parts
-        elif bf16:
-            dots = (v["rows"].reshape(-1, d).bfloat16() @ text.bfloat16().T).to(text.dtype)
-        else:
-            dots = v["rows"].reshape(-1, d) @ text.T
-        dots = dots.view(n_v, -1, len(text))                   # rows_b · t_a
-        text_frame = dots[:, :n_frames]                        # t_a · f_bk
-        w = torch.softmax(text_frame / cfg.temp, dim=1) * v["mask"].unsqueeze(-1)
-        text_v = (w * text_frame).sum(1)                       # t_a · v_ab
-        v_sq = (w * torch.bmm(v["frame_gram"], w)).sum(1)      # ||v_ab||²
+        """One block, (T, V), of texts ``t`` (:meth:`text_block`) and videos ``v``. Pair tensors
+        are laid out (V, ·, T); see docs/evaluation_engine.md. ``bf16``: the per-pair matrix
+        products take bf16 operands."""
+        cfg, n_frames = self.config, v["mask"].shape[1]
+        dots = self.pair_dots(v, t, bf16)
+        text_frame = dots[0]                                   # t_a · f_bk / temp
+        w = torch.softmax(text_frame, dim=1).mul_(v["mask"].unsqueeze(-1))
+        text_v = (w * text_frame).sum(1).mul_(cfg.temp)        # t_a · v_ab
+        by_w = torch.bmm(v["w_forms"], w)                      # Φ_b w_ab, C_b w_ab
+        v_sq = (w * by_w[:, :n_frames]).sum(1)                 # ||v_ab||²
         text_sq = t["sq_norm"].unsqueeze(0)
-        if psi is None:
+        if self.psi is None:
             return cosine(text_v, text_sq, v_sq)
-        key_text = dots[:, n_frames:2 * n_frames]              # c(K~_bk) · t_a
-        key_bias = v["key_bias"].unsqueeze(-1)
-        if cfg.psi_query == "gap":
-            gap_sq = (v["mean_sq"].unsqueeze(-1) - 2 * dots[:, -1]
-                      + t["centred_sq_norm"].unsqueeze(0)).clamp_min(0)
-            scale = cfg.gap_sign / (math.sqrt(d) * torch.sqrt(gap_sq / d + psi.layer_norm1.eps))
-            logits = scale.unsqueeze(1) * (v["key_gap"].unsqueeze(-1) - key_text) + key_bias
-        else:
-            centred_sq = t["centred_sq_norm"]
-            scale = 1.0 / (math.sqrt(d) * torch.sqrt(centred_sq / d + psi.layer_norm1.eps))
-            logits = key_text * scale + key_bias
-        attn = torch.softmax(logits, dim=1)                    # a_abk
-        inv2 = torch.rsqrt((attn * torch.bmm(v["gram_o"], attn)).sum(1) / d + psi.layer_norm2.eps)
-        y_sq = ((attn * torch.bmm(v["gram_y"], attn)).sum(1) * inv2.square()
-                + 2 * inv2 * (attn * v["cross_y"].unsqueeze(-1)).sum(1) + self._z0_sq)
-        inv3 = torch.rsqrt(y_sq.clamp_min(0) / d + psi.layer_norm3.eps)
-        coef = torch.cat([attn * (inv2 * inv3).unsqueeze(1), inv3.unsqueeze(1),
-                          torch.ones_like(inv3).unsqueeze(1)], dim=1)   # Δ = Σ_j coef_j D-hat_bj
-        text_delta = (coef * dots[:, 2 * n_frames:3 * n_frames + 2]).sum(1)
-        delta_v = (coef * torch.bmm(v["delta_frames"], w)).sum(1)
-        delta_sq = (coef * torch.bmm(v["gram_delta"], coef)).sum(1)
+        attn = torch.softmax(self._logits(t, v, dots[1], dots[3]), dim=1)   # a_abk
+        text_delta, delta_v, delta_sq = self._delta_products(t, v, attn, dots[2],
+                                                             by_w[:, n_frames:])
         if cfg.normalize_delta:
             text_delta, delta_v, delta_sq = unit_delta(text_delta, delta_v, delta_sq)
         if cfg.delta_side == "video":
             return cosine(text_v + text_delta, text_sq, v_sq + 2 * delta_v + delta_sq)
         return cosine(text_v + delta_v, text_sq + 2 * text_delta + delta_sq, v_sq)
+
+    def _logits(self, t: dict[str, Tensor], v: dict[str, Tensor], key_text: Tensor,
+                gap_dot: Optional[Tensor]) -> Tensor:
+        """(V, F, T) attention logits from c(K~_bk)·t_a (psi_query "gap": c(K~_bk)·t_a − α_bk,
+        with c(m_b)·t_a / temp), §3."""
+        d, psi, key_bias = self.config.dim, self.psi, v["key_bias"].unsqueeze(-1)
+        if gap_dot is None:                                    # psi_query "text"
+            centred_sq = t["centred_sq_norm"]
+            scale = 1.0 / (math.sqrt(d) * torch.sqrt(centred_sq / d + psi.layer_norm1.eps))
+            return torch.addcmul(key_bias, key_text, scale)
+        gap_sq = (v["mean_sq"].unsqueeze(-1) - 2 * self.config.temp * gap_dot
+                  + t["centred_sq_norm"].unsqueeze(0)).clamp_min(0)
+        scale = -self.config.gap_sign / (math.sqrt(d)
+                                         * torch.sqrt(gap_sq / d + psi.layer_norm1.eps))
+        return torch.addcmul(key_bias, key_text, scale.unsqueeze(1))
+
+    def _delta_products(self, t: dict[str, Tensor], v: dict[str, Tensor], attn: Tensor,
+                        delta_text: Tensor, delta_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """t_a·Δ_ab, Δ_ab·v_ab and ||Δ_ab||², each (V, T), with ĉ = [s a, 1/σ3, 1] expanded
+        (s = 1/(σ2 σ3)): one batched product of ``a_forms`` with the attention, §3."""
+        d, psi, n_frames = self.config.dim, self.psi, attn.shape[1]
+        by_a = torch.bmm(v["a_forms"], attn)                   # (V, 3F + 3, T)
+        quad = (by_a[:, :3 * n_frames].unflatten(1, (3, n_frames)) * attn.unsqueeze(1)).sum(2)
+        h_a, de_a, dd_a = by_a[:, 3 * n_frames:].unbind(1)     # h·a, (D e)·a, (D δ0)·a
+        inv2 = torch.rsqrt(quad[:, 0] / d + psi.layer_norm2.eps)
+        y_sq = quad[:, 1] * inv2.square() + 2 * inv2 * h_a + self._z0_sq
+        inv3 = torch.rsqrt(y_sq.clamp_min(0) / d + psi.layer_norm3.eps)
+        s = inv2 * inv3
+        e_t, d0_t = t["delta_t"]                               # e·t_a, δ0·t_a (1, T)
+        text_delta = s * (attn * delta_text).sum(1) + inv3 * e_t + d0_t
+        delta_v = s * (attn * delta_w[:, :n_frames]).sum(1) + inv3 * delta_w[:, -2] + delta_w[:, -1]
+        (ee, ed), (_, dd) = self._consts_gram
+        delta_sq = (s.square() * quad[:, 2] + 2 * s * (inv3 * de_a + dd_a)
+                    + inv3.square() * ee + 2 * inv3 * ed + dd)
+        return text_delta, delta_v, delta_sq
+
+
+def _product(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
+    """a @ b, with bf16 operands (result in a's dtype) when ``bf16``."""
+    return (a.bfloat16() @ b.bfloat16()).to(a.dtype) if bf16 else a @ b

@@ -33,7 +33,8 @@ from torch import Tensor
 from tvr.evaluation.config import Stage1
 from tvr.evaluation.engine import Prepared, SimilarityEngine
 
-PREPARE_CHUNK = 4096  # videos scored at once by Gallery.scores
+PREPARE_CHUNK = 1024  # videos scored at once by Gallery.scores (their buffers stay under glibc's
+# largest mmap threshold, 32 MiB, so they are reused rather than mapped and faulted in anew)
 IVF_PROBE_SHARE = 8  # an IVF stage 1 probes 1 / IVF_PROBE_SHARE of its lists
 _FILL_OFFSET = 3.0  # coarse cosine - 3 <= -2 < -1 <= every GARE cosine
 
@@ -206,8 +207,8 @@ class Found(NamedTuple):
 
 
 class VideoRows(Protocol):
-    """Videos stored as compact prepared parts (``SimilarityEngine.prepare_videos(...,
-    compact=True)``), e.g. a video index's memory-mapped shards."""
+    """Videos stored as prepared parts (``SimilarityEngine.prepare_videos``), e.g. a video
+    index's memory-mapped shards."""
 
     def __len__(self) -> int: ...
 
@@ -217,13 +218,13 @@ class VideoRows(Protocol):
 class Scorer(Protocol):
     """What scores a :class:`Gallery`'s candidates, and what a video index keeps per video
     (tvr/index/store.py): a :class:`SimilarityEngine` (GARE), or the cosine scorer of a
-    zero-shot index (tvr/index/zero_shot.py). ``prepare_videos(..., compact=True)`` gives the
+    zero-shot index (tvr/index/zero_shot.py). ``prepare_videos`` gives the
     state to store, with the stage-1 vectors under ``"coarse"``; :meth:`adopt` takes the stored
     state back."""
 
     def prepare_texts(self, text: Tensor) -> Prepared: ...
 
-    def prepare_videos(self, frames: Tensor, mask: Tensor, compact: bool = False) -> Prepared: ...
+    def prepare_videos(self, frames: Tensor, mask: Tensor) -> Prepared: ...
 
     def adopt(self, parts: dict[str, Tensor]) -> Prepared: ...
 

@@ -127,15 +127,15 @@ class BuildReport:
     calibration: Optional[dict[str, Any]] = None  # a zero-shot index's (tvr/index/zero_shot.py)
     stage1: str = ""  # what stage 1 is now (tvr.index.store.update_stage1)
     converted: bool = False  # the index was of the older format CONVERTIBLE
-    restaged: int = 0  # shards whose stage-1 vectors were rewritten (tvr.index.store.restage)
+    restaged: int = 0  # shards written again from their frames (tvr.index.store.restage)
 
     def format(self) -> str:
         rate = len(self.encoded) / self.seconds if self.seconds else 0.0
         advice = " (listed below and skipped: fix or remove each, then run build again)"
         lines = [f"converted the index from format {CONVERTIBLE} to format {FORMAT_VERSION} "
                  f"(its videos' entries now a table beside manifest.json)"] * self.converted
-        lines += [f"rewrote the stage-1 vectors of {self.restaged} shards from their "
-                  f"frames"] * bool(self.restaged)
+        lines += [f"wrote {self.restaged} shards again from their stored frames"] * bool(
+            self.restaged)
         lines += [f"encoded {len(self.encoded)} videos ({rate:.1f} videos/s), removed "
                  f"{len(self.removed)}, {len(self.failed)} unreadable"
                  + (advice if self.failed else "")]
@@ -251,7 +251,7 @@ def _prepare(config: BuildConfig, root: Path, encoder: Encoder, files: dict[str,
     manifest = _open_manifest(out, root, encoder)
     report.converted = manifest.converted
     merge_shares(out, manifest)
-    report.restaged = restage(out, manifest, stage1_frames(config, encoder))
+    report.restaged = restage(out, manifest, encoder.scorer, stage1_frames(config, encoder))
     _forget_changed(out, manifest, files, report)
     return manifest
 

@@ -9,11 +9,11 @@ An index is a folder::
     stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
     thumbs/<key>/<k>.jpg        one small JPEG per sampled frame of each video (the web page)
 
-A shard's records (a numpy structured array, read with ``np.load(mmap_mode="r",
+A shard's records (a numpy structured array, read with ``np.load(mmap_mode="c",
 allow_pickle=False)``: no file of an index runs code) hold, per video, the frame features after
 the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the mask (uint8)
 and, in float32, the rest of the compact state the evaluation engine computes from the rounded
-frames once at build time (``SimilarityEngine.prepare_videos(..., compact=True)``: each frame's
+frames once at build time (``SimilarityEngine.prepare_videos``: each frame's
 LN1 mean and inverse deviation, the small per-video matrices of docs/evaluation_engine.md §2).
 A zero-shot index (tvr/index/zero_shot.py) keeps the same files: its records are the unit CLIP
 frame embeddings and the mask, its stage-1 vectors their unit mean, which its scorer scores.
@@ -47,8 +47,10 @@ during ``--rebuild``, which deletes the folder first.
 
 An index of an older format (version 1 recorded no real paths, version 2 loaded whole float32
 ``.pt`` shards) is refused in one line that says to rebuild it with ``--rebuild``. Version 3
-(the entries in manifest.json) is converted by a build (``Manifest.load(convert=True)``: the
-next save writes the table); a search refuses it in one line that says to run the build.
+(the entries in manifest.json, the fields of the shards' records packed, one stage-1 vector a
+video) is converted by a build without encoding any video again (``Manifest.load(convert=True)``:
+the next save writes the table; :func:`restage` lays the records out aligned and writes the
+stage-1 vectors); a search refuses it in one line that says to run the build.
 """
 from __future__ import annotations
 
@@ -71,9 +73,10 @@ from tvr.storage import atomic_write, atomic_write_json, read_manifest
 
 # 2: each file's real path and whether a link led there; 3: memory-mapped .npy shards with
 # float16 frames and the compact per-video state, a trained stage-1 index; 4: the entries in a
-# table of .npy columns (tvr/index/table.py), outside manifest.json
+# table of .npy columns (tvr/index/table.py), outside manifest.json, the fields of a shard's
+# records aligned (read as views, not copied), several stage-1 vectors a video
 FORMAT_VERSION = 4
-CONVERTIBLE = 3  # the format a build converts (Manifest.load)
+CONVERTIBLE = 3  # the format a build converts (Manifest.load, restage)
 MANIFEST, TABLE = "manifest.json", "table"
 HEADER = ("videos_root", "checkpoint", "config", "sampling", "next_shard", "stage1", "table")
 
@@ -184,10 +187,12 @@ def shard_path(folder: str | os.PathLike, shard: int, kind: str = "videos") -> P
 
 
 def _record_dtype(parts: dict[str, Tensor]) -> np.dtype:
-    """One record per video: the frames in float16, the mask in uint8, the rest in float32."""
+    """One record per video: the frames in float16, the mask in uint8, the rest in float32,
+    each field at an offset that is a multiple of its item size (numpy's ``align``), so that
+    torch views the fields of gathered records without copying them."""
     kinds = {"frames": "<f2", "mask": "u1"}
     return np.dtype([(name, kinds.get(name, "<f4"), tuple(value.shape[1:]))
-                     for name, value in parts.items()])
+                     for name, value in parts.items()], align=True)
 
 
 def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
@@ -199,7 +204,7 @@ def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
     and ``stage1_frames`` frames of each video (:func:`~tvr.evaluation.engine.stage1_vectors`).
     Never over a shard a manifest names (module docstring)."""
     rounded = frames.detach().cpu().half().float()
-    parts = engine.prepare_videos(rounded, mask.cpu(), compact=True).parts
+    parts = engine.prepare_videos(rounded, mask.cpu()).parts
     del parts["coarse"]
     coarse = stage1_vectors(rounded, mask.cpu(), stage1_frames)
     records = np.empty(len(rounded), _record_dtype(parts))
@@ -211,13 +216,20 @@ def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
 
 
 def read_shard(folder: str | os.PathLike, shard: int, kind: str = "videos") -> np.ndarray:
-    """A shard's records or stage-1 vectors, memory-mapped (nothing is read until used)."""
+    """A shard's records or stage-1 vectors, memory-mapped (nothing is read until used;
+    copy-on-write, so that torch views it without a warning about read-only memory: nothing
+    writes to it)."""
     path = shard_path(folder, shard, kind)
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="c", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise IndexStoreError(f"{path}: a shard of the index that cannot be read ({error}); "
                               f"rebuild the index with --rebuild") from error
+
+
+def _row_bytes(array: np.ndarray) -> Tensor:
+    """The (rows, bytes of a row) uint8 tensor viewing ``array``'s memory."""
+    return torch.from_numpy(array.view(np.uint8).reshape(len(array), -1 if len(array) else 0))
 
 
 def video_id(shard: int, row: int) -> int:
@@ -242,52 +254,59 @@ class StoredVideos:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _gather(self, rows: Tensor, read: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
-        """``read(shard, its rows)`` for the gallery rows ``rows``, concatenated in their order."""
+    def _gather(self, rows: Tensor, shard_array: Callable[[int], np.ndarray]) -> np.ndarray:
+        """The rows ``rows`` (gallery rows) of the arrays ``shard_array(shard)``, in their
+        order: per shard, one ``torch.index_select`` of the rows' bytes (in torch's threads)
+        straight into the result."""
         rows = rows.cpu().numpy()
-        if not len(rows):
-            return read(int(self.shard_of[0]), rows)
+        first = shard_array(int(self.shard_of[rows[0] if len(rows) else 0]))
+        out = np.empty((len(rows), *first.shape[1:]), first.dtype)
         order = np.argsort(rows, kind="stable")
         shards = self.shard_of[rows[order]]
-        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])
-        pieces = [read(int(shards[a]), self.row_of[rows[order[a:b]]])
-                  for a, b in zip(starts, np.r_[starts[1:], len(order)])]
-        gathered = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])[:len(rows)]
+        target = _row_bytes(out)
+        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+            torch.index_select(_row_bytes(shard_array(int(shards[a]))), 0,
+                               torch.from_numpy(self.row_of[rows[order[a:b]]]), out=target[a:b])
         if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
-            return gathered
-        out = np.empty_like(gathered)
-        out[order] = gathered
-        return out
+            return out
+        ordered = np.empty_like(out)
+        ordered[order] = out
+        return ordered
 
     def parts(self, rows: Tensor) -> dict[str, Tensor]:
-        """The stored compact state of the videos ``rows`` (frames float16, the rest float32),
-        each field copied out of the packed records (whose fields need not be aligned)."""
-        records = self._gather(rows, lambda shard, index: self.records[shard][index])
-        return {name: torch.from_numpy(records[name].copy()) for name in records.dtype.names}
+        """The stored compact state of the videos ``rows`` (frames float16, the rest float32):
+        views of the fields of the gathered records (aligned: :func:`_record_dtype`)."""
+        records = self._gather(rows, self.records.__getitem__)
+        return {name: torch.from_numpy(records[name]) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
         """(rows, S, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
         rows = torch.arange(len(self)) if rows is None else rows
         return torch.from_numpy(self._gather(
-            rows, lambda shard, index: read_shard(self.folder, shard, "coarse")[index])).float()
+            rows, lambda shard: read_shard(self.folder, shard, "coarse"))).float()
 
 
-def restage(folder: str | os.PathLike, manifest: Manifest, stage1_frames: int) -> int:
-    """Rewrite, from the frames the shards keep, the stage-1 vectors of every shard that does
-    not hold (n, 1 + ``stage1_frames``, d) of them (format 3's one mean a video, (n, d), or
-    another ``--stage1_frames``); the stage-1 index is then trained anew
-    (:func:`update_stage1`). Each file is replaced atomically, by a build (which holds the
-    folder's lock). Returns how many shards were rewritten."""
-    rewritten = 0
+def restage(folder: str | os.PathLike, manifest: Manifest, engine: Scorer,
+            stage1_frames: int) -> int:
+    """Write again, from the frames it keeps, every shard whose records are not those
+    ``engine`` computes now (format 3's: other fields, packed) or whose stage-1 vectors are not
+    (n, 1 + ``stage1_frames``, d) (format 3's one mean a video, or another ``--stage1_frames``),
+    through :func:`write_shard`; the stage-1 index is then trained anew (:func:`update_stage1`).
+    Each file is replaced atomically, by a build (which holds the folder's lock). Returns how
+    many shards were written."""
+    rewritten, layout = 0, None
     for shard in StoredVideos(folder, manifest).records:
-        if read_shard(folder, shard, "coarse").shape[1:-1] == (1 + stage1_frames,):
-            continue
         records = read_shard(folder, shard)
-        coarse = stage1_vectors(torch.from_numpy(records["frames"].astype(np.float32)),
-                                torch.from_numpy(records["mask"].astype(np.float32)),
-                                stage1_frames)
-        atomic_write(shard_path(folder, shard, "coarse"), lambda f, array=coarse.half().numpy():
-                     np.save(f, array, allow_pickle=False))
+        frames = torch.from_numpy(np.ascontiguousarray(records["frames"])).float()
+        mask = torch.from_numpy(np.ascontiguousarray(records["mask"])).float()
+        if layout is None:
+            parts = engine.prepare_videos(frames[:1], mask[:1]).parts
+            layout = _record_dtype({k: v for k, v in parts.items() if k != "coarse"})
+        if records.dtype == layout and \
+                read_shard(folder, shard, "coarse").shape[1:-1] == (1 + stage1_frames,):
+            continue
+        write_shard(folder, shard, engine, frames, mask, stage1_frames)
         rewritten += 1
     if rewritten:  # an IVF index holds the vectors as they were: train a new one
         manifest.stage1 = {"kind": "exact", **{k: v for k, v in manifest.stage1.items()

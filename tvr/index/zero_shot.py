@@ -74,9 +74,9 @@ class MeanCosine:
     def prepare_texts(self, text: Tensor) -> Prepared:
         return Prepared("texts", {"text": F.normalize(text.float(), dim=-1)}, self)
 
-    def prepare_videos(self, frames: Tensor, mask: Tensor, compact: bool = True) -> Prepared:
-        """The frames and mask (what an index stores, whatever ``compact``: they are this
-        scorer's compact state) and the unit mean frame (``coarse``, the stage-1 vectors)."""
+    def prepare_videos(self, frames: Tensor, mask: Tensor) -> Prepared:
+        """The frames and mask (what an index stores: they are this scorer's whole state) and
+        the unit mean frame (``coarse``, the stage-1 vectors)."""
         return Prepared("videos", {"frames": frames, "mask": mask,
                                    "coarse": coarse_vectors(frames.float(), mask)}, self)
 
