@@ -8,8 +8,8 @@ video by the cosine of the sentence embedding with the video's stage-1 vector (e
 IVF index the build trained), stage 2 re-scores the best ``k`` of each query with the exact GARE
 score of the evaluation engine, from the per-video state stored at build time
 (docs/evaluation_engine.md §6; a zero-shot index: the cosine of tvr/index/zero_shot.py).
-``exhaustive=True`` scores every video with GARE instead. With ``k`` equal to the gallery size both give the evaluation engine's scores. This module adds what
-is about the index: its folder, the model that built it, the paths, and the hits: each carries
+``exhaustive=True`` scores every video with GARE instead. With ``k`` equal to the gallery size
+both give the evaluation engine's scores. This module adds what is about the index: its folder, the model that built it, the paths, and the hits: each carries
 the time of its best-matching frame, the frame with the largest text-conditioned pooling weight
 (docs/behaviour.md §6 step 1).
 """

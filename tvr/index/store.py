@@ -13,8 +13,7 @@ A shard's records (a numpy structured array, read with ``np.load(mmap_mode="c",
 allow_pickle=False)``: no file of an index runs code) hold, per video, the frame features after
 the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the mask (uint8)
 and, in float32, the rest of the compact state the evaluation engine computes from the rounded
-frames once at build time (``SimilarityEngine.prepare_videos``: each frame's
-LN1 mean and inverse deviation, the small per-video matrices of docs/evaluation_engine.md §2).
+frames once at build time (``SimilarityEngine.prepare_videos``, docs/evaluation_engine.md §2).
 A zero-shot index (tvr/index/zero_shot.py) keeps the same files: its records are the unit CLIP
 frame embeddings and the mask, its stage-1 vectors their unit mean, which its scorer scores.
 A search maps the shards and reads the records of its candidates only. float16 frames move
@@ -29,8 +28,7 @@ in gallery order (a search maps them and makes no object per video); manifest.js
 rest and names the table by number. Files that could not be read are listed in ``failed`` with
 the reason; they are tried again only when they change. Deleted and changed files leave
 unreferenced rows in their shards; ``--rebuild`` starts over. ``stage1`` records the stage-1
-search (:func:`update_stage1`): exact, or the IVF index's files, lists, probes and measured
-recall.
+search (:func:`update_stage1`): exact, or the IVF index's files, lists, probes and recall.
 
 **Write API** (a build, local or distributed, uses only these): :func:`write_shard` (one shard
 from frames and mask, under a number no manifest names yet), ``Manifest.entries`` /
