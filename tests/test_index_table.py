@@ -8,6 +8,7 @@ import json
 import shutil
 
 import numpy as np
+import numpy.lib.recfunctions  # noqa: F401  (np.lib.recfunctions)
 import pytest
 
 from tvr.cli.index import main as index_main
@@ -144,4 +145,24 @@ def test_build_converts_a_format_3_index_and_search_refuses_it(tmp_path, capsys)
     for path, array in zip(coarse, originals):  # rewritten from the stored frames
         assert np.array_equal(np.load(path), array) and array.shape[1] == 2
     assert np.load(first).dtype == records.dtype and np.array_equal(np.load(first), records)
+    assert VideoIndex.open(out).search(["a red circle"], top=10) == before
+
+
+def test_stored_state_of_another_kind_is_refused_then_written_anew_by_build(tmp_path):
+    """Shards whose records lack a part the engine reads (another version of the code wrote
+    them): search says to run the build, which writes them again from their frames."""
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt_best.pt")
+    out = tmp_path / "index"
+    before = toy_index(tmp_path, checkpoint).search(["a red circle"], top=10)
+    first = out / "shards" / "00000.npy"
+    records = np.load(first)
+    kept = [name for name in records.dtype.names if name != "w_forms"]
+    np.save(first, np.lib.recfunctions.repack_fields(records[kept]))
+    with pytest.raises(IndexStoreError, match=r"\(no w_forms\); run the build command") as error:
+        VideoIndex.open(out).search(["a red circle"], top=10)
+    assert "\n" not in str(error.value)
+    videos = Manifest.load(out).videos_root
+    assert index_main(["build", "--checkpoint", str(checkpoint), "--videos", videos, "--out",
+                       str(out), "--workers", "0"]) == 0
+    assert np.load(first).dtype == records.dtype
     assert VideoIndex.open(out).search(["a red circle"], top=10) == before

@@ -149,15 +149,24 @@ class VideoIndex:
     def engine(self) -> SimilarityEngine | MeanCosine:
         """The evaluation engine, self-checked on the first videos (built on first use); the
         cosine of the mean frame for a zero-shot index. Built once even when threads search
-        at once."""
+        at once. Stored state lacking a part this engine reads (written by another version of
+        the code) is an :class:`IndexStoreError` that says to run the build again."""
         if isinstance(self.model, ZeroShotCLIP):
             return MeanCosine()
         with self._engine_lock:  # searches in threads build it once
             if self._engine is None:
                 sample = self.encode_queries(["a video", "someone is talking"])
                 first = self.gallery.videos.parts(torch.arange(min(8, len(self))))
-                self._engine = build_engine(self.model.similarity, "auto", text=sample,
-                                            frames=first["frames"].float(), mask=first["mask"])
+                frames, mask = first["frames"].float(), first["mask"]
+                engine = build_engine(self.model.similarity, "auto", text=sample,
+                                      frames=frames, mask=mask)
+                lacking = set(engine.prepare_videos(frames, mask).parts) - {"coarse"} - set(first)
+                if lacking:
+                    raise IndexStoreError(
+                        f"index {self.folder} stores per-video state of another kind than this "
+                        f"code reads (no {', '.join(sorted(lacking))}); run the build command "
+                        f"that made it again to write it anew (no video is encoded again)")
+                self._engine = engine
         return self._engine
 
     @torch.no_grad()
