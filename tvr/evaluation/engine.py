@@ -8,7 +8,7 @@ holding a per-pair d-dimensional tensor for more than one block of pairs:
   once per video in :meth:`SimilarityEngine.prepare_videos`;
 - per-text work (norms) once per text in :meth:`SimilarityEngine.prepare_texts`;
 - per-pair work in :meth:`SimilarityEngine.score`, for (texts x videos) blocks whose size comes
-  from ``memory_budget_bytes``: one large matrix product (texts x per-video rows) and O(F²)
+  from ``memory_budget_bytes``: two large matrix products (texts x per-video rows) and O(F²)
   arithmetic per pair.
 
 The "folded" path rewrites Psi algebraically (:mod:`tvr.evaluation.folding`; derivation in
@@ -64,9 +64,11 @@ CHECK_ITEMS = 8  # the self-check scores the first CHECK_ITEMS texts against as 
 CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-9}
 # Folded blocks: at most BLOCK_PAIRS pairs, so that a block's per-pair intermediates stay in the
 # caches (larger blocks were slower, bench/RESULTS.md §1), and, where the pairs allow, at least
-# BLOCK_VIDEOS videos, so that the per-pair matrix products keep enough rows.
+# BLOCK_VIDEOS videos, so that the per-pair matrix products keep enough rows. prepare_videos takes
+# at most PREPARE_VIDEOS videos at a time (larger chunks were fresh, page-faulted memory each time).
 BLOCK_PAIRS = 2 ** 16
 BLOCK_VIDEOS = 16
+PREPARE_VIDEOS = 128
 
 
 class EngineCheckError(RuntimeError):
@@ -273,9 +275,8 @@ class SimilarityEngine:
         if mask.shape != frames.shape[:2]:
             raise ValueError(f"mask must be {tuple(frames.shape[:2])}, got {tuple(mask.shape)}")
         frames, mask = frames.to(self.dtype), mask.to(self.dtype)
-        n_frames = frames.shape[1]
-        per_video = self._itemsize * d * 16 * (n_frames + 2)
-        step = max(1, self.memory_budget_bytes // per_video)
+        per_video = self._itemsize * d * 16 * (frames.shape[1] + 2)
+        step = min(PREPARE_VIDEOS, max(1, self.memory_budget_bytes // per_video))
         with self._matmul_precision(exact=True):
             chunks = [self._prepare_video_chunk(frames[s], mask[s])
                       for s in _chunks(len(frames), step)]
@@ -312,8 +313,7 @@ class SimilarityEngine:
         """
         self._check(texts, videos)
         n_t, n_v = len(texts), len(videos)
-        n_frames = videos.parts["mask"].shape[1]
-        block_t, block_v = block or self.block_shape(n_t, n_v, n_frames)
+        block_t, block_v = block or self.block_shape(n_t, n_v, videos.parts["mask"].shape[1])
         device = texts.parts["text"].device
         out = torch.empty(n_t, n_v, dtype=self.dtype, device=device)
         bf16 = self.precision == "bf16" and not exact

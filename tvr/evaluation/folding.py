@@ -29,6 +29,11 @@ def centre(x: Tensor) -> Tensor:
     return x - x.mean(dim=-1, keepdim=True)
 
 
+def centre_columns(m: Tensor) -> Tensor:
+    """C m: every column of the matrix m centred (the centring C = I − 11ᵀ/d from the left)."""
+    return m - m.mean(dim=0)
+
+
 def cosine(dot: Tensor, x_sq: Tensor, y_sq: Tensor) -> Tensor:
     """(V, T) dot / (max(||x||, eps) max(||y||, eps)) -> (T, V)."""
     x_norm = torch.sqrt(x_sq.clamp_min(0)).clamp_min(NORM_EPS)
@@ -69,17 +74,16 @@ class Folding:
         """
         psi, d = self.psi, self.config.dim
         eye = torch.eye(d, dtype=psi.q_proj.weight.dtype, device=psi.q_proj.weight.device)
-        centring = eye - 1.0 / d                                            # C: x -> c(x)
         g1, b1 = psi.layer_norm1.weight, psi.layer_norm1.bias
         g2, b2 = psi.layer_norm2.weight, psi.layer_norm2.bias
         g3, b3 = psi.layer_norm3.weight, psi.layer_norm3.bias
         w_q, w_k, w_v = psi.q_proj.weight, psi.k_proj.weight, psi.v_proj.weight
         w_o, w_mu = psi.out_proj.weight, psi.mean_proj.weight
         q0 = psi.q_proj(b1)                                                  # W_q β1 + b_q
-        key_map = centring @ (g1.unsqueeze(1) * w_q.T) @ w_k
-        key_shift = centring @ (g1 * (w_q.T @ psi.k_proj.bias))
-        u_map, u_shift = centring @ w_o @ w_v, centring @ psi.out_proj(psi.v_proj.bias)
-        to_z = centring @ (eye + psi.linear1.weight) * g2                   # C (I + W_1) diag(γ2)
+        key_map = centre_columns((g1.unsqueeze(1) * w_q.T) @ w_k)
+        key_shift = centre(g1 * (w_q.T @ psi.k_proj.bias))
+        u_map, u_shift = centre_columns(w_o @ w_v), centre(psi.out_proj(psi.v_proj.bias))
+        to_z = centre_columns(eye + psi.linear1.weight) * g2                 # C (I + W_1) diag(γ2)
         z_map, z_shift = to_z @ u_map, to_z @ u_shift
         d_map, d_shift = (w_mu * g3) @ z_map, (w_mu * g3) @ z_shift
         self._maps_t = torch.cat([u_map, z_map, d_map]).T.contiguous()       # (d, 3d)
@@ -88,7 +92,7 @@ class Folding:
         self._key_delta_shifts = torch.stack([key_shift, d_shift])
         self._key_shift = key_shift
         self._kappa = (w_k.T @ q0 / math.sqrt(d), psi.k_proj.bias @ q0 / math.sqrt(d))  # κ
-        self._z0 = centring @ (b2 + psi.linear1(b2))                         # z0 = c(y0)
+        self._z0 = centre(b2 + psi.linear1(b2))                              # z0 = c(y0)
         self._z0_sq = self._z0.square().sum()
         self._delta_consts = torch.stack([(w_mu * g3) @ self._z0,            # e
                                           psi.mean_proj(b3)])               # δ0
@@ -129,51 +133,46 @@ class Folding:
 
     def text_block(self, t: dict[str, Tensor]) -> dict[str, Tensor]:
         """A block of prepared texts with what :meth:`score` reads per text, computed once per
-        block of texts: the rows of :meth:`pair_dots`'s product (``text_rows``: (T, d), the
-        texts over the pooling temperature, then, with a Psi, per map A (A_K, A_D: the key and
-        Δ maps of LN1(f), shifts a_K, a_D) γ1 ⊙ Aᵀt: (3T, d)) and, with a Psi, its correction
-        (``extra_rows`` (2T, 2 or 3): −Σ(γ1 ⊙ Aᵀt), a·t + β1·(Aᵀt) and, psi_query "gap", −1
-        for the key map and 0 for the Δ map) and e·t, δ0·t (``delta_t`` (2, 1, T)). The product
-        takes the rows transposed (column-major: BLAS is slow with a few row-major columns)."""
+        block of texts: the rows of :meth:`pair_dots`'s two products, ``text_rows`` (T, d) (the
+        texts over the pooling temperature) and, with a Psi, ``folded_rows`` (2T, d): γ1 ⊙ Aᵀt
+        per map A (A_K, A_D: the key and Δ maps of LN1(f), shifts a_K, a_D); and e·t, δ0·t and
+        the Δ map's constant a_D·t + β1·(A_Dᵀt) (``delta_t`` (3, 1, T)). The products take the
+        rows transposed (column-major: BLAS is slow with a few row-major columns)."""
         psi, text = self.psi, t["text"]
         over_temp = text / self.config.temp
         if psi is None:
             return dict(t, text_rows=over_temp)
         pulled = text @ self._key_delta_maps                                 # (2, T, d): Aᵀ t
-        scaled = pulled * psi.layer_norm1.weight
-        consts = pulled @ psi.layer_norm1.bias + self._key_delta_shifts @ text.T
-        extra = [-scaled.sum(-1), consts]
-        if self.config.psi_query == "gap":
-            extra.append(torch.tensor([[-1.0], [0.0]], dtype=text.dtype,
-                                      device=text.device).expand_as(consts))
-        return dict(t, text_rows=torch.cat([over_temp, scaled.flatten(0, 1)]),
-                    extra_rows=torch.stack(extra, -1).flatten(0, 1),
-                    delta_t=(text @ self._delta_consts.T).T.unsqueeze(1))
+        delta_shift = pulled[1] @ psi.layer_norm1.bias + text @ self._key_delta_shifts[1]
+        delta_t = torch.cat([text @ self._delta_consts.T, delta_shift.unsqueeze(1)], 1)
+        return dict(t, text_rows=over_temp, delta_t=delta_t.T.unsqueeze(1),
+                    folded_rows=(pulled * psi.layer_norm1.weight).flatten(0, 1))
 
     def pair_dots(self, v: dict[str, Tensor], t: dict[str, Tensor],
                   bf16: bool) -> tuple[Tensor, ...]:
-        """(V, F, T) products t_a·f_bk / temp and, with a Psi, c(K~_bk)·t_a (minus α_bk for
-        psi_query "gap") and D_bk·t_a, and the (V, T) products c(m_b)·t_a / temp (psi_query
-        "gap", else None), from one product of the frames with :meth:`text_block`'s rows
-        (``bf16``: with bf16 operands): the key and Δ parts, plus [mean(f), σ(f) (, σ(f)
-        α_bk)] times the extra rows, times 1/σ(f), are l·u = ((γ1 ⊙ u)·f − mean(f) Σ(γ1 ⊙
-        u)) / σ(f) + β1·u for l = LN1(f); and c(m_b)·t = mean_k (f_bk·t − d mean(t)
-        mean(f_bk)). Exact algebra."""
+        """(V, F, T) products t_a·f_bk / temp and, with a Psi, c(K~_bk)·t_a up to a constant
+        per text (minus α_bk for psi_query "gap") and D_bk·t_a − a_D·t_a − β1·(A_Dᵀt_a), and
+        the (V, T) products c(m_b)·t_a / temp (psi_query "gap", else None), from two products
+        with :meth:`text_block`'s rows (``bf16``: with bf16 operands): the frames with
+        ``text_rows``, and the normalised frames (f − mean(f)) / σ(f) with ``folded_rows``:
+        l·u = ((f − mean(f)) / σ(f))·(γ1 ⊙ u) + β1·u for l = LN1(f). The constants left out
+        are the same for every frame of a pair: the attention softmax ignores the key's, and
+        :meth:`score` adds the Δ map's after the attention sum. c(m_b)·t = mean_k (f_bk·t −
+        d mean(t) mean(f_bk)). Exact algebra."""
         frames, text_rows = v["frames"], t["text_rows"]
-        (n_v, n_frames, d), n_t = frames.shape, len(t["text"])
-        dots = _product(frames.flatten(0, 1), text_rows.T, bf16)           # (V·F, T or 3T)
-        text_dots = dots[:, :n_t].unflatten(0, (n_v, n_frames))
+        (n_v, n_frames, d), n_t = frames.shape, len(text_rows)
+        text_dots = _product(frames.flatten(0, 1), text_rows.T, bf16).view(n_v, n_frames, n_t)
         if self.psi is None:
             return (text_dots,)
-        inv = v["ln_inv"]
-        extra, gap = [v["ln_mean"], 1 / inv], None
+        mean = v["ln_mean"].unsqueeze(-1)
+        normalised = (frames - mean).mul_(v["ln_inv"].unsqueeze(-1))
+        folded = _product(normalised.flatten(0, 1), t["folded_rows"].T, bf16)
+        key, delta = folded.view(n_v, n_frames, 2, n_t).unbind(2)
+        gap = None
         if self.config.psi_query == "gap":
-            extra.append(v["key_gap"] / inv)
-            gap = (text_dots.mean(1)
-                   - d * text_rows[:n_t].mean(-1) * v["ln_mean"].mean(1, keepdim=True))
-        folded = dots[:, n_t:].addmm_(torch.stack(extra, -1).flatten(0, 1), t["extra_rows"].T)
-        folded = folded.view(n_v, n_frames, 2, n_t).mul_(inv[..., None, None])
-        return text_dots, folded[:, :, 0], folded[:, :, 1], gap
+            key.sub_(v["key_gap"].unsqueeze(-1))
+            gap = text_dots.mean(1) - d * text_rows.mean(-1) * mean.mean(1)
+        return text_dots, key, delta, gap
 
     def score(self, t: dict[str, Tensor], v: dict[str, Tensor], bf16: bool) -> Tensor:
         """One block, (T, V), of texts ``t`` (:meth:`text_block`) and videos ``v``. Pair tensors
@@ -181,11 +180,14 @@ class Folding:
         products take bf16 operands."""
         cfg, n_frames = self.config, v["mask"].shape[1]
         dots = self.pair_dots(v, t, bf16)
-        text_frame = dots[0]                                   # t_a · f_bk / temp
-        w = torch.softmax(text_frame, dim=1).mul_(v["mask"].unsqueeze(-1))
-        text_v = (w * text_frame).sum(1).mul_(cfg.temp)        # t_a · v_ab
-        by_w = torch.bmm(v["w_forms"], w)                      # Φ_b w_ab, C_b w_ab
-        v_sq = (w * by_w[:, :n_frames]).sum(1)                 # ||v_ab||²
+        text_frame, mask = dots[0], v["mask"]                  # t_a · f_bk / temp
+        pooled = torch.softmax(text_frame, dim=1)              # w_ab before the mask
+        text_v = torch.bmm(mask.unsqueeze(1), text_frame.mul_(pooled)).squeeze(1)
+        text_v.mul_(cfg.temp)                                  # t_a · v_ab
+        forms = v["w_forms"] * mask.unsqueeze(1)               # the mask moved into Φ_b, C_b
+        forms[:, :n_frames] *= mask.unsqueeze(-1)
+        by_w = torch.bmm(forms, pooled)                        # Φ_b w_ab, C_b w_ab
+        v_sq = by_w[:, :n_frames].mul_(pooled).sum(1)          # ||v_ab||²
         text_sq = t["sq_norm"].unsqueeze(0)
         if self.psi is None:
             return cosine(text_v, text_sq, v_sq)
@@ -206,12 +208,12 @@ class Folding:
         if gap_dot is None:                                    # psi_query "text"
             centred_sq = t["centred_sq_norm"]
             scale = 1.0 / (math.sqrt(d) * torch.sqrt(centred_sq / d + psi.layer_norm1.eps))
-            return torch.addcmul(key_bias, key_text, scale)
+            return torch.addcmul(key_bias, key_text, scale, out=key_text)
         gap_sq = (v["mean_sq"].unsqueeze(-1) - 2 * self.config.temp * gap_dot
                   + t["centred_sq_norm"].unsqueeze(0)).clamp_min(0)
         scale = -self.config.gap_sign / (math.sqrt(d)
                                          * torch.sqrt(gap_sq / d + psi.layer_norm1.eps))
-        return torch.addcmul(key_bias, key_text, scale.unsqueeze(1))
+        return torch.addcmul(key_bias, key_text, scale.unsqueeze(1), out=key_text)
 
     def _delta_products(self, t: dict[str, Tensor], v: dict[str, Tensor], attn: Tensor,
                         delta_text: Tensor, delta_w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -219,15 +221,15 @@ class Folding:
         (s = 1/(σ2 σ3)): one batched product of ``a_forms`` with the attention, §3."""
         d, psi, n_frames = self.config.dim, self.psi, attn.shape[1]
         by_a = torch.bmm(v["a_forms"], attn)                   # (V, 3F + 3, T)
-        quad = (by_a[:, :3 * n_frames].unflatten(1, (3, n_frames)) * attn.unsqueeze(1)).sum(2)
+        quad = by_a[:, :3 * n_frames].unflatten(1, (3, n_frames)).mul_(attn.unsqueeze(1)).sum(2)
         h_a, de_a, dd_a = by_a[:, 3 * n_frames:].unbind(1)     # h·a, (D e)·a, (D δ0)·a
         inv2 = torch.rsqrt(quad[:, 0] / d + psi.layer_norm2.eps)
         y_sq = quad[:, 1] * inv2.square() + 2 * inv2 * h_a + self._z0_sq
         inv3 = torch.rsqrt(y_sq.clamp_min(0) / d + psi.layer_norm3.eps)
         s = inv2 * inv3
-        e_t, d0_t = t["delta_t"]                               # e·t_a, δ0·t_a (1, T)
-        text_delta = s * (attn * delta_text).sum(1) + inv3 * e_t + d0_t
-        delta_v = s * (attn * delta_w[:, :n_frames]).sum(1) + inv3 * delta_w[:, -2] + delta_w[:, -1]
+        e_t, d0_t, shift_t = t["delta_t"]                      # e·t_a, δ0·t_a, (1, T)
+        text_delta = s * (delta_text.mul_(attn).sum(1) + shift_t) + inv3 * e_t + d0_t
+        delta_v = s * delta_w[:, :n_frames].mul_(attn).sum(1) + inv3 * delta_w[:, -2] + delta_w[:, -1]
         (ee, ed), (_, dd) = self._consts_gram
         delta_sq = (s.square() * quad[:, 2] + 2 * s * (inv3 * de_a + dd_a)
                     + inv3.square() * ee + 2 * inv3 * ed + dd)
@@ -237,3 +239,4 @@ class Folding:
 def _product(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
     """a @ b, with bf16 operands (result in a's dtype) when ``bf16``."""
     return (a.bfloat16() @ b.bfloat16()).to(a.dtype) if bf16 else a @ b
+
