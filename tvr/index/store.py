@@ -43,12 +43,10 @@ file a manifest names, so a search opening the index during a build reads the ol
 new one, both whole; the videos the stage-1 index does not hold yet are searched exactly. Not
 during ``--rebuild``, which deletes the folder first.
 
-An index of an older format (version 1 recorded no real paths, version 2 loaded whole float32
-``.pt`` shards) is refused in one line that says to rebuild it with ``--rebuild``. Version 3
-(the entries in manifest.json, the fields of the shards' records packed, one stage-1 vector a
-video) is converted by a build without encoding any video again (``Manifest.load(convert=True)``:
-the next save writes the table; :func:`restage` lays the records out aligned and writes the
-stage-1 vectors); a search refuses it in one line that says to run the build.
+Versions 1 and 2 are refused in one line that says to rebuild with ``--rebuild``. A build
+converts version 3 (entries in manifest.json, another per-video state, one stage-1 vector a
+video) without encoding again (``Manifest.load(convert=True)``, :func:`restage`); a search
+refuses it in one line that says to run the build.
 """
 from __future__ import annotations
 
