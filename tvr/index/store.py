@@ -231,11 +231,6 @@ def _row_bytes(array: np.ndarray) -> Tensor:
     return torch.from_numpy(rows.view(f"<i{word}" if word > 1 else np.uint8))
 
 
-def video_id(shard: int, row: int) -> int:
-    """A video's stage-1 id: its shard and row (row order within a shard is gallery order)."""
-    return shard << 32 | row
-
-
 class StoredVideos:
     """The videos a manifest lists, in gallery order (by shard, then row), their shards
     memory-mapped: :meth:`parts` reads the records of the rows asked for, nothing else."""
