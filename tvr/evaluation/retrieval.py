@@ -72,7 +72,7 @@ class MaxInnerProduct:
         return self.top(text / text.norm(dim=-1, keepdim=True).clamp_min(1e-12), k)[1]
 
 
-def per_video(vectors: Tensor) -> Tensor:
+def by_video(vectors: Tensor) -> Tensor:
     """Stage-1 vectors as (N, S, d): one (N, d) vector per video is S = 1."""
     return vectors.unsqueeze(1) if vectors.dim() == 2 else vectors
 
@@ -108,7 +108,7 @@ class Stage1Search(MaxInnerProduct):
         if backend not in ("faiss", "torch"):
             raise ValueError(f"stage-1 backend must be auto, faiss or torch, got {backend!r}")
         self.backend, self.block = backend, block
-        self.vectors = per_video(vectors).float().contiguous()
+        self.vectors = by_video(vectors).float().contiguous()
         self.per_video = self.vectors.shape[1]
         if backend == "faiss":
             import faiss
@@ -165,7 +165,7 @@ def stage1_recall(search: MaxInnerProduct, vectors: Tensor, k: int, queries: int
     """Share of the exact top-``k`` videos (by :class:`Stage1Search` over ``vectors``, the
     gallery's stage-1 vectors in gallery order) that ``search`` finds, for ``queries`` of the
     gallery's own first vectors (their means), drawn at random, as queries."""
-    vectors = per_video(vectors)
+    vectors = by_video(vectors)
     picked = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(seed))
     asked = vectors[picked[:queries], 0].float()
     exact = Stage1Search(vectors, "torch").top(asked, k)[1]

@@ -30,7 +30,7 @@ from tvr.evaluation.engine import SimilarityEngine, build_engine
 from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
 from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, open_gallery,
-                             thumbnail_dir)
+                             stored_parts, thumbnail_dir)
 from tvr.index.table import VideoTable
 from tvr.index.zero_shot import ZERO_SHOT, MeanCosine, ZeroShotCLIP, describe, load_zero_shot
 from tvr.models.gare import GARE
@@ -160,7 +160,7 @@ class VideoIndex:
                 frames, mask = first["frames"].float(), first["mask"]
                 engine = build_engine(self.model.similarity, "auto", text=sample,
                                       frames=frames, mask=mask)
-                lacking = set(engine.prepare_videos(frames, mask).parts) - {"coarse"} - set(first)
+                lacking = set(stored_parts(engine, frames, mask)) - set(first)
                 if lacking:
                     raise IndexStoreError(
                         f"index {self.folder} stores per-video state of another kind than this "

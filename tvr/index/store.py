@@ -191,6 +191,13 @@ def _record_dtype(parts: dict[str, Tensor]) -> np.dtype:
                      for name, value in parts.items()], align=True)
 
 
+def stored_parts(engine: Scorer, frames: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """What a shard records of each video: ``engine``'s prepared state but its mean frame."""
+    parts = engine.prepare_videos(frames, mask).parts
+    del parts["coarse"]
+    return parts
+
+
 def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
                 frames: Tensor, mask: Tensor, stage1_frames: int) -> None:
     """Write shard number ``shard`` of ``frames`` (n, F, d) and ``mask`` (n, F): the frames
@@ -200,8 +207,7 @@ def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
     and ``stage1_frames`` frames of each video (:func:`~tvr.evaluation.engine.stage1_vectors`).
     Never over a shard a manifest names (module docstring)."""
     rounded = frames.detach().cpu().half().float()
-    parts = engine.prepare_videos(rounded, mask.cpu()).parts
-    del parts["coarse"]
+    parts = stored_parts(engine, rounded, mask.cpu())
     coarse = stage1_vectors(rounded, mask.cpu(), stage1_frames)
     records = np.empty(len(rounded), _record_dtype(parts))
     for name, value in parts.items():
@@ -286,17 +292,15 @@ def restage(folder: str | os.PathLike, manifest: Manifest, engine: Scorer,
     """Write again, from the frames it keeps, every shard whose records are not those
     ``engine`` computes now (format 3's: other fields, packed) or whose stage-1 vectors are not
     (n, 1 + ``stage1_frames``, d) (format 3's one mean a video, or another ``--stage1_frames``),
-    through :func:`write_shard`; the stage-1 index is then trained anew (:func:`update_stage1`).
-    Each file is replaced atomically, by a build (which holds the folder's lock). Returns how
-    many shards were written."""
+    through :func:`write_shard`, atomically, by a build (holding the folder's lock); the stage-1
+    index is then trained anew (:func:`update_stage1`). Returns how many shards were written."""
     rewritten, layout = 0, None
     for shard in StoredVideos(folder, manifest).records:
         records = read_shard(folder, shard)
         frames = torch.from_numpy(np.ascontiguousarray(records["frames"])).float()
         mask = torch.from_numpy(np.ascontiguousarray(records["mask"])).float()
         if layout is None:
-            parts = engine.prepare_videos(frames[:1], mask[:1]).parts
-            layout = _record_dtype({k: v for k, v in parts.items() if k != "coarse"})
+            layout = _record_dtype(stored_parts(engine, frames[:1], mask[:1]))
         if records.dtype == layout and \
                 read_shard(folder, shard, "coarse").shape[1:-1] == (1 + stage1_frames,):
             continue
