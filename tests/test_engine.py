@@ -55,13 +55,14 @@ def sample(x: dict) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("overrides", FOLDED, ids=name)
 def test_folded_equals_naive(overrides: dict, dtype: torch.dtype) -> None:
     model = trained(SimilarityConfig(dim=24, **overrides), dtype)
-    x = inputs(b_t=7, b_v=9, n_frames=5, dim=24, dtype=dtype)
+    x = inputs(b_t=13, b_v=9, n_frames=5, dim=24, dtype=dtype)
     reference = naive_scores(model, x)
     engine = SimilarityEngine(model, precision=PRECISION[dtype])
     assert engine.method == "folded" and engine.fallback_reason is None
-    for block in [None, (1, 1), (2, 3), (7, 4), (3, 9), (100, 100)]:
+    # blocks of fewer than d / 2 texts fold LN1 into the products, larger ones into the frames
+    for block in [None, (1, 1), (2, 3), (7, 4), (3, 9), (12, 2), (13, 9), (100, 100)]:
         scores = run_engine(engine, x, block)
-        assert scores.shape == (7, 9) and scores.dtype == dtype
+        assert scores.shape == (13, 9) and scores.dtype == dtype
         torch.testing.assert_close(scores, reference, atol=TOL[dtype], rtol=0)
 
 

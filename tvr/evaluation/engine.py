@@ -8,7 +8,7 @@ holding a per-pair d-dimensional tensor for more than one block of pairs:
   once per video in :meth:`SimilarityEngine.prepare_videos`;
 - per-text work (norms) once per text in :meth:`SimilarityEngine.prepare_texts`;
 - per-pair work in :meth:`SimilarityEngine.score`, for (texts x videos) blocks whose size comes
-  from ``memory_budget_bytes``: two large matrix products (texts x per-video rows) and O(F²)
+  from ``memory_budget_bytes``: one or two large matrix products (texts x frames) and O(F²)
   arithmetic per pair.
 
 The "folded" path rewrites Psi algebraically (:mod:`tvr.evaluation.folding`; derivation in

@@ -133,7 +133,7 @@ class Folding:
 
     def text_block(self, t: dict[str, Tensor]) -> dict[str, Tensor]:
         """A block of prepared texts with what :meth:`score` reads per text, computed once per
-        block of texts: the rows of :meth:`pair_dots`'s two products, ``text_rows`` (T, d) (the
+        block of texts: the rows of :meth:`pair_dots`'s products, ``text_rows`` (T, d) (the
         texts over the pooling temperature) and, with a Psi, ``folded_rows`` (2T, d): γ1 ⊙ Aᵀt
         per map A (A_K, A_D: the key and Δ maps of LN1(f), shifts a_K, a_D); and e·t, δ0·t and
         the Δ map's constant a_D·t + β1·(A_Dᵀt) (``delta_t`` (3, 1, T)). The products take the
@@ -152,21 +152,29 @@ class Folding:
                   bf16: bool) -> tuple[Tensor, ...]:
         """(V, F, T) products t_a·f_bk / temp and, with a Psi, c(K~_bk)·t_a up to a constant
         per text (minus α_bk for psi_query "gap") and D_bk·t_a − a_D·t_a − β1·(A_Dᵀt_a), and
-        the (V, T) products c(m_b)·t_a / temp (psi_query "gap", else None), from two products
-        with :meth:`text_block`'s rows (``bf16``: with bf16 operands): the frames with
-        ``text_rows``, and the normalised frames (f − mean(f)) / σ(f) with ``folded_rows``:
-        l·u = ((f − mean(f)) / σ(f))·(γ1 ⊙ u) + β1·u for l = LN1(f). The constants left out
-        are the same for every frame of a pair: the attention softmax ignores the key's, and
-        :meth:`score` adds the Δ map's after the attention sum. c(m_b)·t = mean_k (f_bk·t −
-        d mean(t) mean(f_bk)). Exact algebra."""
+        the (V, T) products c(m_b)·t_a / temp (psi_query "gap", else None), from products of
+        the frames with :meth:`text_block`'s rows (``bf16``: with bf16 operands):
+        l·u = ((f − mean(f)) / σ(f))·(γ1 ⊙ u) + β1·u for l = LN1(f), the normalisation applied
+        on the smaller side: to the frames for a block of d / 2 texts or more (evaluation; a
+        second product with ``folded_rows``), else to the products of the frames themselves
+        with ``text_rows`` and ``folded_rows`` (a search: one product, no copy of the
+        frames). The constants left out are the same for every frame of a pair: the attention
+        softmax ignores the key's, and :meth:`score` adds the Δ map's after the attention sum.
+        c(m_b)·t = mean_k (f_bk·t − d mean(t) mean(f_bk)). Exact algebra."""
         frames, text_rows = v["frames"], t["text_rows"]
         (n_v, n_frames, d), n_t = frames.shape, len(text_rows)
-        text_dots = _product(frames.flatten(0, 1), text_rows.T, bf16).view(n_v, n_frames, n_t)
+        flat = frames.flatten(0, 1)
         if self.psi is None:
-            return (text_dots,)
-        mean = v["ln_mean"].unsqueeze(-1)
-        normalised = (frames - mean).mul_(v["ln_inv"].unsqueeze(-1))
-        folded = _product(normalised.flatten(0, 1), t["folded_rows"].T, bf16)
+            return (_product(flat, text_rows.T, bf16).view(n_v, n_frames, n_t),)
+        mean, inv, rows = v["ln_mean"].unsqueeze(-1), v["ln_inv"].unsqueeze(-1), t["folded_rows"]
+        if 2 * n_t < d:  # few texts (a search): the LN1 fold on the products, one product
+            both = _product(flat, torch.cat([text_rows, rows]).T, bf16)
+            text_dots = both[:, :n_t].view(n_v, n_frames, n_t)
+            folded = both[:, n_t:].view(n_v, n_frames, 2 * n_t).sub_(mean * rows.sum(-1)).mul_(inv)
+        else:  # many texts: on the frames, smaller than the products
+            text_dots = _product(flat, text_rows.T, bf16).view(n_v, n_frames, n_t)
+            normalised = (frames - mean).mul_(inv).flatten(0, 1)
+            folded = _product(normalised, rows.T, bf16).view(n_v, n_frames, 2 * n_t)
         key, delta = folded.view(n_v, n_frames, 2, n_t).unbind(2)
         gap = None
         if self.config.psi_query == "gap":
