@@ -32,9 +32,9 @@ import numpy as np
 
 from bench.bench_index import memory
 from bench.common import GiB, machine
-from tvr.index.store import Manifest, file_sha256, open_gallery, shard_path, update_stage1
+from tvr.index.store import Manifest, open_gallery, shard_path, update_stage1
 from tvr.index.table import Entry
-from tvr.storage import atomic_write
+from tvr.storage import atomic_write, file_sha256
 
 
 def generate(options: argparse.Namespace) -> dict:

@@ -24,7 +24,7 @@ import torch
 from tvr.data.toy import make_toy_dataset
 from tvr.index.build import build_index, load_checkpoint_model
 from tvr.index.config import BuildConfig
-from tvr.index.store import file_sha256
+from tvr.storage import file_sha256
 from tvr.data.config import SamplingConfig
 from tvr.models.config import CLIP_CONFIGS, ModelConfig
 from tvr.models.factory import create_model

@@ -73,6 +73,24 @@ def test_stored_gallery_scores_as_the_engine_and_k_of_all_is_exhaustive(store):
     assert torch.equal(again.best, first.best) and torch.equal(again.scores, first.scores)
 
 
+def test_the_records_of_every_candidate_are_asked_for_before_any_is_copied(store, monkeypatch):
+    """A search reads its candidates' records from the page cache or, all at once, from disk:
+    each shard is asked for the rows of it that the search reads, before the first copy."""
+    folder, manifest, _, _ = store
+    update_stage1(folder, manifest, exact_max=10**6, k=50)
+    videos = open_gallery(folder, manifest).videos
+    asked, copied = [], []
+    for shard, mapped in videos.records.items():
+        monkeypatch.setattr(mapped, "read_ahead", lambda rows, shard=shard: asked.append(
+            (shard, sorted(np.asarray(rows).tolist()))))
+    gather = torch.index_select
+    monkeypatch.setattr(torch, "index_select", lambda *args, **kwargs: (
+        copied.append(len(asked)), gather(*args, **kwargs))[1])
+    videos.parts(torch.tensor([599, 3, 250, 3, 120]))
+    assert sorted(asked) == [(0, [3, 3]), (1, [20]), (2, [50]), (5, [99])]
+    assert copied and min(copied) == len(asked)  # every shard asked before the first copy
+
+
 def test_records_are_aligned_and_read_as_views(tmp_path):
     """Six frames (the demo's): packed, the float32 fields of a record would fall off 4-byte
     boundaries; aligned, every field of the rows asked for is a view of one gathered copy."""
@@ -81,7 +99,7 @@ def test_records_are_aligned_and_read_as_views(tmp_path):
     add_shard(tmp_path, manifest, engine, 0, torch.Generator().manual_seed(0), count=6)
     update_stage1(tmp_path, manifest, exact_max=10**6, k=50)
     gallery = open_gallery(tmp_path, manifest)
-    dtype = gallery.videos.records[0].dtype
+    dtype = gallery.videos.records[0].array.dtype
     assert all(offset % field.base.itemsize == 0 for field, offset in dtype.fields.values())
     assert dtype.itemsize % 4 == 0
     stored = gallery.videos.parts(torch.tensor([7, 2]))

@@ -1,19 +1,21 @@
 """tvr.storage: atomic writes, versioned manifests and the mismatch check every store uses; one
 writer per store, and the temporary files of killed writes removed."""
 import json
+import mmap
 import os
 import socket
 import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tvr.storage import (ConfigMismatchError, StoreBusyError, atomic_save, atomic_write,
-                         atomic_write_json, differences, read_manifest,
+from tvr.storage import (ConfigMismatchError, MappedNpy, StoreBusyError, atomic_save,
+                         atomic_write, atomic_write_json, differences, read_manifest,
                          remove_stale_temporaries, require_same, writer_lock)
 
 
@@ -187,3 +189,65 @@ def test_the_lock_holder_removes_every_temporary_file(tmp_path):
     leftover.write_bytes(b"half")
     with writer_lock(tmp_path / "store", ""):
         assert os.listdir(tmp_path / "store") == ["a.bin"]
+
+
+RECORD = np.dtype([("frames", "<f2", (3, 5)), ("mask", "u1", (3,)), ("gram", "<f4", (2, 2))],
+                  align=True)
+
+
+def _records(n: int) -> np.ndarray:
+    records = np.zeros(n, RECORD)
+    records["frames"] = np.arange(n * 15).reshape(n, 3, 5) / 7
+    records["mask"] = np.arange(n * 3).reshape(n, 3) % 2
+    records["gram"] = np.arange(n * 4).reshape(n, 2, 2) - 3.5
+    return records
+
+
+@pytest.mark.parametrize("array", [_records(40), _records(0), np.arange(24.).reshape(2, 3, 4),
+                                   np.asfortranarray(np.arange(12).reshape(3, 4))],
+                         ids=["records", "empty", "float64", "fortran"])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_a_mapped_npy_file_is_the_array_np_load_reads(tmp_path, array, version):
+    path = tmp_path / "a.npy"
+    with open(path, "wb") as file:
+        np.lib.format.write_array(file, array, version=version)
+    mapped = MappedNpy(path)
+    assert mapped.array.dtype == array.dtype and mapped.array.shape == array.shape
+    assert np.array_equal(mapped.array, np.load(path))
+    mapped.array[...] = 0  # copy-on-write: the file keeps its bytes
+    assert np.array_equal(np.load(path), array)
+
+
+def test_a_mapped_npy_file_of_objects_or_not_npy_is_refused(tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("not an array")
+    with pytest.raises(ValueError, match="objects"):
+        MappedNpy(tmp_path / "objects.npy")
+    with pytest.raises(ValueError):
+        MappedNpy(tmp_path / "text.npy")
+
+
+class _Advice:
+    """Stands for a mapped file's map: records what is asked of madvise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+
+    def madvise(self, option: int, start: int, length: int) -> None:
+        self.calls.append((option, start, length))
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_WILLNEED"), reason="no madvise here")
+def test_read_ahead_asks_for_exactly_the_pages_of_each_row(tmp_path):
+    np.save(tmp_path / "r.npy", _records(1000))
+    mapped = MappedNpy(tmp_path / "r.npy")
+    mapped._map = advice = _Advice()
+    ends = mapped.offset + np.arange(1, 1001) * RECORD.itemsize  # 52-byte rows
+    straddling = int(np.flatnonzero(ends % mmap.PAGESIZE < RECORD.itemsize)[0])  # two pages
+    rows = [0, 1, straddling, straddling + 1, 999]
+    mapped.read_ahead(np.array(rows))
+    assert [option for option, _, _ in advice.calls] == [mmap.MADV_WILLNEED] * len(rows)
+    for row, (_, start, length) in zip(rows, advice.calls):
+        first = mapped.offset + row * RECORD.itemsize
+        assert start % mmap.PAGESIZE == 0 and start <= first < start + mmap.PAGESIZE
+        assert start + length == first + RECORD.itemsize

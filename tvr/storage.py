@@ -25,14 +25,20 @@ A write killed mid-way leaves its temporary file (``.<name>.<pid>.tmp``);
 :func:`remove_stale_temporaries` removes those when the store is next opened for writing.
 POSIX only (``fcntl``, ``os.kill``), as the rest of the project.
 
+Stores read large ``.npy`` files through :class:`MappedNpy`: memory-mapped, and able to read
+the rows a reader is about to use ahead, all at once.
+
 This module is the bottom layer of ``tvr``: it imports only the standard library, and torch
-when :func:`atomic_save` writes a file, so that the command lines name its errors without it.
+when :func:`atomic_save` writes a file (numpy when :class:`MappedNpy` maps one), so that the
+command lines name its errors without them.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import mmap
 import os
 import re
 import socket
@@ -83,6 +89,15 @@ def atomic_write_json(path: PathLike, value: Any, pretty: bool = False) -> Path:
     item a line (indent 1) and keys sorted, else compact in the given order."""
     text = json.dumps(value, indent=1, sort_keys=True) if pretty else json.dumps(value)
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def file_sha256(path: PathLike, chunk: int = 2**22) -> str:
+    """The sha256 of a file's bytes, read ``chunk`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -203,3 +218,49 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class MappedNpy:
+    """The array of a ``.npy`` file, memory-mapped copy-on-write, as ``np.load(path,
+    mmap_mode="c", allow_pickle=False)`` reads it (nothing is read until used; an array of Python
+    objects is refused: no file runs code), whose rows can be read ahead (:meth:`read_ahead`).
+
+    Why not ``np.load``: a page fault on a mapped file that is not in the page cache reads the
+    device's whole read-ahead window around the page (``read_ahead_kb``: 8 MiB on the machine of
+    bench/RESULTS.md §4), one fault at a time, so rows scattered over a large file cost a
+    read of megabytes each. :meth:`read_ahead` asks the kernel for exactly the pages of the rows
+    (``madvise(MADV_WILLNEED)``, numpy's memmap does not expose its map), all at once; the reads
+    then go to the device together and the copy that follows finds the pages in the cache.
+    Raises OSError or ValueError for a file that cannot be read as such an array.
+    """
+
+    def __init__(self, path: PathLike):
+        import numpy as np
+        form = np.lib.format
+        with open(path, "rb") as file:
+            version = form.read_magic(file)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} is not read")
+            read_header = form.read_array_header_1_0 if version == (1, 0) else \
+                form.read_array_header_2_0
+            shape, fortran, dtype = read_header(file)
+            if dtype.hasobject:
+                raise ValueError("an array of Python objects, which is not read")
+            self.offset = file.tell()
+            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.array = np.ndarray(shape, dtype, buffer=self._map, offset=self.offset,
+                                order="F" if fortran else "C")
+
+    def read_ahead(self, rows: Any) -> None:
+        """Start reading the pages of ``rows`` (indices along the first axis, a sequence or
+        numpy array) into the page cache without waiting for them; pages already cached cost
+        a look-up (about a microsecond a row). Nothing to do for an array whose rows are not
+        contiguous, or where the system has no ``madvise``."""
+        if not hasattr(mmap, "MADV_WILLNEED") or not self.array.flags.c_contiguous:
+            return
+        import numpy as np
+        row_bytes = self.array.itemsize * (self.array.size // max(1, len(self.array)))
+        starts = self.offset + np.asarray(rows, dtype=np.int64) * row_bytes
+        pages = starts - starts % mmap.PAGESIZE
+        for start, length in zip(pages.tolist(), (starts + row_bytes - pages).tolist()):
+            self._map.madvise(mmap.MADV_WILLNEED, start, length)

@@ -42,13 +42,13 @@ from tvr.evaluation.retrieval import Scorer
 from tvr.index.config import DEFAULT_K, BuildConfig
 from tvr.index.shares import merge_shares, on_main, share_home, share_manifest
 from tvr.index.store import (CONVERTIBLE, FORMAT_VERSION, MANIFEST, Failure, IndexStoreError,
-                             Manifest, file_sha256, thumbnail_dir, update_stage1,
+                             Manifest, thumbnail_dir, update_stage1,
                              restage, write_shard)
 from tvr.index.table import Entry, VideoFile, walk_videos
 from tvr.index.zero_shot import (ZERO_SHOT, MeanCosine, ZeroShotCLIP, calibrate_nonsense,
                                  load_zero_shot)
 from tvr.models.gare import GARE
-from tvr.storage import require_same, writer_lock
+from tvr.storage import file_sha256, require_same, writer_lock
 from tvr.training.checkpoint import CheckpointError, code_version, load_model, sampling_of
 from tvr.training.distributed import DistContext
 

@@ -29,12 +29,13 @@ from tvr.evaluation.encode import encode_sentences
 from tvr.evaluation.engine import SimilarityEngine, build_engine
 from tvr.evaluation.retrieval import Gallery
 from tvr.index.build import load_checkpoint_model
-from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, file_sha256, open_gallery,
+from tvr.index.store import (MANIFEST, IndexStoreError, Manifest, open_gallery,
                              stored_parts, thumbnail_dir)
 from tvr.index.table import VideoTable
 from tvr.index.zero_shot import ZERO_SHOT, MeanCosine, ZeroShotCLIP, describe, load_zero_shot
 from tvr.models.gare import GARE
 from tvr.models.tokenizer import ClipTokenizer
+from tvr.storage import file_sha256
 
 
 class Hit(NamedTuple):

@@ -9,8 +9,8 @@ An index is a folder::
     stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
     thumbs/<key>/<k>.jpg        one small JPEG per sampled frame of each video (the web page)
 
-A shard's records (a numpy structured array, read with ``np.load(mmap_mode="c",
-allow_pickle=False)``: no file of an index runs code) hold, per video, the frame features after
+A shard's records (a numpy structured array, mapped by :class:`tvr.storage.MappedNpy`, which
+reads no Python object: no file of an index runs code) hold, per video, the frame features after
 the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the mask (uint8)
 and, in float32, the rest of the compact state the evaluation engine computes from the rounded
 frames once at build time (``SimilarityEngine.prepare_videos``, docs/evaluation_engine.md §2).
@@ -65,7 +65,7 @@ from tvr.evaluation.engine import stage1_vectors
 from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Scorer, Stage1Search,
                                       faiss_available, stage1_recall, train_ivf)
 from tvr.index.table import COLUMNS, Entry, VideoFile, VideoTable
-from tvr.storage import atomic_write, atomic_write_json, read_manifest
+from tvr.storage import MappedNpy, atomic_write, atomic_write_json, read_manifest
 
 # 2: each file's real path and whether a link led there; 3: memory-mapped .npy shards with
 # float16 frames and the compact per-video state, a trained stage-1 index; 4: the entries in a
@@ -217,13 +217,13 @@ def write_shard(folder: str | os.PathLike, shard: int, engine: Scorer,
                      lambda f, array=array: np.save(f, array, allow_pickle=False))
 
 
-def read_shard(folder: str | os.PathLike, shard: int, kind: str = "videos") -> np.ndarray:
+def read_shard(folder: str | os.PathLike, shard: int, kind: str = "videos") -> MappedNpy:
     """A shard's records or stage-1 vectors, memory-mapped (nothing is read until used;
     copy-on-write, so that torch views it without a warning about read-only memory: nothing
-    writes to it)."""
+    writes to it), their rows readable ahead (:class:`~tvr.storage.MappedNpy`)."""
     path = shard_path(folder, shard, kind)
     try:
-        return np.load(path, mmap_mode="c", allow_pickle=False)
+        return MappedNpy(path)
     except (OSError, ValueError) as error:
         raise IndexStoreError(f"{path}: a shard of the index that cannot be read ({error}); "
                               f"rebuild the index with --rebuild") from error
@@ -254,20 +254,26 @@ class StoredVideos:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _gather(self, rows: Tensor, shard_array: Callable[[int], np.ndarray]) -> np.ndarray:
-        """The rows ``rows`` (gallery rows) of the arrays ``shard_array(shard)``, in their
-        order: per shard, one ``torch.index_select`` of the rows' bytes (in torch's threads)
-        straight into the result."""
+    def _gather(self, rows: Tensor, shard_map: Callable[[int], MappedNpy],
+                ahead: bool = False) -> np.ndarray:
+        """The rows ``rows`` (gallery rows) of the arrays ``shard_map(shard)``, in their order:
+        per shard, one ``torch.index_select`` of the rows' bytes (in torch's threads) straight
+        into the result; with ``ahead``, after asking for every shard's rows at once
+        (:meth:`~tvr.storage.MappedNpy.read_ahead`)."""
         rows = rows.cpu().numpy()
-        first = shard_array(int(self.shard_of[rows[0] if len(rows) else 0]))
+        first = shard_map(int(self.shard_of[rows[0] if len(rows) else 0])).array
         out = np.empty((len(rows), *first.shape[1:]), first.dtype)
         order = np.argsort(rows, kind="stable")
         shards = self.shard_of[rows[order]]
         starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])[:len(rows)]
+        ends = np.r_[starts[1:], len(order)]
+        groups = [(int(shards[a]), slice(a, b)) for a, b in zip(starts, ends)]
+        for shard, part in groups if ahead else ():
+            shard_map(shard).read_ahead(self.row_of[rows[order[part]]])
         target = _row_bytes(out)
-        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
-            torch.index_select(_row_bytes(shard_array(int(shards[a]))), 0,
-                               torch.from_numpy(self.row_of[rows[order[a:b]]]), out=target[a:b])
+        for shard, part in groups:
+            torch.index_select(_row_bytes(shard_map(shard).array), 0,
+                               torch.from_numpy(self.row_of[rows[order[part]]]), out=target[part])
         if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
             return out
         ordered = np.empty_like(out)
@@ -276,8 +282,9 @@ class StoredVideos:
 
     def parts(self, rows: Tensor) -> dict[str, Tensor]:
         """The stored compact state of the videos ``rows`` (frames float16, the rest float32):
-        views of the fields of the gathered records (aligned: :func:`_record_dtype`)."""
-        records = self._gather(rows, self.records.__getitem__)
+        views of the fields of the gathered records (aligned: :func:`_record_dtype`), their
+        pages asked for all at once before the copy."""
+        records = self._gather(rows, self.records.__getitem__, ahead=True)
         return {name: torch.from_numpy(records[name]) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
@@ -296,13 +303,13 @@ def restage(folder: str | os.PathLike, manifest: Manifest, engine: Scorer,
     index is then trained anew (:func:`update_stage1`). Returns how many shards were written."""
     rewritten, layout = 0, None
     for shard in StoredVideos(folder, manifest).records:
-        records = read_shard(folder, shard)
+        records = read_shard(folder, shard).array
         frames = torch.from_numpy(np.ascontiguousarray(records["frames"])).float()
         mask = torch.from_numpy(np.ascontiguousarray(records["mask"])).float()
         if layout is None:
             layout = _record_dtype(stored_parts(engine, frames[:1], mask[:1]))
         if records.dtype == layout and \
-                read_shard(folder, shard, "coarse").shape[1:-1] == (1 + stage1_frames,):
+                read_shard(folder, shard, "coarse").array.shape[1:-1] == (1 + stage1_frames,):
             continue
         write_shard(folder, shard, engine, frames, mask, stage1_frames)
         rewritten += 1
@@ -391,10 +398,3 @@ def thumbnail_dir(folder: str | os.PathLike, path: str) -> Path:
     """The folder of a video's frame thumbnails (``<k>.jpg``), keyed by a hash of its path."""
     return Path(folder) / "thumbs" / hashlib.sha1(path.encode()).hexdigest()[:16]
 
-
-def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
