@@ -13,6 +13,8 @@ search process, with whatever the page cache holds after the write):
 
 - open: ``Manifest.load`` + ``open_gallery`` (shards and IVF index memory-mapped), seconds,
   and the resident set (VmRSS) after it;
+- one sentence per call on an empty page cache (``--cold`` calls at the default K, the page
+  cache dropped before each: root only, else not measured): median and 99th percentile;
 - one sentence per call: two-stage search (``Gallery.search``: stage 1, GARE on the union of the
   candidates from their stored state, the top 10) at each ``--k``, ``--single`` calls cycling
   through the sentences: median and 99th percentile; stage 1 alone and GARE on the K
@@ -48,6 +50,7 @@ from bench.common import GiB, machine
 from bench.synthetic_index import similarity, write_index
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import faiss_available, topk_containment
+from tvr.index.config import DEFAULT_K
 from tvr.index.store import Manifest, open_gallery
 
 TOP = 10
@@ -81,6 +84,17 @@ def memory(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def drop_page_cache() -> bool:
+    """Write the page cache's clean pages out of memory (``/proc/sys/vm/drop_caches``: root,
+    Linux); False where that is not allowed."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        return False
+    return True
+
+
 def folder_of(options: argparse.Namespace) -> Path:
     return Path(options.folder) / f"bench_index_{options.n}"
 
@@ -109,6 +123,14 @@ def measure(options: argparse.Namespace) -> dict:
     engine = SimilarityEngine(similarity(options.seed))
     text = torch.from_numpy(np.load(folder / "text.npy"))
     q, times = len(text), {}
+    gallery.search(engine, text[:1], TOP, DEFAULT_K)  # warm-up (the code, not the pages)
+    cold: list[float] = []  # one sentence at a time on an empty page cache (root only)
+    while len(cold) < options.cold and drop_page_cache():
+        i = len(cold)
+        cold += timed(lambda _: gallery.search(engine, text[i % q:i % q + 1], TOP, DEFAULT_K),
+                      1, 0)
+    if cold:
+        times["cold"] = summary(cold)
     for k in sorted(options.k):
         gallery.search(engine, text[:1], TOP, k)  # warm-up
         one = timed(lambda i: gallery.search(engine, text[i % q:i % q + 1], TOP, k),
@@ -151,7 +173,8 @@ def child(phase: str, n: int, options: argparse.Namespace) -> dict:
            "--threads", str(options.threads), "--repeats", str(options.repeats),
            "--single", str(options.single), "--time_budget", str(options.time_budget),
            "--shard_size", str(options.shard_size), "--exact_max", str(options.exact_max),
-           "--containment_queries", str(options.containment_queries)]
+           "--containment_queries", str(options.containment_queries),
+           "--cold", str(options.cold)]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -185,6 +208,12 @@ def print_results(results: list[dict], ks: list[int], q: int) -> None:
                                for kind in ("all", "video", "topic"))]
             print(f"| {r['n']} | " + " | ".join(cells) + " |")
     for r in results:
+        cold = r["times"].get("cold")
+        print(f"\nN = {r['n']}: one sentence at K = {DEFAULT_K} on an empty page cache "
+              + ("(not measured: --cold 0, or not allowed to drop the page cache)" if cold is None
+                 else f"(dropped before each call): median {cold['median']:.1f} ms, p99 "
+                 f"{cold['p99']:.1f} ms ({cold['runs']})"), end="")
+    for r in results:
         again = r["times"]["again"]
         print(f"\nN = {r['n']}: one sentence at K = {ks[0]} measured again after the other "
               f"K: median {again['median']:.1f} ms, p99 {again['p99']:.1f} ms "
@@ -214,6 +243,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="batch calls timed at most")
     parser.add_argument("--time_budget", type=float, default=20.0,
                         help="no further run once the runs of a measurement took this long (s)")
+    parser.add_argument("--cold", type=int, default=20,
+                        help="one-sentence calls at the default K, each on an empty page cache "
+                        "(root only: dropping it; 0: none)")
     parser.add_argument("--containment_queries", type=int, default=0,
                         help="sentences scored exhaustively for the containment (0: all)")
     parser.add_argument("--build", nargs="*", default=[], choices=["demo", "vit-b32"],
