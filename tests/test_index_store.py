@@ -87,8 +87,11 @@ def test_the_records_of_every_candidate_are_asked_for_before_any_is_copied(store
     monkeypatch.setattr(torch, "index_select", lambda *args, **kwargs: (
         copied.append(len(asked)), gather(*args, **kwargs))[1])
     videos.parts(torch.tensor([599, 3, 250, 3, 120]))
-    assert sorted(asked) == [(0, [3, 3]), (1, [20]), (2, [50]), (5, [99])]
+    assert sorted(asked) == [(0, [3]), (1, [20]), (2, [50]), (5, [99])]
     assert copied and min(copied) == len(asked)  # every shard asked before the first copy
+    asked.clear()
+    videos.parts(torch.tensor([3, 4, 599, 598]))  # rows read before are not asked for again
+    assert sorted(asked) == [(0, [4]), (5, [98])]
 
 
 def test_records_are_aligned_and_read_as_views(tmp_path):

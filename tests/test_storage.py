@@ -238,16 +238,17 @@ class _Advice:
 
 
 @pytest.mark.skipif(not hasattr(mmap, "MADV_WILLNEED"), reason="no madvise here")
-def test_read_ahead_asks_for_exactly_the_pages_of_each_row(tmp_path):
+def test_read_ahead_asks_for_exactly_the_pages_of_each_run_of_rows(tmp_path):
     np.save(tmp_path / "r.npy", _records(1000))
     mapped = MappedNpy(tmp_path / "r.npy")
     mapped._map = advice = _Advice()
-    ends = mapped.offset + np.arange(1, 1001) * RECORD.itemsize  # 52-byte rows
-    straddling = int(np.flatnonzero(ends % mmap.PAGESIZE < RECORD.itemsize)[0])  # two pages
-    rows = [0, 1, straddling, straddling + 1, 999]
-    mapped.read_ahead(np.array(rows))
-    assert [option for option, _, _ in advice.calls] == [mmap.MADV_WILLNEED] * len(rows)
-    for row, (_, start, length) in zip(rows, advice.calls):
-        first = mapped.offset + row * RECORD.itemsize
-        assert start % mmap.PAGESIZE == 0 and start <= first < start + mmap.PAGESIZE
-        assert start + length == first + RECORD.itemsize
+    size = RECORD.itemsize  # 52 bytes
+    ends = mapped.offset + np.arange(1, 1001) * size
+    straddling = int(np.flatnonzero(ends % mmap.PAGESIZE < size)[0])  # ends on the next page
+    mapped.read_ahead(np.array([999, 0, 1, 5, straddling, straddling + 1, 999]))
+    runs = [(0, 1), (5, 5), (straddling, straddling + 1), (999, 999)]  # sorted, adjacent merged
+    assert len(advice.calls) == len(runs)
+    for (first, last), (option, start, length) in zip(runs, advice.calls):
+        begin, end = mapped.offset + first * size, mapped.offset + (last + 1) * size
+        assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
+        assert start <= begin < start + mmap.PAGESIZE and start + length == end

@@ -9,16 +9,14 @@ An index is a folder::
     stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
     thumbs/<key>/<k>.jpg        one small JPEG per sampled frame of each video (the web page)
 
-A shard's records (a numpy structured array, mapped by :class:`tvr.storage.MappedNpy`, which
-reads no Python object: no file of an index runs code) hold, per video, the frame features after
-the temporal module rounded to float16 (``frames`` (F, d): what GARE reads), the mask (uint8)
-and, in float32, the rest of the compact state the evaluation engine computes from the rounded
-frames once at build time (``SimilarityEngine.prepare_videos``, docs/evaluation_engine.md §2).
+A shard's records (a numpy structured array; :class:`tvr.storage.MappedNpy` maps it and reads
+no Python object) hold, per video, the frame features after the temporal module rounded to
+float16 (``frames`` (F, d)), the mask (uint8) and, in float32, the rest of the compact state the
+engine computes from them at build time (``prepare_videos``, docs/evaluation_engine.md §2).
 A zero-shot index (tvr/index/zero_shot.py) keeps the same files: its records are the unit CLIP
 frame embeddings and the mask, its stage-1 vectors their unit mean, which its scorer scores.
-A search maps the shards and reads the records of its candidates only. float16 frames move
-scores by at most 3e-5 on a trained-like model (tests/test_stored_state.py); the small matrices
-stay float32 (their entries reach thousands, where float16 keeps three digits).
+A search maps the shards and reads its candidates' records only, all at once. float16 frames
+move scores by at most 3e-5 (tests/test_stored_state.py); the small matrices stay float32.
 
 The manifest's table maps each video file (path relative to the videos folder) to its shard,
 row, what the file was (:class:`VideoFile`: size, modification time, real path, whether a
@@ -145,8 +143,8 @@ class Manifest:
         return manifest
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write the table of :meth:`videos` under the next number, then manifest.json that
-        names it; delete the tables of older numbers but the previous one."""
+        """Write the table of :meth:`videos` under the next number, then manifest.json naming
+        it; delete the older tables but the previous one."""
         number, videos = self.table + 1, self.videos()
         for name, column in videos.columns.items():
             atomic_write(table_path(folder, number, name),
@@ -250,57 +248,59 @@ class StoredVideos:
         self.folder = folder
         shards = self.shard_of[np.flatnonzero(np.diff(self.shard_of, prepend=-1))]  # sorted
         self.records = {shard: read_shard(folder, shard) for shard in shards}
+        self.asked = np.zeros(len(self.paths), dtype=bool)  # rows read ahead (_read_ahead)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _gather(self, rows: Tensor, shard_map: Callable[[int], MappedNpy],
-                ahead: bool = False) -> np.ndarray:
+    def _gather(self, rows: Tensor, shard_map: Callable[[int], np.ndarray]) -> np.ndarray:
         """The rows ``rows`` (gallery rows) of the arrays ``shard_map(shard)``, in their order:
-        per shard, one ``torch.index_select`` of the rows' bytes (in torch's threads) straight
-        into the result; with ``ahead``, after asking for every shard's rows at once
-        (:meth:`~tvr.storage.MappedNpy.read_ahead`)."""
+        per shard, one ``torch.index_select`` of the rows' bytes straight into the result."""
         rows = rows.cpu().numpy()
-        first = shard_map(int(self.shard_of[rows[0] if len(rows) else 0])).array
+        first = shard_map(int(self.shard_of[rows[0] if len(rows) else 0]))
         out = np.empty((len(rows), *first.shape[1:]), first.dtype)
         order = np.argsort(rows, kind="stable")
         shards = self.shard_of[rows[order]]
         starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])[:len(rows)]
-        ends = np.r_[starts[1:], len(order)]
-        groups = [(int(shards[a]), slice(a, b)) for a, b in zip(starts, ends)]
-        for shard, part in groups if ahead else ():
-            shard_map(shard).read_ahead(self.row_of[rows[order[part]]])
         target = _row_bytes(out)
-        for shard, part in groups:
-            torch.index_select(_row_bytes(shard_map(shard).array), 0,
-                               torch.from_numpy(self.row_of[rows[order[part]]]), out=target[part])
+        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+            torch.index_select(_row_bytes(shard_map(int(shards[a]))), 0,
+                               torch.from_numpy(self.row_of[rows[order[a:b]]]), out=target[a:b])
         if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
             return out
         ordered = np.empty_like(out)
         ordered[order] = out
         return ordered
 
+    def _read_ahead(self, rows: np.ndarray) -> None:
+        """:meth:`~tvr.storage.MappedNpy.read_ahead` of the records of ``rows`` this process
+        has not read before (those stay mapped here, so cached, unless memory runs short)."""
+        rows = np.unique(rows[~self.asked[rows]])  # sorted: by shard, then row
+        self.asked[rows] = True
+        for part in np.split(rows, np.flatnonzero(np.diff(self.shard_of[rows])) + 1):
+            if len(part):
+                self.records[int(self.shard_of[part[0]])].read_ahead(self.row_of[part])
+
     def parts(self, rows: Tensor) -> dict[str, Tensor]:
-        """The stored compact state of the videos ``rows`` (frames float16, the rest float32):
-        views of the fields of the gathered records (aligned: :func:`_record_dtype`), their
-        pages asked for all at once before the copy."""
-        records = self._gather(rows, self.records.__getitem__, ahead=True)
+        """The stored compact state of the videos ``rows`` (frames float16, the rest float32),
+        read ahead at once: views of the fields of the gathered records (:func:`_record_dtype`)."""
+        self._read_ahead(rows.cpu().numpy())
+        records = self._gather(rows, lambda shard: self.records[shard].array)
         return {name: torch.from_numpy(records[name]) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
         """(rows, S, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
         rows = torch.arange(len(self)) if rows is None else rows
         return torch.from_numpy(self._gather(
-            rows, lambda shard: read_shard(self.folder, shard, "coarse"))).float()
+            rows, lambda shard: read_shard(self.folder, shard, "coarse").array)).float()
 
 
 def restage(folder: str | os.PathLike, manifest: Manifest, engine: Scorer,
             stage1_frames: int) -> int:
-    """Write again, from the frames it keeps, every shard whose records are not those
-    ``engine`` computes now (format 3's: other fields, packed) or whose stage-1 vectors are not
-    (n, 1 + ``stage1_frames``, d) (format 3's one mean a video, or another ``--stage1_frames``),
-    through :func:`write_shard`, atomically, by a build (holding the folder's lock); the stage-1
-    index is then trained anew (:func:`update_stage1`). Returns how many shards were written."""
+    """Write again, from the frames it keeps, through :func:`write_shard`, every shard whose
+    records are not those ``engine`` computes now (format 3's) or whose stage-1 vectors are not
+    (n, 1 + ``stage1_frames``, d) (format 3's, or another ``--stage1_frames``), by a build; the
+    stage-1 index is then trained anew (:func:`update_stage1`). Returns how many were written."""
     rewritten, layout = 0, None
     for shard in StoredVideos(folder, manifest).records:
         records = read_shard(folder, shard).array
