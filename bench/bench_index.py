@@ -173,7 +173,7 @@ def measure_cold(options: argparse.Namespace) -> dict:
     gallery = open_gallery(folder, Manifest.load(folder))
     engine = SimilarityEngine(similarity(options.seed))
     text = torch.from_numpy(np.load(folder / "text.npy"))
-    gallery.search(engine, torch.zeros_like(text[:1]), TOP, 1)  # the code warm, not the pages
+    gallery.search(engine, torch.zeros_like(text[:1]), TOP, DEFAULT_K)  # the code warm
     times: list[float] = []
     while len(times) < options.cold and evict(folder):
         start, i = time.perf_counter(), len(times)
