@@ -179,7 +179,7 @@ def measure_cold(options: argparse.Namespace) -> dict:
         start, i = time.perf_counter(), len(times)
         gallery.search(engine, text[i % len(text):i % len(text) + 1], TOP, DEFAULT_K)
         times.append(time.perf_counter() - start)
-    return {"cold": summary(times)} if times else {}
+    return {"cold": dict(summary(times), first=1e3 * times[0])} if times else {}
 
 
 def child(phase: str, n: int, options: argparse.Namespace) -> dict:
@@ -232,7 +232,8 @@ def print_results(results: list[dict], ks: list[int], q: int) -> None:
               "the page cache before each call: " + ("not measured (--cold 0, or no "
                                                     "posix_fadvise)" if cold is None else
                                                     f"median {cold['median']:.1f} ms, p99 "
-                                                    f"{cold['p99']:.1f} ms ({cold['runs']})"),
+                                                    f"{cold['p99']:.1f} ms ({cold['runs']}), "
+                                                    f"the first {cold['first']:.1f} ms"),
               end="")
     for r in results:
         again = r["times"]["again"]
