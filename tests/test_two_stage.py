@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tvr.evaluation.engine import SimilarityEngine
-from tvr.evaluation.retrieval import topk_containment, two_stage_scores
+from tvr.evaluation.retrieval import score_candidates, topk_containment, two_stage_scores
 from tvr.models.config import SimilarityConfig
 from fixtures_similarity import inputs, trained
 
@@ -77,3 +77,28 @@ def test_topk_containment_constructed() -> None:
     assert out["items"] == pytest.approx((10 + 9 + 5) / 30)
     assert out["queries"] == pytest.approx(1 / 3)
     assert topk_containment(full, candidates, top=1) == {"items": 1.0, "queries": 1.0}
+
+
+@pytest.mark.parametrize("candidates, per_query", [
+    ([[5, 1, 3], [3, 5, 1], [1, 3, 5]], False),           # shared: the union, once
+    ([[4]], False),                                        # one query: its own rows are the union
+    ([[9, 0, 4], [2, 7, 5], [8, 1, 3]], True),             # different: each query its own rows
+    ([[6, 2], [2, 6], [0, 1], [3, 4]], True)])             # union 6 > 8 / 2
+def test_stage_two_scores_each_query_against_the_union_or_its_own(candidates, per_query) -> None:
+    """score_candidates scores the union of the candidates when the queries share them, and each
+    query against its own rows (sorted) when they mostly differ; the scores are the same."""
+    candidates = torch.tensor(candidates)
+    calls = []
+
+    def score_rows(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        assert torch.equal(rows, rows.sort().values)
+        calls.append((queries.tolist(), rows.tolist()))
+        return 100.0 * queries.unsqueeze(1) + rows.unsqueeze(0)  # query q, video v: 100 q + v
+
+    scores = score_candidates(score_rows, candidates)
+    expected = 100.0 * torch.arange(len(candidates)).unsqueeze(1) + candidates
+    assert torch.equal(scores, expected)
+    if per_query:
+        assert calls == [([q], sorted(rows)) for q, rows in enumerate(candidates.tolist())]
+    else:
+        assert calls == [(list(range(len(candidates))), sorted(set(candidates.flatten().tolist())))]

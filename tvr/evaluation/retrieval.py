@@ -52,11 +52,22 @@ def top_indices(scores: Tensor, k: int) -> Tensor:
     return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
-def score_candidates(score_rows: Callable[[Tensor], Tensor], candidates: Tensor) -> Tensor:
-    """Stage 2: the (Q, K) scores of ``candidates`` (Q, K), each distinct video scored once:
-    ``score_rows(union)`` gives the (Q, U) scores of the sorted union of the candidates."""
+def score_candidates(score_rows: Callable[[Tensor, Tensor], Tensor], candidates: Tensor
+                     ) -> Tensor:
+    """Stage 2: the (Q, K) scores of ``candidates`` (Q, K); ``score_rows(queries, rows)`` gives
+    the (len(queries), len(rows)) scores of the queries ``queries`` (indices) against the videos
+    ``rows`` (sorted). Where the queries share candidates (their union U at most Q·K / 2, or one
+    query), every query is scored against the union, each distinct video read once; where their
+    candidates mostly differ (sentences on different subjects), each query against its own
+    (Q·K pairs instead of Q·U: 20 sentences on as many subjects at K = 2000 would be 800,000
+    pairs for 40,000 wanted)."""
     union, local = torch.unique(candidates, sorted=True, return_inverse=True)
-    return score_rows(union).gather(1, local)
+    queries = len(candidates)
+    if queries == 1 or 2 * len(union) <= candidates.numel():
+        return score_rows(torch.arange(queries), union).gather(1, local)
+    rows, order = candidates.sort(dim=1)
+    own = torch.cat([score_rows(torch.tensor([q]), rows[q]) for q in range(queries)])
+    return torch.empty_like(own).scatter_(1, order, own)
 
 
 class MaxInnerProduct:
@@ -266,7 +277,8 @@ class Gallery:
     def rescore(self, engine: Scorer, text: Tensor, candidates: Tensor,
                 top: int) -> Found:
         """Stage 2: GARE on ``candidates`` (Q, K), and the ``top`` best of each sentence."""
-        scores = score_candidates(lambda union: self.scores(engine, text, union), candidates)
+        scores = score_candidates(lambda queries, rows: self.scores(engine, text[queries], rows),
+                                  candidates)
         return Found(candidates.gather(1, top_indices(scores, top)), candidates, scores)
 
     def search(self, engine: Scorer, text: Tensor, top: int, k: int,
@@ -314,7 +326,8 @@ def _two_stage_block(engine: SimilarityEngine, texts: Prepared, videos: Prepared
     """The (T, N_v) scores of one chunk of texts and its (T, k) candidates."""
     coarse = engine.coarse_score(texts, videos)
     top = top_indices(coarse, k)
-    fine = score_candidates(lambda union: engine.score(texts, videos.select(union)), top)
+    fine = score_candidates(lambda queries, rows: engine.score(texts.select(queries),
+                                                               videos.select(rows)), top)
     block = coarse - _FILL_OFFSET if fill == "stage1" else torch.full_like(coarse, float("-inf"))
     return block.scatter(1, top, fine), top
 
