@@ -301,8 +301,9 @@ def two_stage_scores(engine: SimilarityEngine, texts: Prepared, videos: Prepared
 
     Non-candidates get ``fill``: "stage1" = their coarse cosine − 3 (below every GARE cosine,
     so they rank after the K candidates in stage-1 order) or "-inf". With k = N_v the scores
-    equal ``engine.score(texts, videos)``. Texts are processed in chunks; each chunk scores the
-    union of its candidates with the engine (within its memory budget) and keeps its own K.
+    equal ``engine.score(texts, videos)``. Texts are processed in chunks; each chunk scores its
+    candidates with the engine (:func:`score_candidates`, within its memory budget) and keeps
+    its own K.
     """
     n_t, n_v = len(texts), len(videos)
     if not 1 <= k <= n_v:
