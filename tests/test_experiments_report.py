@@ -33,7 +33,7 @@ def finish_job(folder, args: dict, ranks: np.ndarray) -> None:
 
 def recorded(row, seed: int, setup: Setup, **changed) -> dict:
     """The arguments a run of ``row`` records (in feature mode: a --clip_features folder)."""
-    args = {**vars(intended(row, seed, setup)), **changed}
+    args = {**intended(row, seed, setup), **changed}
     if setup.feature_dir is not None:
         args["clip_features"] = str(setup.feature_dir / "store")
     return {key: value for key, value in args.items() if not isinstance(value, list)}

@@ -25,8 +25,8 @@ def test_every_row_parses_and_sets_its_own_values(name):
     settings = {}
     for row in table.rows:
         args = intended(row, 0, FULL)
-        assert args.recipe == row.dataset and args.datatype == row.dataset
-        settings[row.name] = tuple(getattr(args, flag) for flag in varied)
+        assert args["recipe"] == row.dataset and args["datatype"] == row.dataset
+        settings[row.name] = tuple(args[flag] for flag in varied)
     same = {setting for setting in settings.values()
             if list(settings.values()).count(setting) > 1}
     assert not same, (name, settings)
@@ -93,9 +93,9 @@ def test_plan_skips_rows_without_data_and_sets_each_jobs_flags(tmp_path):
                                            "table2/msvd_baseline/seed1",
                                            "table2/msvd_gare/seed0", "table2/msvd_gare/seed1"]
     first = jobs.parse_main(found[0].argv)
-    assert (first.recipe, first.seed, first.no_delta) == ("msvd", 0, True)
-    assert Path(first.output_dir) == tmp_path / "out" / "table2" / "msvd_baseline" / "seed0"
-    assert not jobs.parse_main(found[3].argv).no_delta
+    assert (first["recipe"], first["seed"], first["no_delta"]) == ("msvd", 0, True)
+    assert Path(first["output_dir"]) == tmp_path / "out" / "table2" / "msvd_baseline" / "seed0"
+    assert not jobs.parse_main(found[3].argv)["no_delta"]
 
 
 def test_rows_ranges_and_refused_extra_flags(tmp_path):
@@ -123,7 +123,7 @@ def test_feature_stores_by_dataset_seed_and_word_states(tmp_path):
     stores = {(job.row.name, job.seed): job.store for job in found}
     assert stores["t_words_neg", 0] == tmp_path / "features" / "msrvtt" / "seed0-words"
     assert stores["t_frames_pos", 1] == tmp_path / "features" / "msrvtt" / "seed1"
-    assert all(jobs.parse_main(job.argv).clip_features == str(job.store) for job in found)
+    assert all(jobs.parse_main(job.argv)["clip_features"] == str(job.store) for job in found)
     shared = Setup(None, tmp_path / "features", ("--train_augment", "none"))
     job = plan(TABLES["table7"], "3", [1], tmp_path / "out", data, shared)[0][0]
     assert job.store == tmp_path / "features" / "msrvtt" / "all_seeds"

@@ -21,12 +21,12 @@ skipped, with the reason.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TypeVar
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 from tvr.experiments.tables import Row, Table
 from tvr.storage import atomic_write_json, read_manifest, require_same
@@ -106,11 +106,12 @@ def read_setup(folder: Path) -> Setup:
                  tuple(stored.get("extra", ())))
 
 
-def parse_main(argv: Sequence[str]) -> argparse.Namespace:
-    """main_retrieval.py's flags parsed as it parses them (its recipe's defaults under the
-    flags); a flag it refuses is a :class:`PlanError` with its error line."""
+def parse_main(argv: Sequence[str]) -> Mapping[str, Any]:
+    """main_retrieval.py's flag values for ``argv``, parsed as it parses them (its recipe's
+    defaults under the flags), by flag name, read-only: the form in which a checkpoint records
+    them (``args``); a flag it refuses is a :class:`PlanError` with its error line."""
     from tvr.cli.retrieval import parse_args
-    return quietly(lambda: parse_args(list(argv)))
+    return MappingProxyType(vars(quietly(lambda: parse_args(list(argv)))))
 
 
 def quietly(call: Callable[[], T]) -> T:
@@ -132,8 +133,8 @@ def row_flags(row: Row, seed: int, setup: Setup) -> list[str]:
             row.dataset, "--seed", str(seed), *row.flags, *setup.extra]
 
 
-def intended(row: Row, seed: int, setup: Setup) -> argparse.Namespace:
-    """The flag values the job asks for."""
+def intended(row: Row, seed: int, setup: Setup) -> Mapping[str, Any]:
+    """The flag values the job asks for (:func:`parse_main`)."""
     return parse_main([*row_flags(row, seed, setup), "--anno_path", PLACEHOLDER])
 
 
@@ -153,9 +154,9 @@ def store_of(row: Row, seed: int, setup: Setup) -> Optional[Path]:
     states (a store without them refuses such a run; docs/feature_mode.md)."""
     if setup.feature_dir is None:
         return None
-    args = intended(row, seed, setup)
-    name = f"seed{seed}" if args.train_augment != "none" else "all_seeds"
-    return setup.feature_dir / row.dataset / (name + ("-words" if args.psi_context == "words"
+    wanted = intended(row, seed, setup)
+    name = f"seed{seed}" if wanted["train_augment"] != "none" else "all_seeds"
+    return setup.feature_dir / row.dataset / (name + ("-words" if wanted["psi_context"] == "words"
                                                       else ""))
 
 
@@ -170,14 +171,14 @@ def differences(job: Job, setup: Setup) -> list[str]:
         return [f"its checkpoint cannot be read ({error})"]
     args, record = meta.get("args") or {}, meta.get("config")
     wanted, checked = intended(job.row, job.seed, setup), checked_flags(job.table)
-    found = [f"--{flag} {args.get(flag)!r} (asked: {getattr(wanted, flag)!r})"
-             for flag in checked if args.get(flag) != getattr(wanted, flag)]
+    found = [f"--{flag} {args.get(flag)!r} (asked: {wanted[flag]!r})"
+             for flag in checked if args.get(flag) != wanted[flag]]
     if bool(args.get("clip_features")) != (setup.feature_dir is not None):
         found.append(f"--clip_features {args.get('clip_features')!r} (asked: "
                      f"{'frozen CLIP features' if setup.feature_dir else 'the full model'})")
     model = recorded_values(record) if record else {}
-    found += [f"the model's {flag} {model[flag]!r} (asked: {getattr(wanted, flag)!r})"
-              for flag in checked if flag in model and model[flag] != getattr(wanted, flag)]
+    found += [f"the model's {flag} {model[flag]!r} (asked: {wanted[flag]!r})"
+              for flag in checked if flag in model and model[flag] != wanted[flag]]
     return found
 
 
