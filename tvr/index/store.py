@@ -302,8 +302,8 @@ def restage(folder: str | os.PathLike, manifest: Manifest, engine: Scorer,
     (n, 1 + ``stage1_frames``, d) (format 3's, or another ``--stage1_frames``), by a build; the
     stage-1 index is then trained anew (:func:`update_stage1`). Returns how many were written."""
     rewritten, layout = 0, None
-    for shard in StoredVideos(folder, manifest).records:
-        records = read_shard(folder, shard).array
+    for shard, mapped in StoredVideos(folder, manifest).records.items():
+        records = mapped.array
         frames = torch.from_numpy(np.ascontiguousarray(records["frames"])).float()
         mask = torch.from_numpy(np.ascontiguousarray(records["mask"])).float()
         if layout is None:
