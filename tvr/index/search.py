@@ -9,9 +9,9 @@ IVF index the build trained), stage 2 re-scores the best ``k`` of each query wit
 score of the evaluation engine, from the per-video state stored at build time
 (docs/evaluation_engine.md §6; a zero-shot index: the cosine of tvr/index/zero_shot.py).
 ``exhaustive=True`` scores every video with GARE instead. With ``k`` equal to the gallery size
-both give the evaluation engine's scores. This module adds what is about the index: its folder, the model that built it, the paths, and the hits: each carries
-the time of its best-matching frame, the frame with the largest text-conditioned pooling weight
-(docs/behaviour.md §6 step 1).
+both give the evaluation engine's scores. This module adds what is about the index: its folder,
+the model that built it, the paths, and the hits: each carries the time of its best-matching
+frame, the frame with the largest text-conditioned pooling weight (docs/behaviour.md §6 step 1).
 """
 from __future__ import annotations
 
