@@ -8,6 +8,7 @@ import torch
 
 from bench import bench_stage2
 from bench.synthetic_index import make_gallery
+from tvr.evaluation import folding
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.models.config import SimilarityConfig
 from fixtures_similarity import inputs, trained
@@ -39,6 +40,29 @@ def test_adopted_parts_score_exactly_as_the_prepared_ones(overrides: dict) -> No
     stored = engine.adopt({k: v.clone() for k, v in prepared.parts.items()})
     for block in [None, (2, 3), (7, 1)]:
         torch.testing.assert_close(engine.score(texts, stored, block), full, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("overrides", SETTINGS, ids=name)
+def test_float16_frames_are_converted_block_by_block_in_the_products(overrides, monkeypatch):
+    """Adopted float16 frames stay float16 on the folded path (each product converts a few rows
+    at a time: here 7, so blocks cross a video's frames) and score exactly as the same frames
+    adopted in the engine's dtype, with few texts (a search) and with many (the other fold);
+    the naive path converts them."""
+    monkeypatch.setattr(folding, "CONVERT_ROWS", 7)
+    model = trained(SimilarityConfig(dim=24, **overrides), torch.float64)
+    engine = SimilarityEngine(model, precision="fp64")
+    x = inputs(b_t=30, b_v=9, n_frames=5, dim=24, dtype=torch.float64)
+    parts = engine.prepare_videos(x["frames"].half().double(), x["video_mask"]).parts
+    narrow = engine.adopt(dict(parts, frames=parts["frames"].half()))
+    assert narrow.parts["frames"].dtype == torch.float16
+    wide = engine.adopt(parts)
+    for n_t in (3, 30):  # 2·T below and above d
+        texts = engine.prepare_texts(x["text"][:n_t])
+        torch.testing.assert_close(engine.score(texts, narrow), engine.score(texts, wide),
+                                   atol=1e-12, rtol=0)
+    naive = SimilarityEngine(model, precision="fp64", naive=True)
+    assert naive.adopt(dict(parts, frames=parts["frames"].half())).parts["frames"].dtype == \
+        torch.float64
 
 
 def test_float16_storage_keeps_the_scores_and_the_rankings() -> None:

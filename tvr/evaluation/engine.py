@@ -293,8 +293,15 @@ class SimilarityEngine:
         """Videos prepared earlier (:meth:`prepare_videos`) and stored (e.g. in float16, by a video
         index), as this engine's, in its dtype. They must come from an engine of the same
         weights (an index checks its checkpoint's hash); on the naive path only ``frames``
-        and ``mask`` are read."""
-        return Prepared("videos", {k: v.to(self.dtype) for k, v in parts.items()}, self._token)
+        and ``mask`` are read. Frames stored in a narrower floating type (an index's float16)
+        stay so on the folded path: its products convert them a few hundred rows at a time
+        (:meth:`~tvr.evaluation.folding.Folding.pair_dots`), exactly, without a whole copy in
+        the engine's dtype."""
+        def keep(name: str, value: Tensor) -> bool:
+            return (name == "frames" and self.method == "folded" and value.is_floating_point()
+                    and value.element_size() < self._itemsize)
+        return Prepared("videos", {k: v if keep(k, v) else v.to(self.dtype)
+                                   for k, v in parts.items()}, self._token)
 
     # ------------------------------------------------------------------ scoring
     def _check(self, texts: Prepared, videos: Prepared) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor
 from tvr.models.similarity import GapAwareSimilarity
 
 NORM_EPS = 1e-12  # F.normalize's clamp on the norms, as in pair_cosine
+CONVERT_ROWS = 1024  # rows of narrower frames converted per product (2 MB in float32, d = 512)
 
 
 def centre(x: Tensor) -> Tensor:
@@ -163,17 +164,16 @@ class Folding:
         c(m_b)·t = mean_k (f_bk·t − d mean(t) mean(f_bk)). Exact algebra."""
         frames, text_rows = v["frames"], t["text_rows"]
         (n_v, n_frames, d), n_t = frames.shape, len(text_rows)
-        flat = frames.flatten(0, 1)
         if self.psi is None:
-            return (_product(flat, text_rows.T, bf16).view(n_v, n_frames, n_t),)
+            return (_product(frames, text_rows.T, bf16).view(n_v, n_frames, n_t),)
         mean, inv, rows = v["ln_mean"].unsqueeze(-1), v["ln_inv"].unsqueeze(-1), t["folded_rows"]
         if 2 * n_t < d:  # few texts (a search): the LN1 fold on the products, one product
-            both = _product(flat, torch.cat([text_rows, rows]).T, bf16)
+            both = _product(frames, torch.cat([text_rows, rows]).T, bf16)
             text_dots = both[:, :n_t].view(n_v, n_frames, n_t)
             folded = both[:, n_t:].view(n_v, n_frames, 2 * n_t).sub_(mean * rows.sum(-1)).mul_(inv)
         else:  # many texts: on the frames, smaller than the products
-            text_dots = _product(flat, text_rows.T, bf16).view(n_v, n_frames, n_t)
-            normalised = (frames - mean).mul_(inv).flatten(0, 1)
+            text_dots = _product(frames, text_rows.T, bf16).view(n_v, n_frames, n_t)
+            normalised = (frames - mean).mul_(inv)
             folded = _product(normalised, rows.T, bf16).view(n_v, n_frames, 2 * n_t)
         key, delta = folded.view(n_v, n_frames, 2, n_t).unbind(2)
         gap = None
@@ -244,7 +244,19 @@ class Folding:
         return text_delta, delta_v, delta_sq
 
 
-def _product(a: Tensor, b: Tensor, bf16: bool) -> Tensor:
-    """a @ b, with bf16 operands (result in a's dtype) when ``bf16``."""
-    return (a.bfloat16() @ b.bfloat16()).to(a.dtype) if bf16 else a @ b
-
+def _product(frames: Tensor, b: Tensor, bf16: bool) -> Tensor:
+    """``frames`` (V, F, d) as (V·F, d) @ b, in b's dtype: with bf16 operands when ``bf16``;
+    frames in a narrower floating type (an index's float16 records) converted a few videos
+    (:data:`CONVERT_ROWS` rows) at a time, exactly, each block multiplied while it is in the
+    cache instead of making a whole converted copy."""
+    if bf16:
+        return (frames.flatten(0, 1).bfloat16() @ b.bfloat16()).to(b.dtype)
+    if frames.dtype == b.dtype:
+        return frames.flatten(0, 1) @ b
+    n_v, n_frames = frames.shape[:2]
+    out = torch.empty(n_v * n_frames, b.shape[1], dtype=b.dtype, device=b.device)
+    step = max(1, CONVERT_ROWS // n_frames)
+    for start in range(0, n_v, step):
+        block = frames[start:start + step].to(b.dtype).flatten(0, 1)
+        torch.mm(block, b, out=out[start * n_frames:start * n_frames + len(block)])
+    return out
