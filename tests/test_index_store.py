@@ -11,6 +11,7 @@ import torch
 
 from tvr.evaluation.engine import SimilarityEngine
 from tvr.evaluation.retrieval import ApproximateSearch, Stage1Search, faiss_available
+from tvr.index import store as index_store
 from tvr.index.store import IndexStoreError, Manifest, open_gallery, update_stage1, write_shard
 from tvr.index.table import Entry
 from tvr.models.config import SimilarityConfig
@@ -119,6 +120,24 @@ def test_records_are_aligned_and_read_as_views(tmp_path):
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
+@pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
+def test_the_ivf_index_is_read_into_memory_unless_its_file_is_too_large(store, monkeypatch):
+    """Read at open (every search scans an eighth of it) up to IVF_IN_MEMORY_MAX bytes, mapped
+    above; both find the same candidates."""
+    import faiss
+    folder, manifest, engine, _ = store
+    update_stage1(folder, manifest, exact_max=100, k=50)
+    size = (folder / manifest.stage1["file"]).stat().st_size
+    found = {}
+    for limit, kind in ((size, "ArrayInvertedLists"), (size - 1, "OnDiskInvertedLists")):
+        monkeypatch.setattr(index_store, "IVF_IN_MEMORY_MAX", limit)
+        gallery = open_gallery(folder, manifest)
+        lists = faiss.extract_index_ivf(gallery.stage1.ivf).invlists
+        assert type(faiss.downcast_InvertedLists(lists)).__name__ == kind
+        found[kind] = gallery.candidates(gallery.videos.coarse()[:30, 0], 40)
+    assert torch.equal(found["ArrayInvertedLists"], found["OnDiskInvertedLists"])
+
+
 def test_the_ivf_stage1_follows_the_videos(store):
     folder, manifest, engine, generator = store
     line = update_stage1(folder, manifest, exact_max=100, k=50)

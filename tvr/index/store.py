@@ -9,14 +9,12 @@ An index is a folder::
     stage1/00003.faiss, .ids.npy  the stage-1 IVF index above ``stage1_exact_max`` videos
     thumbs/<key>/<k>.jpg        one small JPEG per sampled frame of each video (the web page)
 
-A shard's records (a numpy structured array; :class:`tvr.storage.MappedNpy` maps it and reads
-no Python object) hold, per video, the frame features after the temporal module rounded to
-float16 (``frames`` (F, d)), the mask (uint8) and, in float32, the rest of the compact state the
-engine computes from them at build time (``prepare_videos``, docs/evaluation_engine.md §2).
-A zero-shot index (tvr/index/zero_shot.py) keeps the same files: its records are the unit CLIP
-frame embeddings and the mask, its stage-1 vectors their unit mean, which its scorer scores.
-A search maps the shards and reads its candidates' records only, all at once. float16 frames
-move scores by at most 3e-5 (tests/test_stored_state.py); the small matrices stay float32.
+A shard's records (a numpy structured array, mapped by :class:`tvr.storage.MappedNpy`) hold,
+per video, the frames after the temporal module in float16 (``frames`` (F, d); scores move by
+at most 3e-5, tests/test_stored_state.py), the mask (uint8) and, in float32, the rest of the
+compact state the engine computes from them (``prepare_videos``, docs/evaluation_engine.md §2).
+A zero-shot index (tvr/index/zero_shot.py) records unit CLIP frame embeddings and the mask, and
+their unit mean as its stage-1 vectors. A search reads its candidates' records only.
 
 The manifest's table maps each video file (path relative to the videos folder) to its shard,
 row, what the file was (:class:`VideoFile`: size, modification time, real path, whether a
@@ -25,14 +23,13 @@ while all four still hold), its duration and the time of each sampled frame, in 
 in gallery order (a search maps them and makes no object per video); manifest.json holds the
 rest and names the table by number. Files that could not be read are listed in ``failed`` with
 the reason; they are tried again only when they change. Deleted and changed files leave
-unreferenced rows in their shards; ``--rebuild`` starts over. ``stage1`` records the stage-1
-search (:func:`update_stage1`): exact, or the IVF index's files, lists, probes and recall.
+unreferenced rows in their shards (``--rebuild`` starts over). ``stage1``: the stage-1 search
+(:func:`update_stage1`), exact or an IVF index (its files, lists, probes and recall).
 
 **Write API** (a build, local or distributed, uses only these): :func:`write_shard` (one shard
 from frames and mask, under a number no manifest names yet), ``Manifest.entries`` /
-``next_shard`` / :meth:`Manifest.save` (the table, then the manifest, after the shards), and
-:func:`update_stage1` once the shards are written (it saves the manifest). Reading:
-:meth:`Manifest.load`, :func:`open_gallery`.
+``next_shard`` / :meth:`Manifest.save` (the table, then the manifest, after the shards), then
+:func:`update_stage1` (it saves the manifest). Reading: :meth:`Manifest.load`, :func:`open_gallery`.
 
 One build writes an index at a time (it holds the folder's :func:`tvr.storage.writer_lock`).
 Searches take no lock: the manifest is replaced atomically and a build writes its shards,
@@ -65,12 +62,12 @@ from tvr.evaluation.retrieval import (ApproximateSearch, Gallery, Scorer, Stage1
 from tvr.index.table import COLUMNS, Entry, VideoFile, VideoTable
 from tvr.storage import MappedNpy, atomic_write, atomic_write_json, read_manifest
 
-# 2: each file's real path and whether a link led there; 3: memory-mapped .npy shards with
-# float16 frames and the compact per-video state, a trained stage-1 index; 4: the entries in a
-# table of .npy columns (tvr/index/table.py), outside manifest.json, the fields of a shard's
-# records aligned (read as views, not copied), several stage-1 vectors a video
+# 2: each file's real path and whether a link led there; 3: mapped .npy shards (float16 frames,
+# compact per-video state), a trained stage-1 index; 4: the entries in a table of .npy columns
+# (tvr/index/table.py), records' fields aligned (read as views), several stage-1 vectors a video
 FORMAT_VERSION = 4
 CONVERTIBLE = 3  # the format a build converts (Manifest.load, restage)
+IVF_IN_MEMORY_MAX = 2 * 2**30  # a larger stage-1 IVF file is memory-mapped (open_gallery)
 MANIFEST, TABLE = "manifest.json", "table"
 HEADER = ("videos_root", "checkpoint", "config", "sampling", "next_shard", "stage1", "table")
 
@@ -248,29 +245,27 @@ class StoredVideos:
         self.folder = folder
         shards = self.shard_of[np.flatnonzero(np.diff(self.shard_of, prepend=-1))]  # sorted
         self.records = {shard: read_shard(folder, shard) for shard in shards}
+        self.words = {shard: _row_bytes(records.array) for shard, records in self.records.items()}
         self.asked = np.zeros(len(self.paths), dtype=bool)  # rows read ahead (_read_ahead)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _gather(self, rows: Tensor, shard_map: Callable[[int], np.ndarray]) -> np.ndarray:
-        """The rows ``rows`` (gallery rows) of the arrays ``shard_map(shard)``, in their order:
-        per shard, one ``torch.index_select`` of the rows' bytes straight into the result."""
+    def _gather(self, rows: Tensor, template: np.ndarray,
+                shard_words: Callable[[int], Tensor]) -> np.ndarray:
+        """The rows ``rows`` (gallery rows), in their order, of arrays like ``template`` whose
+        bytes ``shard_words(shard)`` views (:func:`_row_bytes`): one ``index_select`` a shard."""
         rows = rows.cpu().numpy()
-        first = shard_map(int(self.shard_of[rows[0] if len(rows) else 0]))
-        out = np.empty((len(rows), *first.shape[1:]), first.dtype)
+        out = np.empty((len(rows), *template.shape[1:]), template.dtype)
         order = np.argsort(rows, kind="stable")
-        shards = self.shard_of[rows[order]]
+        shards, local = self.shard_of[rows[order]], torch.from_numpy(self.row_of[rows[order]])
         starts = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1]])[:len(rows)]
         target = _row_bytes(out)
-        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
-            torch.index_select(_row_bytes(shard_map(int(shards[a]))), 0,
-                               torch.from_numpy(self.row_of[rows[order[a:b]]]), out=target[a:b])
+        for a, b in zip(starts.tolist(), np.r_[starts[1:], len(order)].tolist()):
+            torch.index_select(shard_words(int(shards[a])), 0, local[a:b], out=target[a:b])
         if np.array_equal(order, np.arange(len(order))):  # asked in gallery order (a union)
             return out
-        ordered = np.empty_like(out)
-        ordered[order] = out
-        return ordered
+        return out[np.argsort(order)]  # out[j] is row order[j]
 
     def _read_ahead(self, rows: np.ndarray) -> None:
         """:meth:`~tvr.storage.MappedNpy.read_ahead` of the records of ``rows`` this process
@@ -285,14 +280,16 @@ class StoredVideos:
         """The stored compact state of the videos ``rows`` (frames float16, the rest float32),
         read ahead at once: views of the fields of the gathered records (:func:`_record_dtype`)."""
         self._read_ahead(rows.cpu().numpy())
-        records = self._gather(rows, lambda shard: self.records[shard].array)
+        records = self._gather(rows, next(iter(self.records.values())).array, self.words.get)
         return {name: torch.from_numpy(records[name]) for name in records.dtype.names}
 
     def coarse(self, rows: Optional[Tensor] = None) -> Tensor:
         """(rows, S, d) float32 stage-1 vectors of ``rows`` (default: every video)."""
         rows = torch.arange(len(self)) if rows is None else rows
+        shards = np.unique(self.shard_of[rows.numpy()]).tolist() or [int(self.shard_of[0])]
+        maps = {shard: read_shard(self.folder, shard, "coarse").array for shard in shards}
         return torch.from_numpy(self._gather(
-            rows, lambda shard: read_shard(self.folder, shard, "coarse").array)).float()
+            rows, next(iter(maps.values())), lambda shard: _row_bytes(maps[shard]))).float()
 
 
 def restage(folder: str | os.PathLike, manifest: Manifest, engine: Scorer,
@@ -376,16 +373,19 @@ def _remove_numbered(directory: Path, keep: tuple) -> None:
 
 def open_gallery(folder: str | os.PathLike, manifest: Manifest,
                  backend: Stage1 = "auto") -> Gallery:
-    """The videos of ``manifest`` as a :class:`~tvr.evaluation.retrieval.Gallery`: shards and
-    the IVF index memory-mapped; an exact stage 1 (``backend`` "torch", no IVF index, or no
-    faiss) reads every stage-1 vector. Videos the IVF index misses (a build is adding them)
-    are searched exactly."""
+    """The videos of ``manifest`` as a :class:`~tvr.evaluation.retrieval.Gallery`, shards
+    mapped. The IVF index is read at open up to :data:`IVF_IN_MEMORY_MAX` bytes (a search
+    scans an eighth of it: mapped, the first searches read it from disk), else mapped; an
+    exact stage 1 (``backend`` "torch", no IVF index, or no faiss) reads every stage-1 vector.
+    Videos the IVF index misses (a build is adding them) are searched exactly."""
     videos = StoredVideos(folder, manifest)
     record = manifest.stage1
     if record.get("kind") != "ivf" or backend == "torch" or not faiss_available():
         return Gallery(videos, Stage1Search(videos.coarse(), backend))
     import faiss
-    ivf = faiss.read_index(str(Path(folder) / record["file"]), faiss.IO_FLAG_MMAP)
+    path = Path(folder) / record["file"]
+    ivf = faiss.read_index(str(path), faiss.IO_FLAG_MMAP
+                           if path.stat().st_size > IVF_IN_MEMORY_MAX else 0)
     ivf.nprobe = record["nprobe"]
     held = np.load(Path(folder) / record["ids"], allow_pickle=False)  # sorted, as videos.ids
     at = np.searchsorted(held, videos.ids).clip(max=len(held) - 1)  # it holds one at least
