@@ -294,7 +294,7 @@ class SimilarityEngine:
         index), as this engine's, in its dtype. They must come from an engine of the same
         weights (an index checks its checkpoint's hash); on the naive path only ``frames``
         and ``mask`` are read. Frames stored in a narrower floating type (an index's float16)
-        stay so on the folded path: its products convert them a few hundred rows at a time
+        stay so on the folded path: its products convert them about a thousand rows at a time
         (:meth:`~tvr.evaluation.folding.Folding.pair_dots`), exactly, without a whole copy in
         the engine's dtype."""
         def keep(name: str, value: Tensor) -> bool:
