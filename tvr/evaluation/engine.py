@@ -11,8 +11,7 @@ holding a per-pair d-dimensional tensor for more than one block of pairs:
   from ``memory_budget_bytes``: one or two large matrix products (texts x frames) and O(F²)
   arithmetic per pair.
 
-The "folded" path rewrites Psi algebraically (:mod:`tvr.evaluation.folding`; derivation in
-``docs/evaluation_engine.md``).
+The "folded" path rewrites Psi algebraically (``folding.py``; docs/evaluation_engine.md).
 
 Folded: the default setting, ``gap_sign`` ±1, ``psi_query`` "gap" or "text", ``delta_side``
 "text" or "video", ``normalize_delta`` (a rescaling of the three Δ products,
@@ -21,22 +20,19 @@ folded: ``psi_context="words"`` (the context, hence every per-frame precomputati
 belong to the text); the engine then runs the naive module in blocks (``method == "naive"``)
 and warns once (or tells ``log``). ``naive=True`` selects that reference path for any setting.
 
-Self-check (:meth:`SimilarityEngine.verify`, run by :func:`build_engine`): the folding reads the
-weights of a stock :class:`~tvr.models.similarity.Psi` by name, so a forked
-``GapAwareSimilarity`` or ``Psi`` (a subclass whose forward computes something else) or a weight of
-``engine.module`` changed after the folding would be scored wrongly, and silently. The check
-scores a few sample pairs both ways with the engine's own copy of the module and, on a mismatch,
-switches the engine to the naive path (mode "auto") or raises :class:`EngineCheckError` (mode
-"folded").
+Self-check (:meth:`SimilarityEngine.verify`, run by :func:`build_engine`): the folding reads a
+stock :class:`~tvr.models.similarity.Psi`'s weights by name, so a fork (a subclass computing
+something else) or a weight changed after the folding would be scored wrongly, silently. The
+check scores a few pairs both ways with the engine's own copy of the module and, on a mismatch,
+falls back to the naive path (mode "auto") or raises :class:`EngineCheckError` ("folded").
 
-Precision (``precision``): "fp64" (check mode), "fp32" (default; TF32 disabled), "tf32"
-(fp32 with TF32 matrix products where the device has them) or "bf16" (the per-pair matrix
-product takes bf16 operands, everything else fp32). The folded path takes differences of
-nearly equal dot products (the LayerNorm of the gap), so do not rank with bf16 (measured:
+Precision: "fp64" (check mode), "fp32" (default; TF32 disabled), "tf32" (TF32 matrix products
+where the device has them) or "bf16" (bf16 operands in the per-pair product): the folded path
+takes differences of nearly equal dot products, so do not rank with bf16 (measured:
 docs/evaluation_engine.md §4).
 
-The engine copies the module's weights when it is built; build a new engine after they change.
-Prepared texts and videos belong to the engine that prepared them.
+The engine copies the module's weights when built (build a new one after they change);
+prepared texts and videos belong to the engine that prepared them.
 """
 from __future__ import annotations
 
@@ -290,17 +286,14 @@ class SimilarityEngine:
         return dict(parts, **self._folding.prepare_videos(frames))
 
     def adopt(self, parts: dict[str, Tensor]) -> Prepared:
-        """Videos prepared earlier (:meth:`prepare_videos`) and stored (e.g. in float16, by a video
-        index), as this engine's, in its dtype. They must come from an engine of the same
-        weights (an index checks its checkpoint's hash); on the naive path only ``frames``
-        and ``mask`` are read. Frames stored in a narrower floating type (an index's float16)
-        stay so on the folded path: its products convert them about a thousand rows at a time
-        (:meth:`~tvr.evaluation.folding.Folding.pair_dots`), exactly, without a whole copy in
-        the engine's dtype."""
-        def keep(name: str, value: Tensor) -> bool:
-            return (name == "frames" and self.method == "folded" and value.is_floating_point()
-                    and value.element_size() < self._itemsize)
-        return Prepared("videos", {k: v if keep(k, v) else v.to(self.dtype)
+        """Videos prepared earlier (:meth:`prepare_videos`) and stored (e.g. by a video index) as
+        this engine's, in its dtype, but narrower (float16) frames on the folded path, which its
+        products convert about a thousand rows at a time (exact; no whole float32 copy). They
+        must come from an engine of the same weights (an index checks its checkpoint's hash);
+        on the naive path only ``frames`` and ``mask`` are read."""
+        frames = parts["frames"]
+        narrow = self.method == "folded" and frames.element_size() < self._itemsize
+        return Prepared("videos", {k: v if k == "frames" and narrow else v.to(self.dtype)
                                    for k, v in parts.items()}, self._token)
 
     # ------------------------------------------------------------------ scoring
