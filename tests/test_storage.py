@@ -252,3 +252,6 @@ def test_read_ahead_asks_for_exactly_the_pages_of_each_run_of_rows(tmp_path):
         begin, end = mapped.offset + first * size, mapped.offset + (last + 1) * size
         assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
         assert start <= begin < start + mmap.PAGESIZE and start + length == end
+    advice.calls.clear()
+    mapped.read_ahead([])  # no rows: nothing asked (it used to index an empty array)
+    assert advice.calls == []

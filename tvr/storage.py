@@ -257,14 +257,16 @@ class MappedNpy:
         adjacent rows; pages already cached cost a look-up (about a microsecond a request).
         Nothing to do for an array whose rows are not contiguous, or where the system has no
         ``madvise``."""
-        if not hasattr(mmap, "MADV_WILLNEED") or not self.array.flags.c_contiguous:
-            return
         import numpy as np
-        row_bytes = self.array.itemsize * (self.array.size // max(1, len(self.array)))
-        starts = self.offset + np.unique(np.asarray(rows, dtype=np.int64)) * row_bytes
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if not len(rows) or not hasattr(mmap, "MADV_WILLNEED") or \
+                not self.array.flags.c_contiguous:
+            return
+        row_bytes = self.array.itemsize * (self.array.size // len(self.array))
+        starts = self.offset + rows * row_bytes
         ends = starts + row_bytes
         runs = np.flatnonzero(np.r_[True, starts[1:] > ends[:-1]])  # first row of each run
         first = starts[runs] - starts[runs] % mmap.PAGESIZE
-        last = ends[np.r_[runs[1:] - 1, len(ends) - 1]] if len(runs) else ends
+        last = ends[np.r_[runs[1:] - 1, len(ends) - 1]]
         for start, length in zip(first.tolist(), (last - first).tolist()):
             self._map.madvise(mmap.MADV_WILLNEED, start, length)
